@@ -1,0 +1,196 @@
+"""The job's configuration: one typed object, built in one place from command-line flags.
+
+Everything that can be checked without touching storage is checked here, so a bad
+flag stops the run before any Spark session, listing or write happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from emr_serverless_job.model import IMAGE_SIZES, Weights
+
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_PCA_VARIANCE = 0.95
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
+PCA_MODEL_DIRNAME = "pca_model"
+RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+REMOTE_SCHEMES = ("s3://", "s3a://", "s3n://", "hdfs://", "file:")
+
+
+class ConfigError(ValueError):
+    """A flag is missing, malformed or contradicts another; raised before any side effect."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything one run needs; paths are absolute or URIs."""
+
+    output: str
+    input: str | None
+    manifest: str | None
+    weights: Weights
+    image_size: int
+    pca_variance: float
+    pca_k: int | None
+    pca_model: str
+    run_id: str | None
+    batch_size: int
+    max_file_bytes: int
+
+    @property
+    def is_backfill(self) -> bool:
+        """A backfill (``--input``) fits the PCA model; a manifest run only applies it."""
+        return self.input is not None
+
+
+def normalize_location(location: str) -> str:
+    """Make local paths absolute so run ids and reports do not depend on the working folder."""
+    if location.startswith(REMOTE_SCHEMES):
+        return location.rstrip("/")
+    return str(Path(location).expanduser().resolve())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emr_serverless_job",
+        description=(
+            "Turn fruit photos into MobileNetV2 features and PCA-reduced features in Parquet. "
+            "Runs locally on local[*] or on EMR Serverless through spark-submit."
+        ),
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--input",
+        help="Folder or s3:// prefix read recursively for .jpg/.jpeg/.png (backfill: fits PCA).",
+    )
+    source.add_argument(
+        "--manifest",
+        help='JSON Lines file of {"uri": ...} objects listing the images of one incremental batch.',
+    )
+    parser.add_argument(
+        "--output", required=True, help="Folder or s3:// prefix under which tables and reports go."
+    )
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help=(
+            "MobileNetV2 weights: 'imagenet' (Keras download, needs internet), a path or URI "
+            "of a .h5 weights file, or 'random:SEED' (tests and offline demos only)."
+        ),
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=DEFAULT_IMAGE_SIZE,
+        help=f"Square input size of the network, one of {', '.join(map(str, IMAGE_SIZES))}.",
+    )
+    pca = parser.add_mutually_exclusive_group()
+    pca.add_argument(
+        "--pca-variance",
+        type=float,
+        default=None,
+        help=f"Keep the fewest components explaining this share of variance "
+        f"(default {DEFAULT_PCA_VARIANCE}).",
+    )
+    pca.add_argument(
+        "--pca-k", type=int, default=None, help="Keep exactly this many PCA components."
+    )
+    parser.add_argument(
+        "--pca-model",
+        default=None,
+        help=(
+            "Where the fitted scaler+PCA is saved by a backfill and loaded by a manifest run "
+            f"(default OUTPUT/{PCA_MODEL_DIRNAME})."
+        ),
+    )
+    parser.add_argument(
+        "--run-id",
+        default=None,
+        help="Output partition name; by default derived from the inputs so a rerun replaces it.",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="Images per model call and per Arrow batch sent to the Python workers.",
+    )
+    parser.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=DEFAULT_MAX_FILE_BYTES,
+        help="Files larger than this are recorded as errors without being read.",
+    )
+    return parser
+
+
+def _require_local(
+    location: str | None, flag: str, check: Callable[[Path], bool], kind: str
+) -> None:
+    """Local inputs are checked now; remote ones when the job first touches them."""
+    if location is None or location.startswith(REMOTE_SCHEMES):
+        return
+    path = Path(location).expanduser()
+    if not check(path):
+        raise ConfigError(f"{flag}: no {kind} at {path.resolve()}")
+
+
+def parse_args(argv: list[str] | None = None) -> JobConfig:
+    """Parse and validate flags; a ConfigError names the offending flag."""
+    args = build_parser().parse_args(argv)
+    return config_from_args(args)
+
+
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    try:
+        weights = Weights.parse(args.weights)
+    except ValueError as error:
+        raise ConfigError(f"--weights: {error}") from error
+    if weights.kind == "file" and not weights.location.startswith(REMOTE_SCHEMES):
+        local = Path(weights.location).expanduser().resolve()
+        if not local.is_file():
+            raise ConfigError(f"--weights: no weights file at {local}")
+        weights = Weights(kind="file", location=str(local))
+    if args.image_size not in IMAGE_SIZES:
+        raise ConfigError(
+            f"--image-size: {args.image_size} is not one of {', '.join(map(str, IMAGE_SIZES))}"
+        )
+    variance = DEFAULT_PCA_VARIANCE if args.pca_variance is None else args.pca_variance
+    if not 0.0 < variance <= 1.0:
+        raise ConfigError(f"--pca-variance: {variance} must be in (0, 1]")
+    if args.pca_k is not None and not 1 <= args.pca_k <= 1280:
+        raise ConfigError(f"--pca-k: {args.pca_k} must be between 1 and 1280")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size: {args.batch_size} must be at least 1")
+    if args.max_file_bytes < 1:
+        raise ConfigError(f"--max-file-bytes: {args.max_file_bytes} must be at least 1")
+    if args.run_id is not None and not RUN_ID_PATTERN.match(args.run_id):
+        raise ConfigError(
+            f"--run-id: {args.run_id!r} must be lowercase letters, digits, '-' or '_' "
+            "(at most 63, starting with a letter or digit)"
+        )
+    _require_local(args.input, "--input", Path.is_dir, "folder")
+    _require_local(args.manifest, "--manifest", Path.is_file, "file")
+    output = normalize_location(args.output)
+    return JobConfig(
+        output=output,
+        input=normalize_location(args.input) if args.input is not None else None,
+        manifest=normalize_location(args.manifest) if args.manifest is not None else None,
+        weights=weights,
+        image_size=args.image_size,
+        pca_variance=variance,
+        pca_k=args.pca_k,
+        pca_model=(
+            normalize_location(args.pca_model)
+            if args.pca_model
+            else f"{output}/{PCA_MODEL_DIRNAME}"
+        ),
+        run_id=args.run_id,
+        batch_size=args.batch_size,
+        max_file_bytes=args.max_file_bytes,
+    )

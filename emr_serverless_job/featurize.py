@@ -1,0 +1,136 @@
+"""The pandas UDF that turns image bytes into features on Spark's Python workers.
+
+The model is built once per Python worker process (workers are reused across tasks)
+and then fed whole Arrow batches; per-row work is limited to decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark import Accumulator, SparkFiles, TaskContext
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from emr_serverless_job.images import decode_batch, preprocess
+from emr_serverless_job.model import Weights, tensorflow_featurizer
+
+RESULT_TYPE = T.StructType(
+    [
+        T.StructField("features", T.ArrayType(T.FloatType(), containsNull=False)),
+        T.StructField("width", T.IntegerType()),
+        T.StructField("height", T.IntegerType()),
+        T.StructField("error", T.StringType()),
+    ]
+)
+
+Featurizer = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class FeaturizerSpec:
+    """What a worker needs to build the model; small, hashable and picklable."""
+
+    image_size: int
+    weights: Weights
+    batch_size: int
+    # Name under which Spark distributed the weights file (SparkFiles), if any.
+    weights_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Accumulators that prove how often the expensive parts ran."""
+
+    images: Accumulator
+    models_built: Accumulator
+
+    @classmethod
+    def create(cls, spark: SparkSession) -> Counters:
+        return cls(spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0))
+
+
+_FEATURIZERS: dict[FeaturizerSpec, Featurizer] = {}
+
+
+def distribute_weights(spark: SparkSession, weights: Weights) -> str | None:
+    """Ship a weights file to every executor through Spark, since EMR workers have no internet.
+
+    Returns the name workers look it up under, or None when nothing is shipped.
+    """
+    if weights.kind != "file":
+        return None
+    spark.sparkContext.addFile(weights.location)
+    return os.path.basename(weights.location)
+
+
+def _task_cpus() -> int:
+    context = TaskContext.get()
+    return max(1, context.cpus()) if context is not None else 1
+
+
+def worker_featurizer(spec: FeaturizerSpec, counters: Counters | None = None) -> Featurizer:
+    """This process's featurizer for ``spec``, built on first use only."""
+    featurizer = _FEATURIZERS.get(spec)
+    if featurizer is None:
+        weights_path = SparkFiles.get(spec.weights_file) if spec.weights_file else None
+        featurizer = tensorflow_featurizer(
+            spec.image_size, spec.weights, weights_path, threads=_task_cpus()
+        )
+        _FEATURIZERS[spec] = featurizer
+        if counters is not None:
+            counters.models_built.add(1)
+    return featurizer
+
+
+def featurize_batch(
+    contents: pd.Series, featurizer: Featurizer, image_size: int, batch_size: int
+) -> pd.DataFrame:
+    """One Arrow batch of image bytes to one row of results per input, in order."""
+    decoded = decode_batch(contents.tolist(), image_size)
+    features: list[np.ndarray | None] = [None] * len(contents)
+    inputs = preprocess(decoded.pixels)
+    for start in range(0, len(inputs), batch_size):
+        chunk = featurizer(inputs[start : start + batch_size])
+        for offset, vector in enumerate(chunk):
+            features[decoded.ok_rows[start + offset]] = vector
+    return pd.DataFrame(
+        {
+            "features": features,
+            "width": pd.array(decoded.widths, dtype="Int32"),
+            "height": pd.array(decoded.heights, dtype="Int32"),
+            "error": decoded.errors,
+        }
+    )
+
+
+def _log_rejections(paths: pd.Series, errors: list[str | None]) -> None:
+    """One JSON line per rejected image in the executor's log, next to the error table."""
+    for path, error in zip(paths, errors, strict=True):
+        if error is not None:
+            print(
+                json.dumps({"event": "image_rejected", "path": path, "reason": error}),
+                file=sys.stderr,
+            )
+
+
+def make_udf(spec: FeaturizerSpec, counters: Counters) -> Callable[..., object]:
+    """The iterator pandas UDF ``(path, content) -> struct<features, width, height, error>``."""
+
+    @F.pandas_udf(RESULT_TYPE)
+    def featurize(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        featurizer = worker_featurizer(spec, counters)
+        for paths, contents in batches:
+            result = featurize_batch(contents, featurizer, spec.image_size, spec.batch_size)
+            _log_rejections(paths, result["error"].tolist())
+            counters.images.add(len(contents))
+            yield result
+
+    return featurize

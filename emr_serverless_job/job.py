@@ -1,0 +1,308 @@
+"""One run: list inputs, featurize each image once, reduce, write tables and the run report.
+
+Output layout under ``--output`` (each table partitioned by run id; a rerun with the
+same run id replaces its own folders and nothing else):
+
+    features/run_id=<id>/   path, label, sha256, size_bytes, width, height, features, pca_features
+    errors/run_id=<id>/     path, label, sha256, size_bytes, reason
+    reports/run_id=<id>/report.json
+    pca_model/              (default --pca-model) scaler + PCA fitted by the last backfill
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from pyspark import SparkFiles, StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from emr_serverless_job import hadoopfs, inputs, reduce
+from emr_serverless_job.config import JobConfig
+from emr_serverless_job.featurize import Counters, FeaturizerSpec, distribute_weights, make_udf
+from emr_serverless_job.logs import event
+from emr_serverless_job.model import file_sha256
+from emr_serverless_job.run_report import RANDOM_WEIGHTS_WARNING, RunReport
+
+# Per-file cost Spark assumes when packing small files into read partitions. Spark's
+# default (4 MiB) puts ~30 small photos in a task; 1 MiB gives ~128, so the model sees
+# full batches and per-task overhead stays small, while large photos still spread out.
+FILE_OPEN_COST_BYTES = 1 << 20
+# Read partitions per core, so that a slow partition does not leave cores idle at the end.
+PARTITIONS_PER_CORE = 4
+ERROR_SAMPLE_LOGGED = 20
+FEATURES_TABLE = "features"
+ERRORS_TABLE = "errors"
+REPORTS_FOLDER = "reports"
+
+
+class ReconciliationError(RuntimeError):
+    """Some inputs ended in neither table: the run is marked failed even though it wrote."""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@contextmanager
+def timed(report: RunReport, stage: str) -> Iterator[None]:
+    event("stage_started", stage=stage, run_id=report.run_id)
+    start = time.perf_counter()
+    yield
+    seconds = round(time.perf_counter() - start, 3)
+    report.timings_s[stage] = seconds
+    event("stage_finished", stage=stage, run_id=report.run_id, seconds=seconds)
+
+
+def default_run_id(found: inputs.Inputs, is_backfill: bool) -> str:
+    """Derived from what was asked for, so the same request lands in the same partition."""
+    prefix = "backfill" if is_backfill else "batch"
+    return f"{prefix}-{found.fingerprint[:16]}"
+
+
+def configure_session(spark: SparkSession, config: JobConfig) -> None:
+    conf = spark.conf
+    conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
+    conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
+    conf.set(
+        "spark.sql.files.minPartitionNum",
+        str(spark.sparkContext.defaultParallelism * PARTITIONS_PER_CORE),
+    )
+
+
+def label_of(path: F.Column) -> F.Column:
+    """The parent folder's name, exactly as written (spaces and non-ASCII kept)."""
+    return F.element_at(F.split(path, "/"), -2)
+
+
+def _table_uri(config: JobConfig, table: str, run_id: str) -> str:
+    return f"{config.output}/{table}/run_id={run_id}"
+
+
+def _write(frame: DataFrame, uri: str) -> None:
+    """Replace this run's folder: a rerun never duplicates rows, other runs are untouched."""
+    frame.write.mode("overwrite").parquet(uri)
+
+
+def _as_errors(rejected: DataFrame) -> DataFrame:
+    """Rejections that were never decoded, in the error table's columns."""
+    return rejected.select(
+        "path",
+        label_of(F.col("path")).alias("label"),
+        F.lit(None).cast("string").alias("sha256"),
+        "size_bytes",
+        "reason",
+    )
+
+
+def _weights_identity(spark: SparkSession, config: JobConfig, shipped: str | None) -> str | None:
+    """sha256 of the weights file as the workers get it (works for s3:// weights too)."""
+    if shipped is None:
+        return None
+    return file_sha256(SparkFiles.get(shipped))
+
+
+def _load_reduction(
+    config: JobConfig, spark: SparkSession, report: RunReport, weights: str
+) -> reduce.Reduction | None:
+    """A manifest run's saved reduction, checked against this run before any work is done."""
+    loaded = reduce.load(spark, config.pca_model, image_size=config.image_size, weights=weights)
+    if loaded is None:
+        report.pca["status"] = (
+            f"no PCA model at {config.pca_model} yet: pca_features left empty; "
+            "run a backfill (--input) to fit one"
+        )
+        report.warnings.append(str(report.pca["status"]))
+    else:
+        report.pca["status"] = (
+            f"loaded from {config.pca_model} (fitted by run {loaded.info.fitted_by_run})"
+        )
+    return loaded
+
+
+def _fit_reduction(
+    config: JobConfig, ok: DataFrame, n_ok: int, report: RunReport, weights: str
+) -> reduce.Reduction | None:
+    if n_ok < reduce.MIN_ROWS_TO_FIT:
+        report.pca["status"] = (
+            f"not fitted: {n_ok} decodable image(s), at least {reduce.MIN_ROWS_TO_FIT} needed"
+        )
+        report.warnings.append(str(report.pca["status"]))
+        return None
+    fitted = reduce.fit(
+        ok,
+        k=config.pca_k,
+        variance=config.pca_variance,
+        image_size=config.image_size,
+        weights=weights,
+        run_id=report.run_id,
+        rows=n_ok,
+    )
+    report.pca["status"] = f"fitted on {n_ok} images, saved to {config.pca_model}"
+    return fitted
+
+
+def run(config: JobConfig, spark: SparkSession) -> RunReport:
+    """Run the job on an existing session and return its report (also written as JSON)."""
+    configure_session(spark, config)
+    started = time.perf_counter()
+    report = RunReport(
+        run_id=config.run_id or "",
+        mode="backfill" if config.is_backfill else "manifest",
+        source=config.input or config.manifest or "",
+        output=config.output,
+        started_at=now_iso(),
+        weights=config.weights.describe(),
+        random_weights=config.weights.is_random,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+    )
+    if config.weights.is_random:
+        report.warnings.append(RANDOM_WEIGHTS_WARNING)
+        event("random_weights", logging.WARNING, message=RANDOM_WEIGHTS_WARNING)
+    shipped = distribute_weights(spark, config.weights)
+    report.weights_sha256 = _weights_identity(spark, config, shipped)
+    weights_identity = report.weights_sha256 or report.weights
+    preloaded = (
+        None if config.is_backfill else _load_reduction(config, spark, report, weights_identity)
+    )
+
+    with timed(report, "list"):
+        if config.input is not None:
+            found = inputs.from_folder(spark, config.input, config.max_file_bytes)
+        else:
+            found = inputs.from_manifest(spark, config.manifest or "", config.max_file_bytes)
+    report.run_id = config.run_id or default_run_id(found, config.is_backfill)
+    report.duplicates_skipped = found.duplicates
+
+    counters = Counters.create(spark)
+    spec = FeaturizerSpec(
+        image_size=config.image_size,
+        weights=config.weights,
+        batch_size=config.batch_size,
+        weights_file=shipped,
+    )
+    featurize = make_udf(spec, counters)
+    decoded = (
+        found.images.select(
+            "path",
+            label_of(F.col("path")).alias("label"),
+            F.sha2("content", 256).alias("sha256"),
+            F.col("length").alias("size_bytes"),
+            featurize("path", "content").alias("result"),
+        )
+        .select("path", "label", "sha256", "size_bytes", "result.*")
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    errors: DataFrame | None = None
+    try:
+        with timed(report, "featurize"):
+            n_read = decoded.count()
+        ok = decoded.filter(F.col("error").isNull()).drop("error")
+        rejected = found.rejected.persist(StorageLevel.MEMORY_AND_DISK)
+        n_rejected = rejected.count()
+        if found.listed is not None and n_read + n_rejected < found.expected:
+            seen = decoded.select("path").unionByName(rejected.select("path"))
+            rejected = rejected.unionByName(inputs.unscanned(spark, found.listed, seen))
+        errors = (
+            decoded.filter(F.col("error").isNotNull())
+            .select("path", "label", "sha256", "size_bytes", F.col("error").alias("reason"))
+            .unionByName(_as_errors(rejected))
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        n_ok = ok.count()
+        report.features = n_ok
+        report.errors = errors.count()
+        report.inputs = n_ok + report.errors
+        report.images_featurized = counters.images.value
+        report.models_built = counters.models_built.value
+        featurize_s = report.timings_s["featurize"]
+        report.images_per_second = round(n_read / featurize_s, 2) if featurize_s else 0.0
+        report.errors_by_reason = {
+            row["reason"]: row["count"] for row in errors.groupBy("reason").count().collect()
+        }
+
+        with timed(report, "pca"):
+            reduction = (
+                _fit_reduction(config, ok, n_ok, report, weights_identity)
+                if config.is_backfill
+                else preloaded
+            )
+        if reduction is not None:
+            report.pca.update(
+                k=reduction.info.k,
+                explained_variance=round(reduction.info.explained_variance, 6),
+                component_variance=[round(v, 6) for v in reduction.info.component_variance],
+                model=config.pca_model,
+            )
+            features_out = reduce.apply(reduction, ok)
+        else:
+            features_out = reduce.without_reduction(ok)
+
+        tables = {
+            FEATURES_TABLE: _table_uri(config, FEATURES_TABLE, report.run_id),
+            ERRORS_TABLE: _table_uri(config, ERRORS_TABLE, report.run_id),
+        }
+        with timed(report, "write"):
+            _write(
+                features_out.select(
+                    "path",
+                    "label",
+                    "sha256",
+                    "size_bytes",
+                    "width",
+                    "height",
+                    "features",
+                    "pca_features",
+                ),
+                tables[FEATURES_TABLE],
+            )
+            _write(errors.coalesce(1), tables[ERRORS_TABLE])
+            if config.is_backfill and reduction is not None:
+                reduce.save(spark, reduction, config.pca_model)
+        _log_error_sample(errors, report.run_id)
+    finally:
+        decoded.unpersist()
+        if errors is not None:
+            errors.unpersist()
+
+    report_uri = f"{config.output}/{REPORTS_FOLDER}/run_id={report.run_id}/report.json"
+    report.tables = {**tables, "report": report_uri}
+    report.timings_s["total"] = round(time.perf_counter() - started, 3)
+    report.finished_at = now_iso()
+    report.spark = {
+        "version": spark.version,
+        "master": spark.sparkContext.master,
+        "default_parallelism": spark.sparkContext.defaultParallelism,
+    }
+    hadoopfs.write_bytes(spark, report_uri, report.to_json().encode())
+    event(
+        "run_finished",
+        run_id=report.run_id,
+        inputs=report.inputs,
+        features=report.features,
+        errors=report.errors,
+        images_per_second=report.images_per_second,
+        report=report_uri,
+    )
+    if report.inputs != found.expected:
+        raise ReconciliationError(
+            f"{found.expected} inputs were named but {report.inputs} were accounted for "
+            f"({report.features} features + {report.errors} errors); see {report_uri}"
+        )
+    return report
+
+
+def _log_error_sample(errors: DataFrame, run_id: str) -> None:
+    for row in errors.limit(ERROR_SAMPLE_LOGGED).collect():
+        event(
+            "input_rejected",
+            logging.WARNING,
+            run_id=run_id,
+            path=row["path"],
+            reason=row["reason"],
+        )
