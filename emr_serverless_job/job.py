@@ -218,8 +218,6 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         report.features = n_ok
         report.errors = errors.count()
         report.inputs = n_ok + report.errors
-        report.images_featurized = counters.images.value
-        report.models_built = counters.models_built.value
         featurize_s = report.timings_s["featurize"]
         report.images_per_second = round(n_read / featurize_s, 2) if featurize_s else 0.0
         report.errors_by_reason = {
@@ -265,6 +263,9 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
             if config.is_backfill and reduction is not None:
                 reduce.save(spark, reduction, config.pca_model)
         _log_error_sample(errors, report.run_id)
+        # Read after every stage has run: any recomputation of the UDF would show here.
+        report.images_featurized = counters.images.value
+        report.models_built = counters.models_built.value
     finally:
         decoded.unpersist()
         if errors is not None:

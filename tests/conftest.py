@@ -1,0 +1,53 @@
+"""Shared fixtures: one local[2] SparkSession for the whole test session, generated images."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from emr_serverless_job.synthetic import Expected, write_awkward_inputs, write_image_set
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+REAL_WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_no_top.h5"
+REAL_SAMPLE = SHARED / "data" / "fruits-sample"
+PER_CLASS = 4
+
+
+def needs_real_data() -> pytest.MarkDecorator:
+    missing = [str(p) for p in (REAL_WEIGHTS, REAL_SAMPLE) if not p.exists()]
+    return pytest.mark.skipif(
+        bool(missing),
+        reason=f"real weights/sample absent ({', '.join(missing)}); see ../shared READMEs",
+    )
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("fruits-tests")
+        .config("spark.driver.memory", "3g")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> tuple[Path, Expected]:
+    """Six labelled classes plus the awkward files real buckets contain."""
+    folder = tmp_path_factory.mktemp("images")
+    written = write_image_set(folder, PER_CLASS)
+    awkward = write_awkward_inputs(folder)
+    return folder, Expected(images=written + awkward.images, broken=awkward.broken)

@@ -1,0 +1,122 @@
+"""Flags: defaults, and a bad flag stops with a message naming it, before any side effect."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from emr_serverless_job.config import ConfigError, build_parser, parse_args
+from emr_serverless_job.model import Weights
+
+FLAGS = (
+    "--input",
+    "--manifest",
+    "--output",
+    "--weights",
+    "--image-size",
+    "--pca-variance",
+    "--pca-k",
+    "--pca-model",
+    "--run-id",
+    "--batch-size",
+    "--max-file-bytes",
+)
+
+
+def test_defaults(tmp_path):
+    config = parse_args(["--input", str(tmp_path), "--output", str(tmp_path / "out")])
+    assert config.is_backfill
+    assert config.image_size == 224
+    assert config.pca_variance == 0.95 and config.pca_k is None
+    assert config.pca_model == f"{tmp_path}/out/pca_model"
+    assert config.weights == Weights(kind="imagenet")
+    assert config.run_id is None
+    assert config.batch_size == 64
+
+
+def test_s3_locations_are_kept_as_uris(tmp_path):
+    config = parse_args(
+        [
+            "--manifest",
+            "s3://b/manifests/x.jsonl",
+            "--output",
+            "s3://b/features/",
+            "--weights",
+            "s3://b/artifacts/w.h5",
+        ]
+    )
+    assert not config.is_backfill
+    assert config.output == "s3://b/features"
+    assert config.pca_model == "s3://b/features/pca_model"
+    assert config.weights == Weights(kind="file", location="s3://b/artifacts/w.h5")
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--image-size", "100"], "--image-size"),
+        (["--weights", "random:abc"], "--weights"),
+        (["--weights", "weights.bin"], "--weights"),
+        (["--weights", "/nonexistent/w.h5"], "--weights"),
+        (["--pca-variance", "1.5"], "--pca-variance"),
+        (["--pca-k", "0"], "--pca-k"),
+        (["--pca-k", "2000"], "--pca-k"),
+        (["--run-id", "Bad Id"], "--run-id"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--max-file-bytes", "0"], "--max-file-bytes"),
+    ],
+)
+def test_bad_flags_name_themselves(tmp_path, extra, flag):
+    with pytest.raises(ConfigError, match=flag):
+        parse_args(["--input", str(tmp_path), "--output", str(tmp_path / "o"), *extra])
+
+
+def test_missing_local_input_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="--input: no folder"):
+        parse_args(["--input", str(tmp_path / "nope"), "--output", str(tmp_path)])
+    with pytest.raises(ConfigError, match="--manifest: no file"):
+        parse_args(["--manifest", str(tmp_path / "m.jsonl"), "--output", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--output", "o"],  # neither --input nor --manifest
+        ["--input", "a", "--manifest", "b", "--output", "o"],
+        ["--input", "a", "--output", "o", "--pca-k", "3", "--pca-variance", "0.9"],
+    ],
+)
+def test_contradictory_flags_are_rejected(argv):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+
+
+def test_help_explains_every_flag():
+    text = build_parser().format_help()
+    for flag in FLAGS:
+        assert flag in text
+
+
+def test_cli_config_error_exits_2_before_writing(tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emr_serverless_job",
+            "--input",
+            str(tmp_path),
+            "--output",
+            str(out),
+            "--image-size",
+            "99",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "--image-size" in result.stderr
+    assert not out.exists()

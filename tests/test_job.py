@@ -1,0 +1,288 @@
+"""The job on a real local Spark: accounting, exactly-once featurization, reruns, manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emr_serverless_job import job
+from emr_serverless_job.config import parse_args
+from emr_serverless_job.model import FEATURE_DIM
+from emr_serverless_job.reduce import ReductionMismatch
+from emr_serverless_job.run_report import RunReport
+from emr_serverless_job.synthetic import write_image_set
+
+FAST = ["--weights", "random:0", "--image-size", "96", "--batch-size", "8"]
+
+
+def run_job(spark, *argv: str) -> RunReport:
+    return job.run(parse_args([*FAST, *argv]), spark)
+
+
+def read_table(spark, output: Path, table: str):
+    return spark.read.parquet(str(output / table))
+
+
+@pytest.fixture(scope="module")
+def backfill(spark, image_folder, tmp_path_factory):
+    folder, expected = image_folder
+    output = tmp_path_factory.mktemp("backfill-out")
+    report = run_job(spark, "--input", str(folder), "--output", str(output))
+    return report, output, expected
+
+
+def test_every_input_is_a_feature_or_an_error(spark, backfill):
+    report, output, expected = backfill
+    assert report.inputs == expected.images
+    assert report.errors == expected.broken
+    assert report.features == expected.images - expected.broken
+    features = read_table(spark, output, "features").collect()
+    errors = read_table(spark, output, "errors").collect()
+    assert len(features) == report.features and len(errors) == report.errors
+    assert {Path(r["path"]).name for r in errors} == {
+        "empty.jpg",
+        "truncated.jpg",
+        "not-an-image.png",
+    }
+    reasons = {Path(r["path"]).name: r["reason"] for r in errors}
+    assert reasons["empty.jpg"] == "empty file (0 bytes)"
+    assert "truncated" in reasons["truncated.jpg"]
+    assert all(r["run_id"] == report.run_id for r in features + errors)
+    assert "notes.txt" not in {Path(r["path"]).name for r in features + errors}
+
+
+def test_rows_carry_identity_label_and_both_feature_sets(spark, backfill, image_folder):
+    report, output, _ = backfill
+    folder, _ = image_folder
+    rows = {
+        Path(r["path"]).name + "@" + r["label"]: r
+        for r in read_table(spark, output, "features").collect()
+    }
+    assert {r["label"] for r in rows.values()} >= {"Pear Ø", "Cherry 3", "Apple Braeburn", "Mixed"}
+    banana = rows["0_100.jpg@Banana"]
+    assert (
+        banana["sha256"]
+        == hashlib.sha256((folder / "Banana" / "0_100.jpg").read_bytes()).hexdigest()
+    )
+    assert banana["size_bytes"] == (folder / "Banana" / "0_100.jpg").stat().st_size
+    assert len(banana["features"]) == FEATURE_DIM
+    assert len(banana["pca_features"]) == report.pca["k"]
+    assert (rows["rotated.jpg@Mixed"]["width"], rows["rotated.jpg@Mixed"]["height"]) == (60, 100)
+
+
+def test_each_image_is_featurized_exactly_once_by_few_models(backfill):
+    report, _, _ = backfill
+    decoded_errors = report.errors - 1  # the empty file is rejected before it is read
+    assert report.images_featurized == report.features + decoded_errors
+    assert 1 <= report.models_built <= 2, "one model per Python worker (local[2]), not per batch"
+
+
+def test_k_is_the_fewest_components_reaching_the_variance(backfill):
+    report, _, _ = backfill
+    spectrum, k = report.pca["component_variance"], report.pca["k"]
+    assert sum(spectrum[:k]) >= 0.95 > sum(spectrum[: k - 1])
+    assert report.pca["explained_variance"] == pytest.approx(sum(spectrum[:k]), abs=1e-5)
+
+
+def test_report_is_written_and_flags_random_weights(backfill):
+    report, output, _ = backfill
+    written = json.loads(
+        (output / "reports" / f"run_id={report.run_id}" / "report.json").read_text()
+    )
+    assert written["random_weights"] is True
+    assert any("RANDOM WEIGHTS" in w for w in written["warnings"])
+    assert written["inputs"] == report.inputs
+    assert set(written["timings_s"]) >= {"list", "featurize", "pca", "write", "total"}
+    assert written["images_per_second"] > 0
+    assert written["image_size"] == 96 and written["weights"] == "random:0"
+    assert report.run_id.startswith("backfill-")
+    assert "RANDOM WEIGHTS" in report.summary()
+
+
+def test_rerun_replaces_its_partition_and_leaves_others(spark, tmp_path):
+    folder = tmp_path / "in"
+    write_image_set(folder, 2, classes=("Banana", "Kiwi"))
+    output = tmp_path / "out"
+    argv = ["--input", str(folder), "--output", str(output), "--pca-k", "2"]
+    first = run_job(spark, *argv)
+    again = run_job(spark, *argv)
+    assert again.run_id == first.run_id
+    assert read_table(spark, output, "features").count() == 4, "a rerun must not duplicate rows"
+    (folder / "Kiwi" / "1_100.jpg").unlink()
+    (folder / "Kiwi" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    third = run_job(spark, *argv)
+    assert read_table(spark, output, "features").count() == 3
+    assert third.errors == 1
+    (error,) = read_table(spark, output, "errors").collect()
+    assert Path(error["path"]).name == "broken.jpg" and error["run_id"] == first.run_id
+    other = run_job(spark, *argv, "--run-id", "manual-1")
+    features = read_table(spark, output, "features")
+    assert features.count() == 6
+    assert {r["run_id"] for r in features.select("run_id").distinct().collect()} == {
+        first.run_id,
+        other.run_id,
+    }
+
+
+def write_manifest(path: Path, *entries: object) -> Path:
+    path.write_text("\n".join(e if isinstance(e, str) else json.dumps(e) for e in entries) + "\n")
+    return path
+
+
+def test_manifest_run_projects_like_the_backfill(spark, backfill, image_folder, tmp_path):
+    report, output, _ = backfill
+    folder, _ = image_folder
+    chosen = [folder / "Banana" / "0_100.jpg", folder / "Pear Ø" / "1_100.jpg"]
+    manifest = write_manifest(
+        tmp_path / "batch.jsonl",
+        *({"uri": str(p), "size": p.stat().st_size} for p in chosen),
+        {"uri": str(chosen[0])},  # duplicate delivery
+        {"uri": str(folder / "Kiwi" / "gone.jpg")},  # deleted before the run
+        "{oops",
+    )
+    incremental = run_job(spark, "--manifest", str(manifest), "--output", str(output))
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert incremental.run_id == f"batch-{digest[:16]}"
+    assert incremental.pca["k"] == report.pca["k"] and "loaded" in incremental.pca["status"]
+    assert (incremental.features, incremental.errors, incremental.duplicates_skipped) == (2, 2, 1)
+    features = read_table(spark, output, "features")
+    by_run = {
+        (r["run_id"], Path(r["path"]).name, r["label"]): np.array(r["pca_features"])
+        for r in features.collect()
+    }
+    for image in chosen:
+        key = (image.name, image.parent.name)
+        np.testing.assert_allclose(
+            by_run[(incremental.run_id, *key)], by_run[(report.run_id, *key)], atol=1e-4
+        )
+    errors = read_table(spark, output, "errors").filter(f"run_id = '{incremental.run_id}'")
+    reasons = sorted(r["reason"] for r in errors.collect())
+    assert reasons[0] == "listed in the manifest but not found"
+    assert reasons[1].startswith("not valid JSON")
+
+
+def test_manifest_before_any_backfill_keeps_features_without_pca(spark, image_folder, tmp_path):
+    folder, _ = image_folder
+    manifest = write_manifest(tmp_path / "m.jsonl", {"uri": str(folder / "Kiwi" / "0_100.jpg")})
+    output = tmp_path / "out"
+    report = run_job(spark, "--manifest", str(manifest), "--output", str(output))
+    (row,) = read_table(spark, output, "features").collect()
+    assert row["pca_features"] is None and len(row["features"]) == FEATURE_DIM
+    assert any("run a backfill" in w for w in report.warnings)
+
+
+def test_pca_model_from_other_settings_stops_before_any_work(
+    spark, backfill, image_folder, tmp_path
+):
+    _, output, _ = backfill
+    folder, _ = image_folder
+    manifest = write_manifest(tmp_path / "m.jsonl", {"uri": str(folder / "Kiwi" / "0_100.jpg")})
+    config = parse_args(
+        [
+            *FAST[:2],
+            "--image-size",
+            "128",
+            "--manifest",
+            str(manifest),
+            "--output",
+            str(output),
+            "--run-id",
+            "mismatch",
+        ]
+    )
+    with pytest.raises(ReductionMismatch, match="96 px"):
+        job.run(config, spark)
+    assert not (output / "features" / "run_id=mismatch").exists()
+
+
+def test_oversized_files_are_errors_and_never_read(spark, tmp_path):
+    folder = tmp_path / "in"
+    write_image_set(folder, 2, classes=("Banana",), size=100)
+    write_image_set(folder, 1, classes=("Big",), size=400)
+    limit = max(p.stat().st_size for p in (folder / "Banana").iterdir())
+    report = run_job(
+        spark,
+        "--input",
+        str(folder),
+        "--output",
+        str(tmp_path / "o"),
+        "--pca-k",
+        "1",
+        "--max-file-bytes",
+        str(limit),
+    )
+    assert (report.features, report.errors) == (2, 1)
+    assert report.images_featurized == 2
+    (reason,) = report.errors_by_reason
+    assert reason.startswith("file too large")
+
+
+def test_folder_of_only_broken_files_still_succeeds(spark, tmp_path):
+    folder = tmp_path / "in" / "Banana"
+    folder.mkdir(parents=True)
+    (folder / "a.jpg").write_bytes(b"")
+    (folder / "b.png").write_bytes(b"nope")
+    report = run_job(spark, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"))
+    assert (report.inputs, report.features, report.errors) == (2, 0, 2)
+    assert "not fitted" in report.pca["status"]
+    assert read_table(spark, tmp_path / "o", "errors").count() == 2
+
+
+def test_input_that_does_not_exist_fails_before_writing(spark, tmp_path):
+    config = parse_args(
+        [*FAST, "--input", "file:///nonexistent/raw", "--output", str(tmp_path / "o")]
+    )
+    with pytest.raises(job.inputs.InputError, match="--input: nothing at"):
+        job.run(config, spark)
+    assert not (tmp_path / "o").exists()
+
+
+def test_spark_submit_runs_the_entry_point_as_emr_does(image_folder, tmp_path):
+    """main.py alone plus the package as --py-files, the way EMR Serverless receives them."""
+    import subprocess
+    import sys
+    import zipfile
+
+    import pyspark
+
+    root = Path(job.__file__).resolve().parent
+    bundle = tmp_path / "emr_serverless_job.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        for source in root.glob("*.py"):
+            archive.write(source, f"emr_serverless_job/{source.name}")
+    entry = tmp_path / "entry" / "main.py"
+    entry.parent.mkdir()
+    shutil.copy(root / "main.py", entry)
+    folder, _ = image_folder
+    output = tmp_path / "out"
+    spark_submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    result = subprocess.run(
+        [
+            str(spark_submit),
+            "--master",
+            "local[2]",
+            "--py-files",
+            str(bundle),
+            "--conf",
+            f"spark.pyspark.python={sys.executable}",
+            str(entry),
+            "--input",
+            str(folder / "Banana"),
+            "--output",
+            str(output),
+            *FAST,
+            "--pca-k",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 featurized, 0 errors" in result.stdout
+    assert list((output / "features").glob("run_id=backfill-*/*.parquet"))

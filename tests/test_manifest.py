@@ -1,0 +1,47 @@
+"""Manifest parsing and path spelling: pure functions, no Spark."""
+
+from __future__ import annotations
+
+import json
+
+from emr_serverless_job.inputs import hadoop_path_string, parse_manifest, size_reason
+
+
+def lines(*objects) -> str:
+    return "\n".join(o if isinstance(o, str) else json.dumps(o) for o in objects)
+
+
+def test_uris_in_order_without_duplicates():
+    text = lines(
+        {"uri": "s3://b/raw/Apple Braeburn/1.jpg", "size": 10, "etag": "x"},
+        {"uri": "s3://b/raw/Kiwi/2.PNG"},
+        {"uri": "s3://b/raw/Apple Braeburn/1.jpg"},
+        "",
+    )
+    entries = parse_manifest(text)
+    assert entries.uris == ["s3://b/raw/Apple Braeburn/1.jpg", "s3://b/raw/Kiwi/2.PNG"]
+    assert entries.duplicates == 1
+    assert entries.problems == []
+
+
+def test_bad_lines_become_problems_with_line_numbers():
+    text = lines({"uri": "s3://b/a.jpg"}, "{not json", {"size": 3}, [1, 2], {"uri": "s3://b/x.txt"})
+    entries = parse_manifest(text)
+    assert entries.uris == ["s3://b/a.jpg"]
+    whats = [what for what, _ in entries.problems]
+    assert whats == ["manifest line 2", "manifest line 3", "manifest line 4", "s3://b/x.txt"]
+    reasons = [reason for _, reason in entries.problems]
+    assert "not valid JSON" in reasons[0] and "uri" in reasons[1] and "suffix" in reasons[3]
+
+
+def test_listed_uris_are_spelled_like_spark_path_columns():
+    assert hadoop_path_string("file:///tmp/Cherry%203/a%20b.jpg") == "file:/tmp/Cherry 3/a b.jpg"
+    assert hadoop_path_string("file:///tmp/Pear%20%C3%98/x.jpg") == "file:/tmp/Pear Ø/x.jpg"
+    assert hadoop_path_string("file:///tmp/Pear Ø/100%25.jpg") == "file:/tmp/Pear Ø/100%.jpg"
+    assert hadoop_path_string("s3://bucket/raw/a%2Bb.jpg") == "s3://bucket/raw/a+b.jpg"
+
+
+def test_size_reasons():
+    assert size_reason(0, 10) == "empty file (0 bytes)"
+    assert "too large: 11 bytes" in size_reason(11, 10)
+    assert size_reason(10, 10) is None
