@@ -22,6 +22,7 @@ IMAGE_GLOB = "*.{[jJ][pP][gG],[jJ][pP][eE][gG],[pP][nN][gG]}"
 # White, because Fruits-360 style photos are shot on white: transparent pixels become background.
 BACKGROUND = (255, 255, 255)
 EXIF_ORIENTATION = 0x0112
+UPRIGHT = 1
 ROTATING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # orientations that swap width and height
 
 
@@ -78,10 +79,14 @@ def decode_image(data: bytes | None, size: int) -> tuple[np.ndarray, int, int]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
-            if image.getexif().get(EXIF_ORIENTATION) in ROTATING_ORIENTATIONS:
+            orientation = image.getexif().get(EXIF_ORIENTATION, UPRIGHT)
+            if orientation in ROTATING_ORIENTATIONS:
                 width, height = height, width
             image.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
-            image = ImageOps.exif_transpose(image)
+            if orientation == UPRIGHT:
+                image.load()  # exif_transpose would copy the whole image for nothing
+            else:
+                image = ImageOps.exif_transpose(image)
             rgb = _to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"image too large (decompression bomb guard): {error}") from error
@@ -96,33 +101,34 @@ def decode_image(data: bytes | None, size: int) -> tuple[np.ndarray, int, int]:
 
 def decode_batch(contents: Sequence[bytes | None], size: int) -> DecodedBatch:
     """Decode a batch, keeping per-row outcomes so no input can go missing."""
-    arrays: list[np.ndarray] = []
+    pixels = np.empty((len(contents), size, size, 3), dtype=np.uint8)
     ok_rows: list[int] = []
     widths: list[int | None] = []
     heights: list[int | None] = []
     errors: list[str | None] = []
     for row, data in enumerate(contents):
         try:
-            pixels, width, height = decode_image(data, size)
+            decoded, width, height = decode_image(data, size)
         except ImageError as error:
-            widths.append(None)
-            heights.append(None)
-            errors.append(str(error))
+            reason: str | None = str(error)
+        except Exception as error:  # noqa: BLE001 - a decoder bug must become an error row
+            reason = f"unexpected decoder failure: {type(error).__name__}: {error}"
+        else:
+            pixels[len(ok_rows)] = decoded
+            ok_rows.append(row)
+            widths.append(width)
+            heights.append(height)
+            errors.append(None)
             continue
-        except Exception as error:
-            widths.append(None)
-            heights.append(None)
-            errors.append(f"unexpected decoder failure: {type(error).__name__}: {error}")
-            continue
-        arrays.append(pixels)
-        ok_rows.append(row)
-        widths.append(width)
-        heights.append(height)
-        errors.append(None)
-    stacked = np.stack(arrays) if arrays else np.empty((0, size, size, 3), dtype=np.uint8)
-    return DecodedBatch(stacked, ok_rows, widths, heights, errors)
+        widths.append(None)
+        heights.append(None)
+        errors.append(reason)
+    return DecodedBatch(pixels[: len(ok_rows)], ok_rows, widths, heights, errors)
 
 
 def preprocess(pixels: np.ndarray) -> np.ndarray:
     """MobileNetV2's preprocessing: uint8 [0, 255] to float32 [-1, 1]."""
-    return pixels.astype(np.float32) * np.float32(1.0 / 127.5) - np.float32(1.0)
+    scaled = pixels.astype(np.float32)
+    scaled *= np.float32(1.0 / 127.5)
+    scaled -= np.float32(1.0)
+    return scaled

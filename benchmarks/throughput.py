@@ -1,0 +1,253 @@
+"""Job throughput against the model's own speed, and peak memory against input size.
+
+One run on one machine measures, at each image size:
+  raw  the featurizer in a tight in-process loop on already-preprocessed batches
+       (same model, weights, image size and batch size; all cores to TensorFlow);
+  job  the job end to end on local[N] over the same number of images, as a user runs
+       it (`python -m emr_serverless_job`), from its run report;
+and the peak resident memory of the job's whole process tree (driver JVM and Python
+workers) at two input sizes. Ratios, not single timings, are the result.
+
+    ./dev bench                       # 5,000 images at 224 and 128, memory at 2,500/5,000
+    ./dev bench --images 1000 --sizes 128 --memory-images 500 1000   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+REAL_WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_no_top.h5"
+REAL_SAMPLE = SHARED / "data" / "fruits-sample"
+WORK = ROOT / "build" / "bench"
+RAW_SECONDS = 30.0
+SAMPLE_EVERY_S = 0.25
+
+
+def image_folder(count: int) -> Path:
+    """``count`` photos in label folders: copies of the real sample where present."""
+    folder = WORK / f"images-{count}"
+    marker = folder / ".complete"
+    if marker.exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    sources = sorted(REAL_SAMPLE.rglob("*.jpg")) if REAL_SAMPLE.exists() else []
+    if sources:
+        for index in range(count):
+            source = sources[index % len(sources)]
+            target = folder / source.parent.name / f"{index:06d}_{source.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    else:
+        from emr_serverless_job.synthetic import CLASSES, write_image_set
+
+        write_image_set(folder, -(-count // len(CLASSES)))
+    marker.touch()
+    return folder
+
+
+def weights() -> str:
+    return str(REAL_WEIGHTS) if REAL_WEIGHTS.exists() else "random:0"
+
+
+def tree_rss_bytes(root_pid: int) -> int:
+    """Resident memory of a process and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss[int(entry.name)] = int(line.split()[1]) * 1024
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def run_measured(command: list[str]) -> tuple[float, int, str]:
+    """Wall seconds, peak tree RSS and stdout of a command."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+    )
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss_bytes(process.pid))
+            time.sleep(SAMPLE_EVERY_S)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, _ = process.communicate()
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{command} failed with {process.returncode}:\n{stdout}")
+    return time.perf_counter() - start, peak, stdout
+
+
+def raw(size: int, batch_size: int, threads: int) -> dict:
+    """Runs in its own process: TensorFlow's thread pools are fixed once per process."""
+    import numpy as np
+
+    from emr_serverless_job.model import Weights, tensorflow_featurizer
+
+    featurize = tensorflow_featurizer(size, Weights.parse(weights()), threads=threads)
+    batch = np.random.default_rng(0).uniform(-1, 1, (batch_size, size, size, 3))
+    batch = batch.astype(np.float32)
+    featurize(batch)  # build and warm up
+    featurize(batch)
+    images, start = 0, time.perf_counter()
+    while time.perf_counter() - start < RAW_SECONDS:
+        featurize(batch)
+        images += batch_size
+    return {"images_per_second": images / (time.perf_counter() - start), "threads": threads}
+
+
+def job(size: int, count: int, batch_size: int, cores: int) -> dict:
+    folder = image_folder(count)
+    output = WORK / f"out-{size}-{count}"
+    shutil.rmtree(output, ignore_errors=True)
+    env_master = f"local[{cores}]"
+    command = [
+        sys.executable,
+        "-m",
+        "emr_serverless_job",
+        "--input",
+        str(folder),
+        "--output",
+        str(output),
+        "--weights",
+        weights(),
+        "--image-size",
+        str(size),
+        "--batch-size",
+        str(batch_size),
+        "--pca-k",
+        "64",
+    ]
+    os.environ["SPARK_MASTER"] = env_master
+    seconds, peak, _ = run_measured(command)
+    (report_path,) = output.glob("reports/run_id=*/report.json")
+    report = json.loads(report_path.read_text())
+    assert report["features"] == count, report
+    return {
+        "images": count,
+        "featurize_images_per_second": report["images_per_second"],
+        "run_images_per_second": count / report["timings_s"]["total"],
+        "timings_s": report["timings_s"],
+        "process_seconds": round(seconds, 1),
+        "peak_rss_mib": round(peak / 2**20),
+    }
+
+
+def machine() -> dict:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) // 2**20
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": memory,
+        "python": platform.python_version(),
+        "weights": Path(weights()).name,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 128])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--memory-images", type=int, nargs=2, default=[2500, 5000])
+    parser.add_argument("--memory-size", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=WORK / "results.json")
+    parser.add_argument("--raw-only", type=int, help=argparse.SUPPRESS)  # child process mode
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    if args.raw_only:
+        print(json.dumps(raw(args.raw_only, args.batch_size, cores)))
+        return 0
+
+    results: dict = {"machine": machine(), "batch_size": args.batch_size, "sizes": {}}
+    for size in args.sizes:
+        _, raw_peak, out = run_measured(
+            [
+                sys.executable,
+                __file__,
+                "--raw-only",
+                str(size),
+                "--batch-size",
+                str(args.batch_size),
+            ]
+        )
+        measured_raw = json.loads(out.strip().splitlines()[-1])
+        measured_job = job(size, args.images, args.batch_size, cores)
+        ratio = measured_job["featurize_images_per_second"] / measured_raw["images_per_second"]
+        results["sizes"][size] = {
+            "raw": measured_raw,
+            "raw_peak_rss_mib": round(raw_peak / 2**20),
+            "job": measured_job,
+            "ratio": round(ratio, 3),
+        }
+        print(
+            f"{size}px: raw {measured_raw['images_per_second']:.1f} img/s, job featurize "
+            f"{measured_job['featurize_images_per_second']:.1f} img/s (ratio {ratio:.2f}), "
+            f"whole run {measured_job['run_images_per_second']:.1f} img/s, "
+            f"peak RSS {measured_job['peak_rss_mib']} MiB",
+            flush=True,
+        )
+    memory = {}
+    for count in args.memory_images:
+        known = results["sizes"].get(args.memory_size, {}).get("job")
+        measured = (
+            known
+            if known and known["images"] == count
+            else job(args.memory_size, count, args.batch_size, cores)
+        )
+        memory[count] = measured["peak_rss_mib"]
+        print(
+            f"memory at {args.memory_size}px, {count} images: peak RSS {memory[count]} MiB",
+            flush=True,
+        )
+    results["memory"] = {"image_size": args.memory_size, "peak_rss_mib_by_images": memory}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

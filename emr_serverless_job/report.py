@@ -1,0 +1,143 @@
+"""``python -m emr_serverless_job.report OUTPUT``: a scree plot and a 2-D PCA scatter as PNGs.
+
+Reads a local output folder written by the job (download an S3 output first, e.g.
+``aws s3 sync``); needs no Spark, only pyarrow and matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+SCREE_COMPONENTS = 50
+SCREE_MARGIN = 10  # components drawn past k, to show what was left out
+SCREE_FILE = "scree.png"
+SCATTER_FILE = "pca_scatter.png"
+
+
+class ReportError(ValueError):
+    """The output folder does not hold what the plots need; the message says what."""
+
+
+def find_report(output: Path, run_id: str | None) -> dict:
+    """The run report of ``run_id``, or of the most recent run when none is given."""
+    reports = sorted((output / "reports").glob("run_id=*/report.json"))
+    if not reports:
+        raise ReportError(f"no run reports under {output}/reports: is this a job output folder?")
+    loaded = [json.loads(path.read_text()) for path in reports]
+    if run_id is None:
+        return max(loaded, key=lambda report: report["finished_at"])
+    for report in loaded:
+        if report["run_id"] == run_id:
+            return report
+    known = ", ".join(sorted(report["run_id"] for report in loaded))
+    raise ReportError(f"no run {run_id!r} under {output}; runs: {known}")
+
+
+def load_projection(output: Path, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    table = pq.read_table(
+        output / "features" / f"run_id={run_id}", columns=["label", "pca_features"]
+    )
+    projections = table.column("pca_features").to_pylist()
+    if not projections or any(value is None for value in projections):
+        raise ReportError(f"run {run_id} has no PCA features (no fitted model when it ran)")
+    return np.array(projections, dtype=np.float64), np.array(table.column("label").to_pylist())
+
+
+def plot_scree(report: dict, target: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    k = int(report["pca"]["k"])
+    kept = float(report["pca"]["explained_variance"])
+    shown = max(SCREE_COMPONENTS, k + SCREE_MARGIN)
+    spectrum = np.array(report["pca"]["component_variance"][:shown])
+    positions = np.arange(1, len(spectrum) + 1)
+    figure, axis = plt.subplots(figsize=(9, 4.8))
+    axis.bar(positions, spectrum, color=["#2b7bba" if i <= k else "#b0c4de" for i in positions])
+    axis.set_xlabel("principal component")
+    axis.set_ylabel("share of variance")
+    twin = axis.twinx()
+    twin.plot(positions, np.cumsum(spectrum), color="#d95f02", marker=".", markersize=3)
+    twin.set_ylabel("cumulative share")
+    twin.set_ylim(0, 1.02)
+    twin.axvline(k + 0.5, color="grey", linestyle="--")
+    twin.axhline(kept, color="grey", linestyle=":")
+    twin.annotate(f"k={k}: {kept:.1%}", (k + 0.5, kept), textcoords="offset points",
+                  xytext=(6, -14), color="grey")
+    axis.set_title(
+        f"Scree plot, run {report['run_id']}\n"
+        f"{report['image_size']} px, weights {Path(str(report['weights'])).name}",
+        fontsize="medium",
+    )
+    figure.tight_layout()
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+
+
+def plot_scatter(report: dict, projections: np.ndarray, labels: np.ndarray, target: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    second = projections[:, 1] if projections.shape[1] > 1 else np.zeros(len(projections))
+    figure, axis = plt.subplots(figsize=(7.5, 6))
+    colours = plt.get_cmap("tab20")
+    for index, label in enumerate(sorted(set(labels))):
+        mask = labels == label
+        axis.scatter(
+            projections[mask, 0],
+            second[mask],
+            s=18,
+            alpha=0.8,
+            color=colours(index % 20),
+            label=f"{label} ({mask.sum()})",
+        )
+    axis.set_xlabel("PC 1")
+    axis.set_ylabel("PC 2")
+    axis.set_title(f"Run {report['run_id']}: first two principal components by label")
+    axis.legend(fontsize="small", loc="best")
+    figure.tight_layout()
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+
+
+def write_plots(output: Path, run_id: str | None = None, target: Path | None = None) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    report = find_report(output, run_id)
+    if not report["pca"].get("k"):
+        raise ReportError(f"run {report['run_id']} has no PCA: {report['pca'].get('status')}")
+    projections, labels = load_projection(output, report["run_id"])
+    folder = target or output / "reports" / f"run_id={report['run_id']}"
+    folder.mkdir(parents=True, exist_ok=True)
+    scree, scatter = folder / SCREE_FILE, folder / SCATTER_FILE
+    plot_scree(report, scree)
+    plot_scatter(report, projections, labels, scatter)
+    return [scree, scatter]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="emr_serverless_job.report",
+        description="Draw a scree plot and a 2-D PCA scatter (PNG) from a local job output.",
+    )
+    parser.add_argument("output", type=Path, help="The job's --output folder (local).")
+    parser.add_argument("--run-id", help="Which run to draw (default: the latest).")
+    parser.add_argument("--to", type=Path, help="Folder for the PNGs (default: the run's reports).")
+    args = parser.parse_args(argv)
+    try:
+        written = write_plots(args.output, args.run_id, args.to)
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
