@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -80,13 +81,23 @@ def worker_featurizer(spec: FeaturizerSpec, counters: Counters | None = None) ->
     """This process's featurizer for ``spec``, built on first use only."""
     featurizer = _FEATURIZERS.get(spec)
     if featurizer is None:
+        started = time.perf_counter()
+        threads = _task_cpus()
         weights_path = SparkFiles.get(spec.weights_file) if spec.weights_file else None
         featurizer = tensorflow_featurizer(
-            spec.image_size, spec.weights, weights_path, threads=_task_cpus()
+            spec.image_size, spec.weights, weights_path, threads=threads
         )
         _FEATURIZERS[spec] = featurizer
         if counters is not None:
             counters.models_built.add(1)
+        _worker_event(
+            "model_built",
+            pid=os.getpid(),
+            threads=threads,
+            image_size=spec.image_size,
+            weights=spec.weights.describe(),
+            seconds=round(time.perf_counter() - started, 2),
+        )
     return featurizer
 
 
@@ -111,14 +122,16 @@ def featurize_batch(
     )
 
 
+def _worker_event(name: str, **fields: object) -> None:
+    """A JSON line in the executor's stderr log (the driver's logger does not reach here)."""
+    print(json.dumps({"event": name, **fields}, ensure_ascii=False), file=sys.stderr)
+
+
 def _log_rejections(paths: pd.Series, errors: list[str | None]) -> None:
-    """One JSON line per rejected image in the executor's log, next to the error table."""
+    """One line per rejected image in the executor's log, next to the error table."""
     for path, error in zip(paths, errors, strict=True):
         if error is not None:
-            print(
-                json.dumps({"event": "image_rejected", "path": path, "reason": error}),
-                file=sys.stderr,
-            )
+            _worker_event("image_rejected", path=path, reason=error)
 
 
 def make_udf(spec: FeaturizerSpec, counters: Counters) -> Callable[..., object]:

@@ -111,7 +111,7 @@ def decode_batch(contents: Sequence[bytes | None], size: int) -> DecodedBatch:
             decoded, width, height = decode_image(data, size)
         except ImageError as error:
             reason: str | None = str(error)
-        except Exception as error:  # noqa: BLE001 - a decoder bug must become an error row
+        except Exception as error:  # a decoder bug must become an error row, not a failed task
             reason = f"unexpected decoder failure: {type(error).__name__}: {error}"
         else:
             pixels[len(ok_rows)] = decoded

@@ -120,4 +120,6 @@ def tensorflow_featurizer(
             return np.empty((0, FEATURE_DIM), dtype=np.float32)
         return infer(tf.convert_to_tensor(batch, dtype=tf.float32)).numpy()
 
+    # Trace and optimise the graph now, so the first real batch is not seconds slower.
+    featurize(np.zeros((1, image_size, image_size, 3), dtype=np.float32))
     return featurize

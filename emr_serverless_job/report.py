@@ -67,8 +67,13 @@ def plot_scree(report: dict, target: Path) -> None:
     twin.set_ylim(0, 1.02)
     twin.axvline(k + 0.5, color="grey", linestyle="--")
     twin.axhline(kept, color="grey", linestyle=":")
-    twin.annotate(f"k={k}: {kept:.1%}", (k + 0.5, kept), textcoords="offset points",
-                  xytext=(6, -14), color="grey")
+    twin.annotate(
+        f"k={k}: {kept:.1%}",
+        (k + 0.5, kept),
+        textcoords="offset points",
+        xytext=(6, -14),
+        color="grey",
+    )
     axis.set_title(
         f"Scree plot, run {report['run_id']}\n"
         f"{report['image_size']} px, weights {Path(str(report['weights'])).name}",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from emr_serverless_job import job
 from emr_serverless_job.config import parse_args
@@ -286,3 +287,17 @@ def test_spark_submit_runs_the_entry_point_as_emr_does(image_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 featurized, 0 errors" in result.stdout
     assert list((output / "features").glob("run_id=backfill-*/*.parquet"))
+
+
+def test_plots_are_drawn_from_an_output_folder(backfill, tmp_path):
+    from emr_serverless_job import report as plots
+
+    run_report, output, _ = backfill
+    written = plots.write_plots(output, run_report.run_id, tmp_path)
+    assert [p.name for p in written] == ["scree.png", "pca_scatter.png"]
+    for path in written:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 400
+    with pytest.raises(plots.ReportError, match="no run 'nope'"):
+        plots.write_plots(output, "nope", tmp_path)
+    assert plots.main([str(tmp_path / "empty")]) == 2
