@@ -128,7 +128,12 @@ def _load_reduction(
 
 
 def _fit_reduction(
-    config: JobConfig, ok: DataFrame, n_ok: int, report: RunReport, weights: str
+    config: JobConfig,
+    spark: SparkSession,
+    ok: DataFrame,
+    n_ok: int,
+    report: RunReport,
+    weights: str,
 ) -> reduce.Reduction | None:
     if n_ok < reduce.MIN_ROWS_TO_FIT:
         report.pca["status"] = (
@@ -137,6 +142,7 @@ def _fit_reduction(
         report.warnings.append(str(report.pca["status"]))
         return None
     fitted = reduce.fit(
+        spark,
         ok,
         k=config.pca_k,
         variance=config.pca_variance,
@@ -229,7 +235,7 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
 
         with timed(report, "pca"):
             reduction = (
-                _fit_reduction(config, ok, n_ok, report, weights_identity)
+                _fit_reduction(config, spark, ok, n_ok, report, weights_identity)
                 if config.is_backfill
                 else preloaded
             )

@@ -8,17 +8,21 @@ fitted model is saved with a small metadata file naming what it was fitted on
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from pyspark.ml import PipelineModel
-from pyspark.ml.feature import PCA, StandardScaler
+from pyspark.ml.common import _py2java
+from pyspark.ml.feature import PCAModel, StandardScaler
 from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.linalg import DenseMatrix, DenseVector
+from pyspark.ml.stat import Correlation
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from emr_serverless_job import hadoopfs
-from emr_serverless_job.model import FEATURE_DIM
 
 VECTOR_COL = "_features_vector"
 SCALED_COL = "_features_scaled"
@@ -70,7 +74,39 @@ def _vectors(features: DataFrame) -> DataFrame:
     return features.select(array_to_vector("features").alias(VECTOR_COL))
 
 
+def principal_axes(correlation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of the standardized features' covariance, largest first.
+
+    ``correlation`` is Pearson's matrix of the raw features, which is the covariance
+    of their standardized values; columns with zero variance (NaN rows in Pearson's
+    matrix) are constant zeros once standardized, so they contribute nothing.
+    Returns (components as columns, explained-variance ratios).
+    """
+    covariance = np.nan_to_num(correlation, nan=0.0)
+    values, vectors = np.linalg.eigh(covariance)
+    order = np.argsort(values)[::-1]
+    values = np.clip(values[order], 0.0, None)
+    total = values.sum()
+    ratios = values / total if total > 0 else values
+    return vectors[:, order], ratios
+
+
+def _pca_model(spark: SparkSession, components: np.ndarray, ratios: np.ndarray) -> PCAModel:
+    """A standard Spark ML PCAModel holding the given components (saved and loaded as usual)."""
+    context = spark.sparkContext
+    rows, columns = components.shape
+    matrix = DenseMatrix(rows, columns, components.flatten(order="F").tolist())
+    java_model = context._jvm.org.apache.spark.ml.feature.PCAModel(
+        f"PCAModel_{uuid.uuid4().hex[:12]}",
+        _py2java(context, matrix),
+        _py2java(context, DenseVector(ratios.tolist())),
+    )
+    java_model.set(java_model.k(), columns)  # normally copied from the estimator by fit()
+    return PCAModel(java_model).setInputCol(SCALED_COL).setOutputCol(PCA_COL)
+
+
 def fit(
+    spark: SparkSession,
     features: DataFrame,
     *,
     k: int | None,
@@ -82,25 +118,29 @@ def fit(
 ) -> Reduction:
     """Fit scaler + PCA on a (cached) frame with a ``features`` array column.
 
-    With no ``k``, PCA is first fitted with every component to read the variance
-    spectrum, then refitted with the chosen k, so that the saved model is a plain
-    Spark ML PCA whose output has exactly k columns.
+    The covariance is aggregated by Spark (``Correlation``, in the JVM) and decomposed
+    on the driver with LAPACK's symmetric solver. Spark's own PCA decomposes it with a
+    general SVD that, on a rank-deficient covariance (fewer images than 1280), returned
+    a different spectrum or NaN depending only on how rows were partitioned.
     """
     vectors = _vectors(features)
     scaler = StandardScaler(
         inputCol=VECTOR_COL, outputCol=SCALED_COL, withMean=True, withStd=True
     ).fit(vectors)
+    # Pearson's matrix of the standardized values (unit variance: Spark's Pearson treats
+    # variances under 1e-12 as zero, and raw features of an untrained net are that small).
     scaled = scaler.transform(vectors).select(SCALED_COL)
-    spectrum_k = FEATURE_DIM if k is None else k
-    pca = PCA(k=spectrum_k, inputCol=SCALED_COL, outputCol=PCA_COL).fit(scaled)
-    spectrum = [float(v) for v in pca.explainedVariance.toArray()]
-    chosen = choose_k(spectrum, variance) if k is None else k
-    if chosen != spectrum_k:
-        pca = PCA(k=chosen, inputCol=SCALED_COL, outputCol=PCA_COL).fit(scaled)
+    correlation = Correlation.corr(scaled, SCALED_COL).head()[0].toArray()
+    constant = scaler.std.toArray() == 0.0
+    correlation[constant, :] = 0.0
+    correlation[:, constant] = 0.0
+    components, spectrum = principal_axes(correlation)
+    chosen = choose_k(spectrum.tolist(), variance) if k is None else k
+    pca = _pca_model(spark, components[:, :chosen], spectrum[:chosen])
     info = ReductionInfo(
         k=chosen,
-        explained_variance=float(sum(spectrum[:chosen])),
-        component_variance=spectrum,
+        explained_variance=float(spectrum[:chosen].sum()),
+        component_variance=[float(v) for v in spectrum],
         image_size=image_size,
         weights=weights,
         fitted_by_run=run_id,

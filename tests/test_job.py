@@ -301,3 +301,37 @@ def test_plots_are_drawn_from_an_output_folder(backfill, tmp_path):
     with pytest.raises(plots.ReportError, match="no run 'nope'"):
         plots.write_plots(output, "nope", tmp_path)
     assert plots.main([str(tmp_path / "empty")]) == 2
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 8])
+def test_pca_matches_numpy_whatever_the_partitioning(spark, backfill, partitions):
+    """Fewer images than dimensions (rank-deficient covariance): Spark's own PCA returned a
+    different spectrum, or NaN, depending on partitioning alone. The fit must not."""
+    from emr_serverless_job import reduce
+
+    _, output, _ = backfill
+    frame = read_table(spark, output, "features").select("features").repartition(partitions)
+    x = np.array([r["features"] for r in frame.collect()], dtype=np.float64)
+    fitted = reduce.fit(
+        spark,
+        frame.cache(),
+        k=5,
+        variance=0.95,
+        image_size=96,
+        weights="random:0",
+        run_id="t",
+        rows=len(x),
+    )
+    std = x.std(axis=0, ddof=1)
+    z = np.where(std > 0, (x - x.mean(axis=0)) / np.where(std > 0, std, 1), 0.0)
+    singular = np.linalg.svd(z, compute_uv=False) ** 2
+    np.testing.assert_allclose(
+        fitted.info.component_variance[:10], (singular / singular.sum())[:10], atol=1e-6
+    )
+    projected = np.array(
+        [r["pca_features"] for r in reduce.apply(fitted, frame).collect()], dtype=np.float64
+    )
+    reference = z @ np.linalg.svd(z, full_matrices=False)[2][:5].T
+    for component in range(5):  # equal up to the sign of each axis
+        correlation = np.corrcoef(projected[:, component], reference[:, component])[0, 1]
+        assert abs(correlation) > 0.9999

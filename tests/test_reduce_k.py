@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from emr_serverless_job.reduce import choose_k
+from emr_serverless_job.reduce import choose_k, principal_axes
 
 
 @pytest.mark.parametrize(
@@ -25,3 +26,20 @@ def test_fewest_components_reaching_the_target(spectrum, target, k):
 def test_empty_spectrum_is_an_error():
     with pytest.raises(ValueError):
         choose_k([], 0.9)
+
+
+def test_principal_axes_match_numpy_pca_and_ignore_constant_columns():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 6)) @ rng.normal(size=(6, 6))
+    x[:, 2] = 5.0  # constant: NaN in Pearson's matrix, zero once standardized
+    with np.errstate(invalid="ignore", divide="ignore"):
+        correlation = np.corrcoef(x, rowvar=False)
+    components, ratios = principal_axes(correlation)
+    assert ratios.sum() == pytest.approx(1.0)
+    assert np.all(np.diff(ratios) <= 1e-12), "largest first"
+    assert ratios[-1] == pytest.approx(0.0, abs=1e-12)
+    varying = np.delete(x, 2, axis=1)
+    z = (varying - varying.mean(0)) / varying.std(0, ddof=1)
+    expected = np.linalg.svd(z, compute_uv=False) ** 2
+    np.testing.assert_allclose(ratios[:5], expected / expected.sum(), atol=1e-10)
+    assert np.abs(components[2, :5]).max() < 1e-12, "constant column carries no weight"
