@@ -65,8 +65,3 @@ def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
         stream.write(bytearray(data))
     finally:
         stream.close()
-
-
-def delete(spark: SparkSession, uri: str) -> None:
-    path, fs = _path_and_fs(spark, uri)
-    fs.delete(path, True)

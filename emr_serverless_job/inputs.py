@@ -45,7 +45,6 @@ class ManifestEntries:
 class Inputs:
     images: DataFrame  # path, length, modificationTime, content
     rejected: DataFrame  # path, size_bytes, reason
-    description: str
     fingerprint: str  # stable digest of what was asked for; names the default run id
     expected: int = 0  # inputs named up front: files listed, or manifest entries
     duplicates: int = 0
@@ -148,7 +147,6 @@ def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
     return Inputs(
         images=files.filter(F.col("length") <= limit),
         rejected=too_large,
-        description=location,
         fingerprint=content_digest(location.encode()),
         expected=len(listed),
         listed=listed,
@@ -187,7 +185,6 @@ def from_manifest(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
     return Inputs(
         images=images,
         rejected=spark.createDataFrame(rows, REJECTED_SCHEMA),
-        description=location,
         fingerprint=content_digest(raw),
         expected=len(entries.uris) + len(entries.problems),
         duplicates=entries.duplicates,
