@@ -74,15 +74,20 @@ def _vectors(features: DataFrame) -> DataFrame:
     return features.select(array_to_vector("features").alias(VECTOR_COL))
 
 
-def principal_axes(correlation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def principal_axes(
+    correlation: np.ndarray, constant: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decomposition of the standardized features' covariance, largest first.
 
-    ``correlation`` is Pearson's matrix of the raw features, which is the covariance
-    of their standardized values; columns with zero variance (NaN rows in Pearson's
-    matrix) are constant zeros once standardized, so they contribute nothing.
+    ``correlation`` is Pearson's matrix of the standardized features, i.e. their
+    covariance. Features with zero variance (``constant``, and any NaN entries Pearson
+    gives them) are all zeros once standardized, so they contribute nothing.
     Returns (components as columns, explained-variance ratios).
     """
     covariance = np.nan_to_num(correlation, nan=0.0)
+    if constant is not None:
+        covariance[constant, :] = 0.0
+        covariance[:, constant] = 0.0
     values, vectors = np.linalg.eigh(covariance)
     order = np.argsort(values)[::-1]
     values = np.clip(values[order], 0.0, None)
@@ -131,10 +136,7 @@ def fit(
     # variances under 1e-12 as zero, and raw features of an untrained net are that small).
     scaled = scaler.transform(vectors).select(SCALED_COL)
     correlation = Correlation.corr(scaled, SCALED_COL).head()[0].toArray()
-    constant = scaler.std.toArray() == 0.0
-    correlation[constant, :] = 0.0
-    correlation[:, constant] = 0.0
-    components, spectrum = principal_axes(correlation)
+    components, spectrum = principal_axes(correlation, constant=scaler.std.toArray() == 0.0)
     chosen = choose_k(spectrum.tolist(), variance) if k is None else k
     pca = _pca_model(spark, components[:, :chosen], spectrum[:chosen])
     info = ReductionInfo(
