@@ -51,3 +51,47 @@ def image_folder(tmp_path_factory) -> tuple[Path, Expected]:
     written = write_image_set(folder, PER_CLASS)
     awkward = write_awkward_inputs(folder)
     return folder, Expected(images=written + awkward.images, broken=awkward.broken)
+
+
+# --- AWS on loopback ------------------------------------------------------------------------
+# powertools reads these when lambda_trigger.handler is imported; X-Ray has no daemon here.
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "fruits-trigger")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FruitsFeatures")
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """One moto server on 127.0.0.1 for the session; boto3 finds it through AWS_ENDPOINT_URL."""
+    from tests.loopback import CREDENTIALS, MotoServer
+
+    names = [*CREDENTIALS, "AWS_ENDPOINT_URL", "AWS_PROFILE"]
+    saved = {name: os.environ.get(name) for name in names}
+    server = MotoServer()
+    os.environ.update(CREDENTIALS)
+    os.environ["AWS_ENDPOINT_URL"] = server.endpoint
+    os.environ.pop("AWS_PROFILE", None)
+    yield server
+    server.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def stack(moto_server, monkeypatch):
+    """A fresh server state with the template's resources, and the Lambda's environment set."""
+    from lambda_trigger import handler
+    from tests.loopback import deploy
+
+    moto_server.reset()
+    deployed = deploy()
+    for name, value in deployed.environment.items():
+        monkeypatch.setenv(name, value)
+    handler.current_settings.cache_clear()
+    handler.clients.cache_clear()
+    yield deployed
+    handler.current_settings.cache_clear()
+    handler.clients.cache_clear()

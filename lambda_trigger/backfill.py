@@ -1,0 +1,164 @@
+"""Start a backfill by hand: ``python -m lambda_trigger.backfill --stack NAME --input s3://.../raw/``.
+
+The request comes from the same builder the Lambda uses; only the input flag, the run id
+and the client token differ. Settings come from the stack's outputs (``--stack``), the
+Lambda's environment variable names, or flags, in increasing order of precedence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from lambda_trigger import settings as config
+from lambda_trigger.request import for_backfill, start_job_run_request
+
+TERMINAL_STATES = ("SUCCESS", "FAILED", "CANCELLED")
+DEFAULT_POLL_SECONDS = 30.0
+EXIT_RUN_FAILED = 1
+EXIT_CONFIG_ERROR = 2
+
+# flag -> the environment variable (and stack output, in CamelCase) it stands for
+FLAG_SETTINGS = {
+    "application_id": config.APPLICATION_ID,
+    "job_role_arn": config.JOB_ROLE_ARN,
+    "artifacts": config.ARTIFACTS_URI,
+    "output": config.OUTPUT_URI,
+    "logs": config.LOGS_URI,
+    "weights": config.WEIGHTS_URI,
+    "image_size": config.IMAGE_SIZE,
+    "max_executors": config.MAX_EXECUTORS,
+    "timeout_minutes": config.JOB_TIMEOUT_MINUTES,
+}
+
+
+def setting_name(output_key: str) -> str:
+    """A stack output key (``ApplicationId``) as the setting it carries (``APPLICATION_ID``)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", output_key).upper()
+
+
+def stack_settings(cloudformation: Any, stack: str) -> dict[str, str]:
+    outputs = cloudformation.describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])
+    return {setting_name(o["OutputKey"]): o["OutputValue"] for o in outputs}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lambda_trigger.backfill",
+        description="Start one EMR Serverless job run over every image under an S3 prefix.",
+    )
+    parser.add_argument("--input", required=True, help="s3:// prefix to featurize (recursive)")
+    parser.add_argument("--stack", help="read the settings from this CloudFormation stack")
+    parser.add_argument("--region", help="AWS region (default: the AWS CLI's)")
+    parser.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the StartJobRun request (for aws emr-serverless start-job-run "
+        "--cli-input-json) and start nothing",
+    )
+    pca = parser.add_mutually_exclusive_group()
+    pca.add_argument("--pca-variance", type=float, help="passed to the job")
+    pca.add_argument("--pca-k", type=int, help="passed to the job")
+    for flag, name in FLAG_SETTINGS.items():
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, help=f"overrides {name}")
+    return parser
+
+
+def merged_settings(
+    args: argparse.Namespace, env: Mapping[str, str], stack: Mapping[str, str]
+) -> dict[str, str]:
+    merged = {name: env[name] for name in FLAG_SETTINGS.values() if env.get(name)}
+    merged.update(stack)
+    for flag, name in FLAG_SETTINGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            merged[name] = str(value)
+    return merged
+
+
+def wait_for(
+    emr: Any,
+    application_id: str,
+    job_run_id: str,
+    poll_seconds: float,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Follow a run until it ends, saying each state once; returns the final job run."""
+    last = None
+    while True:
+        run = emr.get_job_run(applicationId=application_id, jobRunId=job_run_id)["jobRun"]
+        if run["state"] != last:
+            last = run["state"]
+            say(f"{time.strftime('%H:%M:%S')} {job_run_id} {last}")
+        if last in TERMINAL_STATES:
+            return run
+        time.sleep(poll_seconds)
+
+
+def describe_end(run: dict[str, Any]) -> str:
+    usage = run.get("totalResourceUtilization") or {}
+    parts = [f"state {run['state']}"]
+    if run.get("stateDetails"):
+        parts.append(f"reason: {run['stateDetails']}")
+    if usage:
+        parts.append(
+            f"used {usage.get('vCPUHour', 0):.3f} vCPU-hours, "
+            f"{usage.get('memoryGBHour', 0):.3f} GB-hours"
+        )
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = os.environ if env is None else env
+    import boto3
+
+    session = boto3.session.Session(region_name=args.region)
+    stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
+    try:
+        deployment = config.deployment_from_environment(merged_settings(args, env, stack))
+        config.parse_s3_location(args.input)
+    except (config.SettingsError, ValueError) as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    extra: tuple[str, ...] = ()
+    if args.pca_variance is not None:
+        extra = ("--pca-variance", str(args.pca_variance))
+    elif args.pca_k is not None:
+        extra = ("--pca-k", str(args.pca_k))
+    source = for_backfill(args.input, extra)
+    request = start_job_run_request(deployment, source, client_token=str(uuid.uuid4()))
+    if args.dry_run:
+        print(json.dumps(request, indent=2))
+        return 0
+    emr = session.client("emr-serverless")
+    job_run_id = emr.start_job_run(**request)["jobRunId"]
+    print(job_run_id)
+    print(
+        f"run {source.run_id}: features at {deployment.output_uri}/features/run_id={source.run_id}",
+        file=sys.stderr,
+    )
+    if not args.wait:
+        return 0
+    run = wait_for(
+        emr,
+        deployment.application_id,
+        job_run_id,
+        args.poll_seconds,
+        lambda line: print(line, file=sys.stderr),
+    )
+    print(describe_end(run), file=sys.stderr)
+    return 0 if run["state"] == "SUCCESS" else EXIT_RUN_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

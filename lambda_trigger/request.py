@@ -1,0 +1,146 @@
+"""The StartJobRun request: one pure function shared by the Lambda and the backfill command.
+
+Everything EMR Serverless needs to run the job is decided here, from plain data, so the
+request a batch of uploads produces and the one an operator's backfill produces can only
+differ where they mean to: the job's input flag, the run id and the client token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+# What packaging/ uploads under the artifacts prefix, by name (the packaging contract).
+ENTRY_POINT = "main.py"
+JOB_PACKAGE = "emr_serverless_job.zip"
+VENV_ARCHIVE = "pyspark_venv.tar.gz"
+WEIGHTS_FILE = "mobilenet_v2_weights.h5"
+
+VENV_PYTHON = "./environment/bin/python"
+RUN_ID_DIGITS = 16
+PIPELINE_TAG = "fruits-features"
+
+# Worker sizes EMR Serverless accepts (4 vCPU: 8-30 GB). Each Python worker holds the
+# model (about 1.2 GiB with TensorFlow), which Spark counts as executor memory overhead.
+DRIVER_CORES = 2
+DRIVER_MEMORY = "4g"
+EXECUTOR_CORES = 4
+EXECUTOR_MEMORY = "8g"
+EXECUTOR_MEMORY_OVERHEAD = "6g"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where the deployed stack keeps things; identical for every run of one stack."""
+
+    application_id: str
+    job_role_arn: str
+    artifacts_uri: str  # s3://bucket/artifacts (no trailing slash)
+    output_uri: str
+    logs_uri: str
+    weights_uri: str
+    image_size: int = 224
+    max_executors: int = 8
+    timeout_minutes: int = 120
+
+    def artifact(self, name: str) -> str:
+        return f"{self.artifacts_uri}/{name}"
+
+
+@dataclass(frozen=True)
+class JobSource:
+    """What one run reads: ``--input`` (a backfill) or ``--manifest`` (a batch of uploads)."""
+
+    flag: str  # "--input" or "--manifest"
+    uri: str
+    run_id: str
+    extra_args: tuple[str, ...] = ()
+
+
+def manifest_run_id(manifest: bytes) -> str:
+    """The job's default run id for this manifest: a redelivered batch names the same run."""
+    return f"batch-{hashlib.sha256(manifest).hexdigest()[:RUN_ID_DIGITS]}"
+
+
+def backfill_run_id(input_uri: str) -> str:
+    """The job's default run id for a backfill of this prefix (trailing slashes ignored)."""
+    normalized = input_uri.rstrip("/")
+    return f"backfill-{hashlib.sha256(normalized.encode()).hexdigest()[:RUN_ID_DIGITS]}"
+
+
+def for_manifest(manifest_uri: str, manifest: bytes) -> JobSource:
+    return JobSource(flag="--manifest", uri=manifest_uri, run_id=manifest_run_id(manifest))
+
+
+def for_backfill(input_uri: str, extra_args: tuple[str, ...] = ()) -> JobSource:
+    return JobSource(
+        flag="--input", uri=input_uri, run_id=backfill_run_id(input_uri), extra_args=extra_args
+    )
+
+
+def spark_submit_parameters(deployment: Deployment) -> str:
+    """The venv archive as every process's Python, the job package, and executor sizing."""
+    parallelism = deployment.max_executors * EXECUTOR_CORES
+    conf = {
+        "spark.archives": f"{deployment.artifact(VENV_ARCHIVE)}#environment",
+        "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON": VENV_PYTHON,
+        "spark.emr-serverless.driverEnv.PYSPARK_PYTHON": VENV_PYTHON,
+        "spark.executorEnv.PYSPARK_PYTHON": VENV_PYTHON,
+        "spark.driver.cores": str(DRIVER_CORES),
+        "spark.driver.memory": DRIVER_MEMORY,
+        "spark.executor.cores": str(EXECUTOR_CORES),
+        "spark.executor.memory": EXECUTOR_MEMORY,
+        "spark.executor.memoryOverhead": EXECUTOR_MEMORY_OVERHEAD,
+        "spark.dynamicAllocation.maxExecutors": str(deployment.max_executors),
+        # The job splits its input into 4 x this many partitions; without it, the count
+        # would follow the few executors that exist when the job starts.
+        "spark.default.parallelism": str(parallelism),
+    }
+    parts = ["--py-files", deployment.artifact(JOB_PACKAGE)]
+    for key, value in conf.items():
+        parts += ["--conf", f"{key}={value}"]
+    return " ".join(parts)
+
+
+def start_job_run_request(
+    deployment: Deployment, source: JobSource, client_token: str
+) -> dict[str, Any]:
+    """Keyword arguments for ``emr-serverless.start_job_run`` (boto3), ready to send.
+
+    ``client_token`` makes the call idempotent on the service side: the Lambda passes the
+    run id, so a redelivered batch cannot start a second run; a backfill passes a fresh one.
+    """
+    arguments = [
+        source.flag,
+        source.uri,
+        "--output",
+        deployment.output_uri,
+        "--weights",
+        deployment.weights_uri,
+        "--image-size",
+        str(deployment.image_size),
+        "--run-id",
+        source.run_id,
+        *source.extra_args,
+    ]
+    return {
+        "applicationId": deployment.application_id,
+        "clientToken": client_token,
+        "executionRoleArn": deployment.job_role_arn,
+        "name": source.run_id,
+        "jobDriver": {
+            "sparkSubmit": {
+                "entryPoint": deployment.artifact(ENTRY_POINT),
+                "entryPointArguments": arguments,
+                "sparkSubmitParameters": spark_submit_parameters(deployment),
+            }
+        },
+        "configurationOverrides": {
+            "monitoringConfiguration": {
+                "s3MonitoringConfiguration": {"logUri": f"{deployment.logs_uri}/"}
+            }
+        },
+        "executionTimeoutMinutes": deployment.timeout_minutes,
+        "tags": {"pipeline": PIPELINE_TAG, "run-id": source.run_id},
+    }

@@ -1,0 +1,189 @@
+"""The trigger's configuration: one typed object, built in one place from the environment.
+
+template.yaml sets these variables on the Lambda; the backfill command builds the same
+mapping from its flags or the stack's outputs. Every variable is checked before anything
+is read from the queue or written anywhere, and all problems are reported at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lambda_trigger.request import WEIGHTS_FILE, Deployment
+
+# The job's accepted --image-size values (emr_serverless_job.model.IMAGE_SIZES; a test
+# keeps the two equal, since the Lambda does not ship the job's code).
+IMAGE_SIZES = (96, 128, 160, 192, 224)
+
+APPLICATION_ID = "APPLICATION_ID"
+JOB_ROLE_ARN = "JOB_ROLE_ARN"
+RAW_URI = "RAW_URI"
+ARTIFACTS_URI = "ARTIFACTS_URI"
+MANIFESTS_URI = "MANIFESTS_URI"
+OUTPUT_URI = "OUTPUT_URI"
+LOGS_URI = "LOGS_URI"
+WEIGHTS_URI = "WEIGHTS_URI"
+IMAGE_SIZE = "IMAGE_SIZE"
+MAX_EXECUTORS = "MAX_EXECUTORS"
+JOB_TIMEOUT_MINUTES = "JOB_TIMEOUT_MINUTES"
+
+S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
+APPLICATION_ID_PATTERN = re.compile(r"^[0-9a-z]{1,64}$")
+ROLE_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+
+
+class SettingsError(ValueError):
+    """One or more variables are missing or malformed; raised before any side effect."""
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str  # "" or ending with "/"
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    deployment: Deployment
+    raw: S3Location  # uploads here trigger runs
+    manifests: S3Location  # one JSON Lines manifest (and its receipt) per batch
+
+
+def parse_s3_location(value: str) -> S3Location:
+    """``s3://bucket/prefix`` (trailing slash optional) to a bucket and a ``prefix/``."""
+    match = S3_URI.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not an s3://bucket/prefix URI")
+    key = (match["key"] or "").strip("/")
+    return S3Location(bucket=match["bucket"], prefix=f"{key}/" if key else "")
+
+
+def _s3_object(value: str) -> str:
+    location = parse_s3_location(value)
+    if not location.prefix:
+        raise ValueError(f"{value!r} names a bucket, not a file in it")
+    return f"s3://{location.bucket}/{location.prefix.rstrip('/')}"
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError as error:
+            raise ValueError(f"{value!r} is not a whole number") from error
+        if not low <= number <= high:
+            raise ValueError(f"{number} is not between {low} and {high}")
+        return number
+
+    return parse
+
+
+def _matching(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if not regex.match(value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+
+    return parse
+
+
+def _image_size(value: str) -> int:
+    size = _bounded_int(1, 10_000)(value)
+    if size not in IMAGE_SIZES:
+        raise ValueError(f"{size} is not one of {', '.join(map(str, IMAGE_SIZES))}")
+    return size
+
+
+# name -> (parser, default; None means required)
+FIELDS: dict[str, tuple[Callable[[str], Any], Any]] = {
+    APPLICATION_ID: (_matching(APPLICATION_ID_PATTERN, "an EMR Serverless application id"), None),
+    JOB_ROLE_ARN: (_matching(ROLE_ARN_PATTERN, "an IAM role ARN"), None),
+    RAW_URI: (parse_s3_location, None),
+    ARTIFACTS_URI: (parse_s3_location, None),
+    MANIFESTS_URI: (parse_s3_location, None),
+    OUTPUT_URI: (parse_s3_location, None),
+    LOGS_URI: (parse_s3_location, None),
+    WEIGHTS_URI: (_s3_object, ""),
+    IMAGE_SIZE: (_image_size, 224),
+    MAX_EXECUTORS: (_bounded_int(1, 1000), 8),
+    JOB_TIMEOUT_MINUTES: (_bounded_int(5, 10_080), 120),
+}
+
+
+DEPLOYMENT_FIELDS = (
+    APPLICATION_ID,
+    JOB_ROLE_ARN,
+    ARTIFACTS_URI,
+    OUTPUT_URI,
+    LOGS_URI,
+    WEIGHTS_URI,
+    IMAGE_SIZE,
+    MAX_EXECUTORS,
+    JOB_TIMEOUT_MINUTES,
+)
+
+
+def _read(env: Mapping[str, str], name: str) -> Any:
+    parse, default = FIELDS[name]
+    raw = env.get(name, "").strip()
+    if not raw:
+        if default is None:
+            raise SettingsError(f"{name} is not set")
+        return default
+    try:
+        return parse(raw)
+    except ValueError as error:
+        raise SettingsError(f"{name}: {error}") from error
+
+
+def _read_all(env: Mapping[str, str], names: tuple[str, ...]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for name in names:
+        try:
+            values[name] = _read(env, name)
+        except SettingsError as error:
+            problems.append(str(error))
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return values
+
+
+def _deployment(values: dict[str, Any]) -> Deployment:
+    def uri(name: str) -> str:
+        return values[name].uri.rstrip("/")
+
+    return Deployment(
+        application_id=values[APPLICATION_ID],
+        job_role_arn=values[JOB_ROLE_ARN],
+        artifacts_uri=uri(ARTIFACTS_URI),
+        output_uri=uri(OUTPUT_URI),
+        logs_uri=uri(LOGS_URI),
+        weights_uri=values[WEIGHTS_URI] or f"{uri(ARTIFACTS_URI)}/{WEIGHTS_FILE}",
+        image_size=values[IMAGE_SIZE],
+        max_executors=values[MAX_EXECUTORS],
+        timeout_minutes=values[JOB_TIMEOUT_MINUTES],
+    )
+
+
+def deployment_from_environment(env: Mapping[str, str]) -> Deployment:
+    """What a backfill needs: the job's side of the settings only."""
+    return _deployment(_read_all(env, DEPLOYMENT_FIELDS))
+
+
+def from_environment(env: Mapping[str, str]) -> Settings:
+    """Validate every variable; a SettingsError names each missing or malformed one."""
+    values = _read_all(env, tuple(FIELDS))
+    return Settings(
+        deployment=_deployment(values), raw=values[RAW_URI], manifests=values[MANIFESTS_URI]
+    )

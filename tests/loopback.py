@@ -1,0 +1,411 @@
+"""AWS on loopback for the tests: a moto server, the template's resources on it, the Lambda
+service's SQS poller, and a local runner for the job runs that EMR Serverless would execute.
+
+Only the tests use this; the product talks to whatever ``AWS_ENDPOINT_URL`` names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+from samtranslator.yaml_helper import yaml_parse
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+REGION = "eu-west-1"
+ACCOUNT = "123456789012"
+STAGE = "test"
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MotoServer:
+    """``moto_server`` in its own process on 127.0.0.1: real HTTP for real boto3 clients."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.2)
+
+    def reset(self) -> None:
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
+        urllib.request.urlopen(request, timeout=10)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def template() -> dict[str, Any]:
+    return yaml_parse(TEMPLATE.read_text())
+
+
+def parameter_defaults(doc: dict[str, Any]) -> dict[str, str]:
+    return {name: str(p["Default"]) for name, p in doc["Parameters"].items() if "Default" in p}
+
+
+@dataclass
+class Stack:
+    """The template's resources, created on the moto server with the template's settings."""
+
+    bucket: str
+    queue_url: str
+    dead_letter_url: str
+    application_id: str
+    job_role_arn: str
+    environment: dict[str, str]
+    batch_size: int
+    clients: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, service: str) -> Any:
+        if service not in self.clients:
+            self.clients[service] = boto3.client(service, region_name=REGION)
+        return self.clients[service]
+
+
+def _resolve(value: Any, names: dict[str, str]) -> str:
+    """The few intrinsic forms the template's Lambda environment uses."""
+    if isinstance(value, str | int):
+        return str(value)
+    if "Ref" in value:
+        return names[value["Ref"]]
+    if "Fn::GetAtt" in value:
+        return names[".".join(value["Fn::GetAtt"])]
+    if "Fn::Sub" in value:
+        text = value["Fn::Sub"]
+        for name, resolved in names.items():
+            text = text.replace("${" + name + "}", resolved)
+        assert "${" not in text, f"unresolved: {text}"
+        return text
+    raise AssertionError(f"unsupported intrinsic in the environment: {value}")
+
+
+def deploy(overrides: dict[str, str] | None = None) -> Stack:
+    """Create bucket, queues (with redrive), notifications and application as the template does."""
+    doc = template()
+    params = parameter_defaults(doc) | (overrides or {})
+    resources = doc["Resources"]
+    bucket = f"fruits-{STAGE}-{ACCOUNT}-{REGION}"
+    s3 = boto3.client("s3", region_name=REGION)
+    sqs = boto3.client("sqs", region_name=REGION)
+    emr = boto3.client("emr-serverless", region_name=REGION)
+
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    dlq_url = sqs.create_queue(QueueName="uploads-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    queue_props = resources["UploadsQueue"]["Properties"]
+    redrive = dict(queue_props["RedrivePolicy"], deadLetterTargetArn=dlq_arn)
+    queue_url = sqs.create_queue(
+        QueueName="uploads",
+        Attributes={
+            "VisibilityTimeout": str(queue_props["VisibilityTimeout"]),
+            "RedrivePolicy": json.dumps(redrive),
+        },
+    )["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    notifications = resources["DataBucket"]["Properties"]["NotificationConfiguration"]
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "QueueArn": queue_arn,
+                    "Events": [config["Event"]],
+                    "Filter": {"Key": {"FilterRules": config["Filter"]["S3Key"]["Rules"]}},
+                }
+                for config in notifications["QueueConfigurations"]
+            ]
+        },
+    )
+    app = resources["FeaturesApplication"]["Properties"]
+    application_id = emr.create_application(
+        name=f"fruits-features-{STAGE}",
+        releaseLabel=params["ReleaseLabel"],
+        type=app["Type"].upper(),
+    )["applicationId"]
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/fruits-job-{uuid.uuid4().hex[:8]}"
+    names = {
+        "DataBucket": bucket,
+        "FeaturesApplication": application_id,
+        "JobRuntimeRole.Arn": role_arn,
+        **params,
+    }
+    function = resources["TriggerFunction"]["Properties"]
+    environment = {
+        name: _resolve(value, names) for name, value in function["Environment"]["Variables"].items()
+    }
+    return Stack(
+        bucket=bucket,
+        queue_url=queue_url,
+        dead_letter_url=dlq_url,
+        application_id=application_id,
+        job_role_arn=role_arn,
+        environment=environment,
+        batch_size=int(params["BatchSize"]),
+        clients={"s3": s3, "sqs": sqs, "emr-serverless": emr},
+    )
+
+
+@dataclass
+class FakeContext:
+    """What the Lambda service passes as ``context``, as far as powertools reads it."""
+
+    function_name: str = "fruits-trigger"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fruits-trigger"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
+    """Received SQS messages in the shape the Lambda service's event source mapping sends."""
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m.get("Attributes", {}),
+                "messageAttributes": {},
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": REGION,
+            }
+            for m in messages
+        ]
+    }
+
+
+def receive_batch(sqs: Any, queue_url: str, batch_size: int) -> list[dict[str, Any]]:
+    """Up to ``batch_size`` messages, as a batching window that closes when the queue is dry."""
+    messages: list[dict[str, Any]] = []
+    while len(messages) < batch_size:
+        got = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=min(10, batch_size - len(messages)),
+            AttributeNames=["All"],
+        ).get("Messages", [])
+        if not got:
+            break
+        messages += got
+    return messages
+
+
+@dataclass
+class Invocation:
+    messages: int
+    response: dict[str, Any] | None
+    error: Exception | None
+
+
+def poll_and_invoke(stack: Stack, handler: Any, batch_size: int | None = None) -> Invocation | None:
+    """One turn of the Lambda service's poller: receive, invoke, delete what succeeded."""
+    sqs = stack.client("sqs")
+    messages = receive_batch(sqs, stack.queue_url, batch_size or stack.batch_size)
+    if not messages:
+        return None
+    queue_arn = sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    try:
+        response = handler(sqs_event(messages, queue_arn), FakeContext())
+    except Exception as error:  # the service leaves the whole batch on the queue
+        return Invocation(messages=len(messages), response=None, error=error)
+    failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
+    done = [m for m in messages if m["MessageId"] not in failed]
+    for start in range(0, len(done), 10):
+        sqs.delete_message_batch(
+            QueueUrl=stack.queue_url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                for i, m in enumerate(done[start : start + 10])
+            ],
+        )
+    return Invocation(messages=len(messages), response=response, error=None)
+
+
+# --- a local stand-in for EMR Serverless executing a job run ----------------------------
+
+DROPPED_CONF_PREFIXES = ("spark.archives", "spark.emr-serverless.", "spark.executorEnv.")
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    parts = urlsplit(uri)
+    return parts.netloc, parts.path.lstrip("/")
+
+
+@dataclass
+class LocalRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    arguments: list[str]
+
+
+def run_job_locally(stack: Stack, job_run_id: str, workdir: Path) -> LocalRun:
+    """Execute a job run's driver with local spark-submit, s3:// mirrored to and from disk.
+
+    The venv archive and its PYSPARK_PYTHON settings are left out (this interpreter is the
+    workers' Python here); everything else the request says is passed as EMR would.
+    """
+    s3 = stack.client("s3")
+    run = stack.client("emr-serverless").get_job_run(
+        applicationId=stack.application_id, jobRunId=job_run_id
+    )["jobRun"]
+    driver = run["jobDriver"]["sparkSubmit"]
+    mirror = workdir / "s3"
+
+    def local(uri: str) -> Path:
+        bucket, key = _split_s3(uri)
+        return mirror / bucket / key
+
+    def fetch(uri: str) -> Path | None:
+        target = local(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        bucket, key = _split_s3(uri)
+        try:
+            s3.download_file(bucket, key, str(target))
+        except Exception:
+            return None
+        return target
+
+    def fetch_manifest(uri: str) -> Path:
+        path = fetch(uri)
+        assert path is not None, f"manifest {uri} is not in S3"
+        lines = []
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            fetch(entry["uri"])  # a key that does not exist stays missing, as on EMR
+            entry["uri"] = str(local(entry["uri"]))
+            lines.append(json.dumps(entry, ensure_ascii=False))
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def fetch_prefix(uri: str) -> Path:
+        bucket, prefix = _split_s3(uri)
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for item in page.get("Contents", []):
+                fetch(f"s3://{bucket}/{item['Key']}")
+        return local(uri)
+
+    arguments = list(driver["entryPointArguments"])
+    output_uri = None
+    for index, value in enumerate(arguments):
+        flag = arguments[index - 1] if index else ""
+        if not value.startswith("s3://"):
+            continue
+        if flag == "--manifest":
+            arguments[index] = str(fetch_manifest(value))
+        elif flag == "--input":
+            arguments[index] = str(fetch_prefix(value))
+        elif flag == "--output":
+            output_uri = value
+            fetch_prefix(value)  # earlier runs' outputs, the saved PCA model
+            local(value).mkdir(parents=True, exist_ok=True)
+            arguments[index] = str(local(value))
+        else:
+            fetched = fetch(value)
+            assert fetched is not None, f"{flag} {value} is not in S3"
+            arguments[index] = str(fetched)
+
+    submit_args: list[str] = []
+    tokens = shlex.split(driver.get("sparkSubmitParameters", ""))
+    for flag, value in zip(tokens[::2], tokens[1::2], strict=True):
+        if flag == "--conf" and value.startswith(DROPPED_CONF_PREFIXES):
+            continue
+        if value.startswith("s3://"):
+            fetched = fetch(value)
+            assert fetched is not None, f"{flag} {value} is not in S3"
+            value = str(fetched)
+        submit_args += [flag, value]
+    entry_point = fetch(driver["entryPoint"])
+    assert entry_point is not None, f"entry point {driver['entryPoint']} is not in S3"
+
+    import pyspark
+
+    spark_submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    command = [
+        str(spark_submit),
+        "--master",
+        "local[2]",
+        "--conf",
+        f"spark.pyspark.python={sys.executable}",
+        *submit_args,
+        str(entry_point),
+        *arguments,
+    ]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYSPARK_")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    if output_uri is not None:
+        bucket, prefix = _split_s3(output_uri)
+        root = local(output_uri)
+        for path in root.rglob("*"):
+            if path.is_file() and not path.name.endswith(".crc"):
+                key = f"{prefix}/{path.relative_to(root).as_posix()}"
+                s3.upload_file(str(path), bucket, key)
+    return LocalRun(result.returncode, result.stdout, result.stderr, command)
+
+
+def job_runs(stack: Stack) -> list[dict[str, Any]]:
+    """Every job run of the stack's application (moto answers 404 before the first one)."""
+    emr = stack.client("emr-serverless")
+    try:
+        runs = emr.list_job_runs(applicationId=stack.application_id)["jobRuns"]
+    except emr.exceptions.ResourceNotFoundException:
+        return []
+    return [
+        emr.get_job_run(applicationId=stack.application_id, jobRunId=run["id"])["jobRun"]
+        for run in runs
+    ]
+
+
+def keys(stack: Stack, prefix: str) -> list[str]:
+    pages = (
+        stack.client("s3")
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=stack.bucket, Prefix=prefix)
+    )
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
