@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 import time
 import uuid
@@ -62,8 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the StartJobRun request (for aws emr-serverless start-job-run "
-        "--cli-input-json) and start nothing",
+        help="print the equivalent `aws emr-serverless start-job-run` command; start nothing",
     )
     pca = parser.add_mutually_exclusive_group()
     pca.add_argument("--pca-variance", type=float, help="passed to the job")
@@ -104,6 +104,30 @@ def wait_for(
         time.sleep(poll_seconds)
 
 
+def aws_cli_command(request: dict[str, Any]) -> str:
+    """The same StartJobRun as an AWS CLI command, one option per line, to read or paste.
+
+    The client token is left to the CLI, which makes a fresh one, as a backfill wants.
+    """
+
+    def quoted(value: object) -> str:
+        text = value if isinstance(value, str) else json.dumps(value, indent=2)
+        return shlex.quote(text)
+
+    options = [
+        ("--application-id", request["applicationId"]),
+        ("--execution-role-arn", request["executionRoleArn"]),
+        ("--name", request["name"]),
+        ("--execution-timeout-minutes", str(request["executionTimeoutMinutes"])),
+        ("--job-driver", request["jobDriver"]),
+        ("--configuration-overrides", request["configurationOverrides"]),
+        ("--tags", request["tags"]),
+    ]
+    lines = ["aws emr-serverless start-job-run"]
+    lines += [f"  {flag} {quoted(value)}" for flag, value in options]
+    return " \\\n".join(lines)
+
+
 def describe_end(run: dict[str, Any]) -> str:
     usage = run.get("totalResourceUtilization") or {}
     parts = [f"state {run['state']}"]
@@ -138,7 +162,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     source = for_backfill(args.input, extra)
     request = start_job_run_request(deployment, source, client_token=str(uuid.uuid4()))
     if args.dry_run:
-        print(json.dumps(request, indent=2))
+        print(aws_cli_command(request))
         return 0
     emr = session.client("emr-serverless")
     job_run_id = emr.start_job_run(**request)["jobRunId"]

@@ -1,0 +1,165 @@
+"""The backfill command on loopback: the same request as the Lambda's, settings from the stack's
+outputs, following the run to its end, and refusing a bad configuration before any call."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import boto3
+import pytest
+
+from lambda_trigger import backfill
+from lambda_trigger import handler as trigger
+from lambda_trigger.request import backfill_run_id
+from tests.loopback import REGION, FakeContext, job_runs, receive_batch, sqs_event
+
+
+def lambda_run(stack) -> dict:
+    """A job run started by the handler for one real upload."""
+    stack.client("s3").put_object(Bucket=stack.bucket, Key="raw/Kiwi/a.jpg", Body=b"x")
+    sqs = stack.client("sqs")
+    arn = sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])
+    event = sqs_event(receive_batch(sqs, stack.queue_url, 10), arn["Attributes"]["QueueArn"])
+    trigger.handler(event, FakeContext())
+    (run,) = job_runs(stack)
+    return run
+
+
+def outputs_stack(stack) -> str:
+    """A CloudFormation stack on the server whose outputs are the template's, resolved."""
+    env = stack.environment
+    outputs = {
+        "DataBucketName": stack.bucket,
+        "ApplicationId": env["APPLICATION_ID"],
+        "JobRoleArn": env["JOB_ROLE_ARN"],
+        "ArtifactsUri": env["ARTIFACTS_URI"],
+        "OutputUri": env["OUTPUT_URI"],
+        "LogsUri": env["LOGS_URI"],
+        "ImageSize": env["IMAGE_SIZE"],
+        "MaxExecutors": env["MAX_EXECUTORS"],
+    }
+    body = {
+        "Resources": {"Nothing": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+        "Outputs": {key: {"Value": value} for key, value in outputs.items()},
+    }
+    boto3.client("cloudformation", region_name=REGION).create_stack(
+        StackName="fruits-test", TemplateBody=json.dumps(body)
+    )
+    return "fruits-test"
+
+
+def test_backfill_from_stack_outputs_matches_the_lambdas_request(stack, capsys):
+    from_lambda = lambda_run(stack)
+    name = outputs_stack(stack)
+    raw = f"s3://{stack.bucket}/raw/"
+    assert backfill.main(["--stack", name, "--region", REGION, "--input", raw], env={}) == 0
+    job_run_id = capsys.readouterr().out.strip().splitlines()[-1]  # after the metrics line
+    (run,) = [r for r in job_runs(stack) if r["jobRunId"] == job_run_id]
+    assert run["name"] == backfill_run_id(raw)
+    ours, theirs = run["jobDriver"]["sparkSubmit"], from_lambda["jobDriver"]["sparkSubmit"]
+    assert ours["entryPoint"] == theirs["entryPoint"]
+    assert ours["sparkSubmitParameters"] == theirs["sparkSubmitParameters"]
+    assert ours["entryPointArguments"][:2] == ["--input", raw]
+    assert ours["entryPointArguments"][2:-2] == theirs["entryPointArguments"][2:-2]
+    assert run["executionRole"] == from_lambda["executionRole"]
+
+
+def test_flags_override_and_pca_flags_reach_the_job(stack, capsys):
+    raw = f"s3://{stack.bucket}/raw/"
+    code = backfill.main(
+        ["--input", raw, "--image-size", "128", "--pca-k", "20"], env=stack.environment
+    )
+    assert code == 0
+    (run,) = job_runs(stack)
+    args = run["jobDriver"]["sparkSubmit"]["entryPointArguments"]
+    assert args[args.index("--image-size") + 1] == "128"
+    assert args[-2:] == ["--pca-k", "20"]
+
+
+def test_wait_follows_the_run_to_its_end(stack, capsys):
+    raw = f"s3://{stack.bucket}/raw/"
+    code = backfill.main(["--input", raw, "--wait", "--poll-seconds", "0"], env=stack.environment)
+    err = capsys.readouterr().err
+    assert code == 0
+    assert " SUCCESS" in err and "state SUCCESS" in err
+
+
+def test_a_cancelled_run_is_reported_with_its_state(stack):
+    emr = stack.client("emr-serverless")
+    started = emr.start_job_run(
+        applicationId=stack.application_id,
+        executionRoleArn=stack.job_role_arn,
+        jobDriver={"sparkSubmit": {"entryPoint": "s3://b/main.py"}},
+    )
+    emr.cancel_job_run(applicationId=stack.application_id, jobRunId=started["jobRunId"])
+    said: list[str] = []
+    run = backfill.wait_for(emr, stack.application_id, started["jobRunId"], 0, said.append)
+    assert run["state"] == "CANCELLED" and said[-1].endswith("CANCELLED")
+    assert backfill.describe_end(run | {"stateDetails": "killed"}).startswith(
+        "state CANCELLED; reason: killed"
+    )
+
+
+def test_bad_configuration_exits_2_and_starts_nothing(stack, capsys):
+    env = {k: v for k, v in stack.environment.items() if k != "JOB_ROLE_ARN"}
+    code = backfill.main(["--input", f"s3://{stack.bucket}/raw/"], env=env)
+    assert code == 2
+    assert "JOB_ROLE_ARN is not set" in capsys.readouterr().err
+    assert job_runs(stack) == []
+    code = backfill.main(["--input", "/local/folder"], env=stack.environment)
+    assert code == 2 and "/local/folder" in capsys.readouterr().err
+
+
+def test_dry_run_starts_nothing(stack, capsys):
+    raw = f"s3://{stack.bucket}/raw/"
+    assert backfill.main(["--input", raw, "--dry-run"], env=stack.environment) == 0
+    assert f"--application-id {stack.application_id}" in capsys.readouterr().out
+    assert job_runs(stack) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "name"),
+    [("ApplicationId", "APPLICATION_ID"), ("JobRoleArn", "JOB_ROLE_ARN"), ("LogsUri", "LOGS_URI")],
+)
+def test_output_keys_name_settings(key, name):
+    assert backfill.setting_name(key) == name
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+EXAMPLE_BUCKET = "fruits-prod-111122223333-eu-west-1"
+EXAMPLE_FLAGS = [
+    "--input",
+    f"s3://{EXAMPLE_BUCKET}/raw/",
+    "--application-id",
+    "00fexampleapp0id",
+    "--job-role-arn",
+    "arn:aws:iam::111122223333:role/fruits-prod-JobRuntimeRole",
+    "--artifacts",
+    f"s3://{EXAMPLE_BUCKET}/artifacts",
+    "--output",
+    f"s3://{EXAMPLE_BUCKET}/output",
+    "--logs",
+    f"s3://{EXAMPLE_BUCKET}/logs",
+    "--dry-run",
+]
+
+
+def test_dry_run_prints_the_same_request_as_an_aws_cli_command(capsys):
+    assert backfill.main(EXAMPLE_FLAGS, env={}) == 0
+    command = capsys.readouterr().out.strip()
+    words = shlex.split(command.replace("\\\n", " "))
+    assert words[:3] == ["aws", "emr-serverless", "start-job-run"]
+    options = dict(zip(words[3::2], words[4::2], strict=True))
+    driver = json.loads(options["--job-driver"])["sparkSubmit"]
+    assert driver["entryPointArguments"][:2] == ["--input", f"s3://{EXAMPLE_BUCKET}/raw/"]
+    assert "spark.archives=" in driver["sparkSubmitParameters"]
+    assert options["--name"] == backfill_run_id(f"s3://{EXAMPLE_BUCKET}/raw/")
+
+
+def test_readme_shows_exactly_what_the_builder_sends(capsys):
+    """The README's `aws emr-serverless start-job-run` block is this command's output."""
+    assert backfill.main(EXAMPLE_FLAGS, env={}) == 0
+    command = capsys.readouterr().out.strip()
+    assert f"```bash\n{command}\n```" in README.read_text()
