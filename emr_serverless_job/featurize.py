@@ -93,6 +93,7 @@ def worker_featurizer(spec: FeaturizerSpec, counters: Counters | None = None) ->
         _worker_event(
             "model_built",
             pid=os.getpid(),
+            python=sys.executable,
             threads=threads,
             image_size=spec.image_size,
             weights=spec.weights.describe(),

@@ -8,7 +8,6 @@ Parquet back in the moto server's S3, one row per uploaded image.
 from __future__ import annotations
 
 import io
-import zipfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -40,21 +39,19 @@ NOT_AN_IMAGE = {"raw/Kiwi/notes.txt": b"picked on monday"}
 
 
 def publish_artifacts(stack, tmp_path: Path) -> str:
-    """What packaging/ uploads: entry point, job package and a weights file."""
+    """What packaging/ uploads: entry point, job package (built the same way) and weights."""
     import keras
 
     from emr_serverless_job.model import Weights, build_keras_model
+    from tests.test_packaging import build
 
-    bundle = io.BytesIO()
-    with zipfile.ZipFile(bundle, "w") as archive:
-        for source in JOB_ROOT.glob("*.py"):
-            archive.write(source, f"emr_serverless_job/{source.name}")
+    bundle = build.job_package(tmp_path / JOB_PACKAGE)
     weights = tmp_path / WEIGHTS_NAME
     model = build_keras_model(IMAGE_SIZE, Weights(kind="random", seed=0))
     model.save_weights(weights)
     keras.backend.clear_session()
     s3 = stack.client("s3")
-    s3.put_object(Bucket=stack.bucket, Key=f"artifacts/{JOB_PACKAGE}", Body=bundle.getvalue())
+    s3.upload_file(str(bundle), stack.bucket, f"artifacts/{JOB_PACKAGE}")
     s3.upload_file(str(JOB_ROOT / "main.py"), stack.bucket, f"artifacts/{ENTRY_POINT}")
     s3.upload_file(str(weights), stack.bucket, f"artifacts/{WEIGHTS_NAME}")
     return f"s3://{stack.bucket}/artifacts/{WEIGHTS_NAME}"

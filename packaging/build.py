@@ -1,0 +1,219 @@
+"""Build everything a job run reads from ``s3://BUCKET/artifacts/`` into ``dist/``.
+
+    python packaging/build.py [--weights imagenet|FILE] [--arch x86_64|arm64]
+                              [--archive auto|docker|local|keep] [--dist dist]
+
+- ``main.py`` (the entry point) and ``emr_serverless_job.zip`` (the package, reproducible:
+  the same sources give the same bytes, so an unchanged package is never re-uploaded);
+- ``mobilenet_v2_weights.h5``: Keras' ImageNet download (needs internet) or a given file;
+- ``pyspark_venv.tar.gz``: the job's pinned runtime requirements (never pyspark, which EMR
+  provides), slimmed, packed with venv-pack. Built by ``packaging/Dockerfile`` on Amazon Linux
+  2023 where Docker runs; elsewhere built locally from the same requirements, with a warning:
+  a venv built on another OS fails on EMR (``./environment/bin/python`` not found, glibc);
+- ``artifacts.json``: sha256 and size of each file, the archive's packages and how it was built.
+
+File names are the ones the StartJobRun request uses (``lambda_trigger/request.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lambda_trigger.request import (  # noqa: E402 (the repository root is added just above)
+    ENTRY_POINT,
+    JOB_PACKAGE,
+    VENV_ARCHIVE,
+    WEIGHTS_FILE,
+)
+
+JOB_SOURCES = ROOT / "emr_serverless_job"
+# What the archive installs: one list, read by this script and COPY'd by the Dockerfile.
+ARCHIVE_REQUIREMENTS = ("requirements/job.txt", "requirements/tensorflow.txt")
+PACKER_REQUIREMENTS = "requirements/packaging.txt"
+DOCKERFILE = ROOT / "packaging" / "Dockerfile"
+SLIM = ROOT / "packaging" / "slim.py"
+MANIFEST = "artifacts.json"
+EMR_PYTHON_PREFIX = "/usr"  # python3.11 on Amazon Linux 2023, as on EMR 7.x workers
+PLATFORMS = {"x86_64": "linux/amd64", "arm64": "linux/arm64"}
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+# What keras.applications.MobileNetV2(weights="imagenet", include_top=False) downloads.
+IMAGENET_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+IMAGENET_URL = (
+    f"https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/{IMAGENET_FILE}"
+)
+LOCAL_WARNING = (
+    "WARNING: Docker is not available, so the venv archive was built on this machine "
+    "({os}). It is only valid on EMR if this machine matches Amazon Linux 2023 on {arch} "
+    "with Python 3.11; build with Docker before shipping it."
+)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def job_package(dest: Path) -> Path:
+    """The package as a zip for ``--py-files``, byte-for-byte reproducible."""
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as archive:
+        for source in sorted(JOB_SOURCES.glob("*.py")):
+            info = zipfile.ZipInfo(f"emr_serverless_job/{source.name}", date_time=ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, source.read_bytes())
+    return dest
+
+
+def fetch_weights(spec: str, dest: Path) -> str:
+    """Copy a weights file, or let Keras download ImageNet's (a build machine has internet)."""
+    if spec == "imagenet":
+        import keras
+
+        source = Path(keras.utils.get_file(IMAGENET_FILE, IMAGENET_URL, cache_subdir="models"))
+    else:
+        source = Path(spec).expanduser().resolve()
+        if not source.is_file():
+            raise SystemExit(f"--weights: no file at {source}")
+    shutil.copyfile(source, dest)
+    return "imagenet (Keras download)" if spec == "imagenet" else str(source)
+
+
+def docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "info"], capture_output=True, text=True)
+    return probe.returncode == 0
+
+
+def archive_with_docker(dist: Path, arch: str) -> dict[str, object]:
+    """``docker build --output``: the archive and the slimming report land in ``dist``."""
+    with tempfile.TemporaryDirectory() as out:
+        subprocess.run(
+            [
+                "docker",
+                "build",
+                "--platform",
+                PLATFORMS[arch],
+                "--file",
+                str(DOCKERFILE),
+                "--output",
+                f"type=local,dest={out}",
+                str(ROOT),
+            ],
+            check=True,
+            env={**os.environ, "DOCKER_BUILDKIT": "1"},
+        )
+        shutil.move(Path(out) / VENV_ARCHIVE, dist / VENV_ARCHIVE)
+        report = json.loads((Path(out) / "slim.json").read_text())
+    return {"builder": "docker", "platform": PLATFORMS[arch], "valid_on_emr": True, **report}
+
+
+def archive_locally(dist: Path, arch: str, work: Path) -> dict[str, object]:
+    """The Dockerfile's steps on this machine: venv, pinned install, slim, venv-pack."""
+    venv = work / "venv"
+    if venv.exists():
+        shutil.rmtree(venv)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    requirements = [arg for path in ARCHIVE_REQUIREMENTS for arg in ("-r", str(ROOT / path))]
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *requirements],
+        check=True,
+    )
+    report_path = work / "slim.json"
+    subprocess.run([sys.executable, str(SLIM), str(venv), "--report", str(report_path)], check=True)
+    (dist / VENV_ARCHIVE).unlink(missing_ok=True)
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "venv-pack"),
+            "--prefix",
+            str(venv),
+            "--output",
+            str(dist / VENV_ARCHIVE),
+            "--quiet",
+        ],
+        check=True,
+    )
+    os_name = platform.freedesktop_os_release().get("PRETTY_NAME", platform.platform())
+    print(LOCAL_WARNING.format(os=os_name, arch=arch), file=sys.stderr)
+    report = json.loads(report_path.read_text())
+    return {
+        "builder": "local",
+        "platform": f"{platform.system().lower()}/{platform.machine()}",
+        "os": os_name,
+        "valid_on_emr": False,
+        **report,
+    }
+
+
+def build(dist: Path, weights: str, arch: str, archive: str) -> dict[str, object]:
+    dist.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(JOB_SOURCES / "main.py", dist / ENTRY_POINT)
+    job_package(dist / JOB_PACKAGE)
+    weights_source = fetch_weights(weights, dist / WEIGHTS_FILE)
+    previous = dist / MANIFEST
+    if archive == "keep":
+        if not (dist / VENV_ARCHIVE).is_file() or not previous.is_file():
+            raise SystemExit(f"--archive keep: no earlier {VENV_ARCHIVE} in {dist}")
+        built = json.loads(previous.read_text())["archive"]
+    elif archive == "docker" or (archive == "auto" and docker_available()):
+        built = archive_with_docker(dist, arch)
+    else:
+        built = archive_locally(dist, arch, ROOT / "build" / "archive")
+    names = (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, VENV_ARCHIVE)
+    manifest = {
+        "files": {
+            name: {"sha256": sha256(dist / name), "bytes": (dist / name).stat().st_size}
+            for name in names
+        },
+        "archive": built,
+        "weights": {"source": weights_source},
+        "python": platform.python_version(),
+        "requirements": list(ARCHIVE_REQUIREMENTS),
+    }
+    (dist / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the job's artifacts into dist/.")
+    parser.add_argument("--dist", type=Path, default=ROOT / "dist")
+    parser.add_argument("--weights", default="imagenet", help="'imagenet' or a weights file")
+    parser.add_argument("--arch", choices=sorted(PLATFORMS), default="x86_64")
+    parser.add_argument(
+        "--archive",
+        choices=("auto", "docker", "local", "keep"),
+        default="auto",
+        help="auto: Docker where it runs, else a local build (with a warning)",
+    )
+    args = parser.parse_args(argv)
+    manifest = build(args.dist.resolve(), args.weights, args.arch, args.archive)
+    mib = 2**20
+    archive = manifest["archive"]
+    for name, entry in manifest["files"].items():
+        print(f"{args.dist / name}  {entry['bytes'] / mib:8.1f} MiB  sha256 {entry['sha256'][:16]}")
+    print(
+        f"venv {archive['bytes_before'] / mib:.0f} MiB -> {archive['bytes_after'] / mib:.0f} MiB "
+        f"after slimming; archive {manifest['files'][VENV_ARCHIVE]['bytes'] / mib:.0f} MiB "
+        f"({archive['builder']} build, {archive['platform']})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
