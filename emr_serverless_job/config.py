@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from emr_serverless_job.model import IMAGE_SIZES, Weights
+from emr_serverless_job.model import IMAGE_SIZES, RUNTIMES, Weights
 
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_PCA_VARIANCE = 0.95
@@ -34,8 +34,10 @@ class JobConfig:
     output: str
     input: str | None
     manifest: str | None
-    weights: Weights
-    image_size: int
+    runtime: str  # "onnx" or "tensorflow"
+    model: str | None  # the exported .onnx (runtime onnx)
+    weights: Weights  # runtime tensorflow
+    image_size: int | None  # None: read from the ONNX model
     pca_variance: float
     pca_k: int | None
     pca_model: str
@@ -77,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", required=True, help="Folder or s3:// prefix under which tables and reports go."
     )
     parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=None,
+        help="Featurizer runtime: 'onnx' (default when --model is given) or 'tensorflow' "
+        "(default otherwise; uses --weights).",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="Path or URI of the .onnx model packaging/ exported (runtime onnx); its input "
+        "size is the image size.",
+    )
+    parser.add_argument(
         "--weights",
         default="imagenet",
         help=(
@@ -87,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--image-size",
         type=int,
-        default=DEFAULT_IMAGE_SIZE,
-        help=f"Square input size of the network, one of {', '.join(map(str, IMAGE_SIZES))}.",
+        default=None,
+        help=f"Square input size of the network, one of {', '.join(map(str, IMAGE_SIZES))} "
+        f"(tensorflow: default {DEFAULT_IMAGE_SIZE}; onnx: the model's, which must match).",
     )
     pca = parser.add_mutually_exclusive_group()
     pca.add_argument(
@@ -147,6 +163,12 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
+    runtime = args.runtime or ("onnx" if args.model else "tensorflow")
+    if runtime == "onnx" and not args.model:
+        raise ConfigError("--runtime onnx: needs --model, the .onnx file packaging/ exported")
+    if runtime == "tensorflow" and args.model:
+        raise ConfigError("--model: only used with --runtime onnx (tensorflow takes --weights)")
+    _require_local(args.model, "--model", Path.is_file, "file")
     try:
         weights = Weights.parse(args.weights)
     except ValueError as error:
@@ -156,7 +178,10 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         if not local.is_file():
             raise ConfigError(f"--weights: no weights file at {local}")
         weights = Weights(kind="file", location=str(local))
-    if args.image_size not in IMAGE_SIZES:
+    image_size = args.image_size
+    if image_size is None and runtime == "tensorflow":
+        image_size = DEFAULT_IMAGE_SIZE
+    if image_size is not None and image_size not in IMAGE_SIZES:
         raise ConfigError(
             f"--image-size: {args.image_size} is not one of {', '.join(map(str, IMAGE_SIZES))}"
         )
@@ -181,8 +206,10 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         output=output,
         input=normalize_location(args.input) if args.input is not None else None,
         manifest=normalize_location(args.manifest) if args.manifest is not None else None,
+        runtime=runtime,
+        model=normalize_location(args.model) if args.model else None,
         weights=weights,
-        image_size=args.image_size,
+        image_size=image_size,
         pca_variance=variance,
         pca_k=args.pca_k,
         pca_model=(

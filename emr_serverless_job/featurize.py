@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from emr_serverless_job.images import decode_batch, preprocess
-from emr_serverless_job.model import Weights, tensorflow_featurizer
+from emr_serverless_job.model import Weights, onnx_featurizer, tensorflow_featurizer
 
 RESULT_TYPE = T.StructType(
     [
@@ -44,6 +44,9 @@ class FeaturizerSpec:
     batch_size: int
     # Name under which Spark distributed the weights file (SparkFiles), if any.
     weights_file: str | None = None
+    runtime: str = "tensorflow"
+    # Name under which Spark distributed the .onnx model (runtime onnx).
+    model_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,15 +64,16 @@ class Counters:
 _FEATURIZERS: dict[FeaturizerSpec, Featurizer] = {}
 
 
-def distribute_weights(spark: SparkSession, weights: Weights) -> str | None:
-    """Ship a weights file to every executor through Spark, since EMR workers have no internet.
+def distribute(spark: SparkSession, location: str) -> str:
+    """Ship a model or weights file to every executor through Spark (EMR workers have no
+    internet; s3:// works too). Returns the name workers look it up under (SparkFiles)."""
+    spark.sparkContext.addFile(location)
+    return os.path.basename(location)
 
-    Returns the name workers look it up under, or None when nothing is shipped.
-    """
-    if weights.kind != "file":
-        return None
-    spark.sparkContext.addFile(weights.location)
-    return os.path.basename(weights.location)
+
+def distribute_weights(spark: SparkSession, weights: Weights) -> str | None:
+    """The weights file, when ``--weights`` names one; None for imagenet and random."""
+    return distribute(spark, weights.location) if weights.kind == "file" else None
 
 
 def _task_cpus() -> int:
@@ -83,10 +87,15 @@ def worker_featurizer(spec: FeaturizerSpec, counters: Counters | None = None) ->
     if featurizer is None:
         started = time.perf_counter()
         threads = _task_cpus()
-        weights_path = SparkFiles.get(spec.weights_file) if spec.weights_file else None
-        featurizer = tensorflow_featurizer(
-            spec.image_size, spec.weights, weights_path, threads=threads
-        )
+        if spec.runtime == "onnx" and spec.model_file:
+            featurizer = onnx_featurizer(SparkFiles.get(spec.model_file), threads=threads)
+            source = spec.model_file
+        else:
+            weights_path = SparkFiles.get(spec.weights_file) if spec.weights_file else None
+            featurizer = tensorflow_featurizer(
+                spec.image_size, spec.weights, weights_path, threads=threads
+            )
+            source = spec.weights.describe()
         _FEATURIZERS[spec] = featurizer
         if counters is not None:
             counters.models_built.add(1)
@@ -94,9 +103,10 @@ def worker_featurizer(spec: FeaturizerSpec, counters: Counters | None = None) ->
             "model_built",
             pid=os.getpid(),
             python=sys.executable,
+            runtime=spec.runtime,
             threads=threads,
             image_size=spec.image_size,
-            weights=spec.weights.describe(),
+            model=source,
             seconds=round(time.perf_counter() - started, 2),
         )
     return featurizer

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from pyspark import SparkFiles, StorageLevel
@@ -23,9 +24,15 @@ from pyspark.sql import functions as F
 
 from emr_serverless_job import hadoopfs, inputs, reduce
 from emr_serverless_job.config import JobConfig
-from emr_serverless_job.featurize import Counters, FeaturizerSpec, distribute_weights, make_udf
+from emr_serverless_job.featurize import (
+    Counters,
+    FeaturizerSpec,
+    distribute,
+    distribute_weights,
+    make_udf,
+)
 from emr_serverless_job.logs import event
-from emr_serverless_job.model import file_sha256
+from emr_serverless_job.model import ModelError, file_sha256, read_onnx_model
 from emr_serverless_job.run_report import RANDOM_WEIGHTS_WARNING, RunReport
 
 # Per-file cost Spark assumes when packing small files into read partitions. Each
@@ -109,6 +116,47 @@ def _weights_identity(shipped: str | None) -> str | None:
     return file_sha256(SparkFiles.get(shipped))
 
 
+@dataclass(frozen=True)
+class Featurizer:
+    """The runtime a run uses, resolved on the driver before any input is read."""
+
+    config: JobConfig  # with the image size resolved
+    identity: str  # what a saved PCA model must have been fitted with
+    shipped_weights: str | None = None
+    shipped_model: str | None = None
+
+
+def resolve_featurizer(config: JobConfig, spark: SparkSession, report: RunReport) -> Featurizer:
+    """Ship the model or weights and check them; a mismatch stops the run here.
+
+    An exported model carries the sha256 of the Keras weights it came from, so a PCA
+    model fitted on TensorFlow features is accepted by ONNX runs of the same weights
+    (their features agree to 1e-4) and vice versa.
+    """
+    report.runtime = config.runtime
+    if config.runtime == "onnx" and config.model:
+        shipped = distribute(spark, config.model)
+        local = SparkFiles.get(shipped)
+        info = read_onnx_model(local)
+        if config.image_size is not None and config.image_size != info.image_size:
+            raise ModelError(
+                f"--image-size {config.image_size} does not match the model: {config.model} "
+                f"takes {info.image_size} px images (drop --image-size, or export at that size)"
+            )
+        report.model = config.model
+        report.model_sha256 = file_sha256(local)
+        report.weights = info.weights_source
+        report.weights_sha256 = info.weights_sha256
+        report.random_weights = info.is_random
+        identity = info.weights_sha256 or report.model_sha256
+        resolved = replace(config, image_size=info.image_size)
+        return Featurizer(resolved, identity, shipped_model=shipped)
+    shipped_weights = distribute_weights(spark, config.weights)
+    report.weights_sha256 = _weights_identity(shipped_weights)
+    identity = report.weights_sha256 or report.weights
+    return Featurizer(config, identity, shipped_weights=shipped_weights)
+
+
 def _load_reduction(
     config: JobConfig, spark: SparkSession, report: RunReport, weights: str
 ) -> reduce.Reduction | None:
@@ -170,12 +218,13 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         image_size=config.image_size,
         batch_size=config.batch_size,
     )
-    if config.weights.is_random:
+    chosen = resolve_featurizer(config, spark, report)
+    config = chosen.config
+    report.image_size = config.image_size or 0
+    weights_identity = chosen.identity
+    if report.random_weights:
         report.warnings.append(RANDOM_WEIGHTS_WARNING)
         event("random_weights", logging.WARNING, message=RANDOM_WEIGHTS_WARNING)
-    shipped = distribute_weights(spark, config.weights)
-    report.weights_sha256 = _weights_identity(shipped)
-    weights_identity = report.weights_sha256 or report.weights
     preloaded = (
         None if config.is_backfill else _load_reduction(config, spark, report, weights_identity)
     )
@@ -190,10 +239,12 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
 
     counters = Counters.create(spark)
     spec = FeaturizerSpec(
-        image_size=config.image_size,
+        image_size=config.image_size or 0,
         weights=config.weights,
         batch_size=config.batch_size,
-        weights_file=shipped,
+        weights_file=chosen.shipped_weights,
+        runtime=config.runtime,
+        model_file=chosen.shipped_model,
     )
     featurize = make_udf(spec, counters)
     decoded = (

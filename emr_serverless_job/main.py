@@ -49,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from emr_serverless_job import job
     from emr_serverless_job.inputs import InputError
+    from emr_serverless_job.model import ModelError
     from emr_serverless_job.reduce import ReductionMismatch
 
     spark = spark_session("fruits-features")
     try:
         report = job.run(config, spark)
-    except (InputError, ReductionMismatch) as error:
+    except (InputError, ModelError, ReductionMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except job.ReconciliationError as error:

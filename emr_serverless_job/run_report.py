@@ -19,6 +19,9 @@ class RunReport:
     output: str
     started_at: str
     finished_at: str = ""
+    runtime: str = ""
+    model: str | None = None  # the .onnx file (runtime onnx)
+    model_sha256: str | None = None
     weights: str = ""
     weights_sha256: str | None = None
     random_weights: bool = False
@@ -59,7 +62,7 @@ class RunReport:
                 if self.duplicates_skipped
                 else ""
             ),
-            f"  model: MobileNetV2 {self.image_size}px, weights {self.weights}; "
+            f"  model: MobileNetV2 {self.image_size}px on {self.runtime}, weights {self.weights}; "
             f"featurize {self.timings_s.get('featurize', 0.0):.1f}s "
             f"({self.images_per_second:.1f} images/s)",
             f"  {reduction}",

@@ -34,6 +34,8 @@ FLAG_SETTINGS = {
     "output": config.OUTPUT_URI,
     "logs": config.LOGS_URI,
     "weights": config.WEIGHTS_URI,
+    "model": config.MODEL_URI,
+    "runtime": config.RUNTIME,
     "image_size": config.IMAGE_SIZE,
     "max_executors": config.MAX_EXECUTORS,
     "timeout_minutes": config.JOB_TIMEOUT_MINUTES,

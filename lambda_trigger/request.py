@@ -16,18 +16,21 @@ ENTRY_POINT = "main.py"
 JOB_PACKAGE = "emr_serverless_job.zip"
 VENV_ARCHIVE = "pyspark_venv.tar.gz"
 WEIGHTS_FILE = "mobilenet_v2_weights.h5"
+MODEL_FILE = "mobilenet_v2.onnx"
 
 VENV_PYTHON = "./environment/bin/python"
 RUN_ID_DIGITS = 16
 PIPELINE_TAG = "fruits-features"
 
 # Worker sizes EMR Serverless accepts (4 vCPU: 8-30 GB). Each Python worker holds the
-# model (about 1.2 GiB with TensorFlow), which Spark counts as executor memory overhead.
+# model, which Spark counts as executor memory overhead: about 1.2 GiB with TensorFlow,
+# a few hundred MiB with ONNX Runtime (BENCHMARKS.md), so an ONNX executor fits the
+# smallest 4 vCPU worker and bills 8 GB instead of 14.
 DRIVER_CORES = 2
 DRIVER_MEMORY = "4g"
 EXECUTOR_CORES = 4
-EXECUTOR_MEMORY = "8g"
-EXECUTOR_MEMORY_OVERHEAD = "6g"
+EXECUTOR_MEMORY = {"onnx": "6g", "tensorflow": "8g"}
+EXECUTOR_MEMORY_OVERHEAD = {"onnx": "2g", "tensorflow": "6g"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class Deployment:
     output_uri: str
     logs_uri: str
     weights_uri: str
+    model_uri: str = ""
+    runtime: str = "onnx"  # onnx: --model (image size from the model); tensorflow: --weights
     image_size: int = 224
     max_executors: int = 8
     timeout_minutes: int = 120
@@ -90,8 +95,8 @@ def spark_submit_parameters(deployment: Deployment) -> str:
         "spark.driver.cores": str(DRIVER_CORES),
         "spark.driver.memory": DRIVER_MEMORY,
         "spark.executor.cores": str(EXECUTOR_CORES),
-        "spark.executor.memory": EXECUTOR_MEMORY,
-        "spark.executor.memoryOverhead": EXECUTOR_MEMORY_OVERHEAD,
+        "spark.executor.memory": EXECUTOR_MEMORY[deployment.runtime],
+        "spark.executor.memoryOverhead": EXECUTOR_MEMORY_OVERHEAD[deployment.runtime],
         "spark.dynamicAllocation.maxExecutors": str(deployment.max_executors),
         # The job splits its input into 4 x this many partitions; without it, the count
         # would follow the few executors that exist when the job starts.
@@ -111,15 +116,17 @@ def start_job_run_request(
     ``client_token`` makes the call idempotent on the service side: the Lambda passes the
     run id, so a redelivered batch cannot start a second run; a backfill passes a fresh one.
     """
+    if deployment.runtime == "onnx":
+        featurizer = ["--runtime", "onnx", "--model", deployment.model_uri]
+    else:
+        featurizer = ["--runtime", "tensorflow", "--weights", deployment.weights_uri]
+        featurizer += ["--image-size", str(deployment.image_size)]
     arguments = [
         source.flag,
         source.uri,
         "--output",
         deployment.output_uri,
-        "--weights",
-        deployment.weights_uri,
-        "--image-size",
-        str(deployment.image_size),
+        *featurizer,
         "--run-id",
         source.run_id,
         *source.extra_args,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lambda_trigger.request import WEIGHTS_FILE, Deployment
+from lambda_trigger.request import MODEL_FILE, WEIGHTS_FILE, Deployment
 
 # The job's accepted --image-size values (emr_serverless_job.model.IMAGE_SIZES; a test
 # keeps the two equal, since the Lambda does not ship the job's code).
@@ -26,6 +26,9 @@ MANIFESTS_URI = "MANIFESTS_URI"
 OUTPUT_URI = "OUTPUT_URI"
 LOGS_URI = "LOGS_URI"
 WEIGHTS_URI = "WEIGHTS_URI"
+MODEL_URI = "MODEL_URI"
+RUNTIME = "RUNTIME"
+RUNTIMES = ("onnx", "tensorflow")  # the job's --runtime choices (a test keeps them equal)
 IMAGE_SIZE = "IMAGE_SIZE"
 MAX_EXECUTORS = "MAX_EXECUTORS"
 JOB_TIMEOUT_MINUTES = "JOB_TIMEOUT_MINUTES"
@@ -97,6 +100,12 @@ def _matching(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
     return parse
 
 
+def _runtime(value: str) -> str:
+    if value not in RUNTIMES:
+        raise ValueError(f"{value!r} is not one of {', '.join(RUNTIMES)}")
+    return value
+
+
 def _image_size(value: str) -> int:
     size = _bounded_int(1, 10_000)(value)
     if size not in IMAGE_SIZES:
@@ -114,6 +123,8 @@ FIELDS: dict[str, tuple[Callable[[str], Any], Any]] = {
     OUTPUT_URI: (parse_s3_location, None),
     LOGS_URI: (parse_s3_location, None),
     WEIGHTS_URI: (_s3_object, ""),
+    MODEL_URI: (_s3_object, ""),
+    RUNTIME: (_runtime, "onnx"),
     IMAGE_SIZE: (_image_size, 224),
     MAX_EXECUTORS: (_bounded_int(1, 1000), 8),
     JOB_TIMEOUT_MINUTES: (_bounded_int(5, 10_080), 120),
@@ -127,6 +138,8 @@ DEPLOYMENT_FIELDS = (
     OUTPUT_URI,
     LOGS_URI,
     WEIGHTS_URI,
+    MODEL_URI,
+    RUNTIME,
     IMAGE_SIZE,
     MAX_EXECUTORS,
     JOB_TIMEOUT_MINUTES,
@@ -170,6 +183,8 @@ def _deployment(values: dict[str, Any]) -> Deployment:
         output_uri=uri(OUTPUT_URI),
         logs_uri=uri(LOGS_URI),
         weights_uri=values[WEIGHTS_URI] or f"{uri(ARTIFACTS_URI)}/{WEIGHTS_FILE}",
+        model_uri=values[MODEL_URI] or f"{uri(ARTIFACTS_URI)}/{MODEL_FILE}",
+        runtime=values[RUNTIME],
         image_size=values[IMAGE_SIZE],
         max_executors=values[MAX_EXECUTORS],
         timeout_minutes=values[JOB_TIMEOUT_MINUTES],

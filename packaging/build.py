@@ -1,15 +1,19 @@
 """Build everything a job run reads from ``s3://BUCKET/artifacts/`` into ``dist/``.
 
-    python packaging/build.py [--weights imagenet|FILE] [--arch x86_64|arm64]
+    python packaging/build.py [--weights imagenet|FILE] [--runtime onnx|tensorflow]
+                              [--image-size 224] [--parity-images DIR] [--arch x86_64|arm64]
                               [--archive auto|docker|local|keep] [--dist dist]
 
 - ``main.py`` (the entry point) and ``emr_serverless_job.zip`` (the package, reproducible:
   the same sources give the same bytes, so an unchanged package is never re-uploaded);
 - ``mobilenet_v2_weights.h5``: Keras' ImageNet download (needs internet) or a given file;
-- ``pyspark_venv.tar.gz``: the job's pinned runtime requirements (never pyspark, which EMR
-  provides), slimmed, packed with venv-pack. Built by ``packaging/Dockerfile`` on Amazon Linux
-  2023 where Docker runs; elsewhere built locally from the same requirements, with a warning:
-  a venv built on another OS fails on EMR (``./environment/bin/python`` not found, glibc);
+- ``mobilenet_v2.onnx`` (runtime onnx, the default): the same model exported to ONNX at
+  ``--image-size``, shipped only if ONNX Runtime matches Keras on real photos (export_onnx.py);
+- ``pyspark_venv.tar.gz``: the job's pinned runtime requirements for ``--runtime`` (onnx: no
+  TensorFlow; never pyspark, which EMR provides), slimmed, packed with venv-pack. Built by
+  ``packaging/Dockerfile`` on Amazon Linux 2023 where Docker runs; elsewhere built locally
+  from the same requirements, with a warning: a venv built on another OS fails on EMR
+  (``./environment/bin/python`` not found, glibc);
 - ``artifacts.json``: sha256 and size of each file, the archive's packages and how it was built.
 
 File names are the ones the StartJobRun request uses (``lambda_trigger/request.py``).
@@ -35,13 +39,19 @@ sys.path.insert(0, str(ROOT))
 from lambda_trigger.request import (  # noqa: E402 (the repository root is added just above)
     ENTRY_POINT,
     JOB_PACKAGE,
+    MODEL_FILE,
     VENV_ARCHIVE,
     WEIGHTS_FILE,
 )
 
 JOB_SOURCES = ROOT / "emr_serverless_job"
-# What the archive installs: one list, read by this script and COPY'd by the Dockerfile.
-ARCHIVE_REQUIREMENTS = ("requirements/job.txt", "requirements/tensorflow.txt")
+# What the archive installs, per runtime: read by this script and COPY'd by the Dockerfile
+# (which installs requirements/job.txt and requirements/${RUNTIME}.txt).
+ARCHIVE_REQUIREMENTS = {
+    "onnx": ("requirements/job.txt", "requirements/onnx.txt"),
+    "tensorflow": ("requirements/job.txt", "requirements/tensorflow.txt"),
+}
+DEFAULT_PARITY_IMAGES = ROOT.parent / "shared" / "data" / "fruits-sample"
 PACKER_REQUIREMENTS = "requirements/packaging.txt"
 DOCKERFILE = ROOT / "packaging" / "Dockerfile"
 SLIM = ROOT / "packaging" / "slim.py"
@@ -101,7 +111,30 @@ def docker_available() -> bool:
     return probe.returncode == 0
 
 
-def archive_with_docker(dist: Path, arch: str) -> dict[str, object]:
+def load_script(name: str) -> object:
+    """A sibling script as a module (packaging/ is not a package: it would shadow pip's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"fruits_packaging_{name}", SLIM.with_name(f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def unpack_seconds(archive: Path) -> float:
+    """How long unpacking takes, as every driver and executor does before the job starts."""
+    import time
+
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        subprocess.run(["tar", "-xzf", str(archive), "-C", folder], check=True)
+        return round(time.perf_counter() - started, 2)
+
+
+def archive_with_docker(dist: Path, arch: str, runtime: str) -> dict[str, object]:
     """``docker build --output``: the archive and the slimming report land in ``dist``."""
     with tempfile.TemporaryDirectory() as out:
         subprocess.run(
@@ -110,6 +143,8 @@ def archive_with_docker(dist: Path, arch: str) -> dict[str, object]:
                 "build",
                 "--platform",
                 PLATFORMS[arch],
+                "--build-arg",
+                f"RUNTIME={runtime}",
                 "--file",
                 str(DOCKERFILE),
                 "--output",
@@ -124,13 +159,15 @@ def archive_with_docker(dist: Path, arch: str) -> dict[str, object]:
     return {"builder": "docker", "platform": PLATFORMS[arch], "valid_on_emr": True, **report}
 
 
-def archive_locally(dist: Path, arch: str, work: Path) -> dict[str, object]:
+def archive_locally(dist: Path, arch: str, runtime: str, work: Path) -> dict[str, object]:
     """The Dockerfile's steps on this machine: venv, pinned install, slim, venv-pack."""
     venv = work / "venv"
     if venv.exists():
         shutil.rmtree(venv)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    requirements = [arg for path in ARCHIVE_REQUIREMENTS for arg in ("-r", str(ROOT / path))]
+    requirements = [
+        arg for path in ARCHIVE_REQUIREMENTS[runtime] for arg in ("-r", str(ROOT / path))
+    ]
     subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *requirements],
         check=True,
@@ -161,30 +198,69 @@ def archive_locally(dist: Path, arch: str, work: Path) -> dict[str, object]:
     }
 
 
-def build(dist: Path, weights: str, arch: str, archive: str) -> dict[str, object]:
+def export_model(dist: Path, image_size: int, parity_images: Path) -> dict[str, object]:
+    """The .onnx next to the weights it came from; raises (no model shipped) on a mismatch."""
+    from emr_serverless_job.model import Weights
+
+    export_onnx = load_script("export_onnx")
+    weights = Weights(kind="file", location=str(dist / WEIGHTS_FILE))
+    try:
+        result = export_onnx.export(weights, image_size, dist / MODEL_FILE, parity_images)
+    except export_onnx.ParityError as error:
+        (dist / MODEL_FILE).unlink(missing_ok=True)
+        raise SystemExit(f"error: {error}") from error
+    return {
+        "file": MODEL_FILE,
+        "image_size": result.image_size,
+        "weights_sha256": result.weights_sha256,
+        "opset": result.opset,
+        "parity_max_abs_diff": result.parity_max_abs_diff,
+        "parity_images": result.parity_images,
+    }
+
+
+def build(
+    dist: Path,
+    weights: str,
+    arch: str,
+    archive: str,
+    runtime: str = "onnx",
+    image_size: int = 224,
+    parity_images: Path = DEFAULT_PARITY_IMAGES,
+) -> dict[str, object]:
     dist.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(JOB_SOURCES / "main.py", dist / ENTRY_POINT)
     job_package(dist / JOB_PACKAGE)
     weights_source = fetch_weights(weights, dist / WEIGHTS_FILE)
+    model = export_model(dist, image_size, parity_images) if runtime == "onnx" else None
+    if model is None:
+        (dist / MODEL_FILE).unlink(missing_ok=True)
     previous = dist / MANIFEST
     if archive == "keep":
         if not (dist / VENV_ARCHIVE).is_file() or not previous.is_file():
             raise SystemExit(f"--archive keep: no earlier {VENV_ARCHIVE} in {dist}")
         built = json.loads(previous.read_text())["archive"]
-    elif archive == "docker" or (archive == "auto" and docker_available()):
-        built = archive_with_docker(dist, arch)
+        if built.get("runtime") != runtime:
+            raise SystemExit(f"--archive keep: the archive in {dist} is for {built.get('runtime')}")
     else:
-        built = archive_locally(dist, arch, ROOT / "build" / "archive")
-    names = (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, VENV_ARCHIVE)
+        if archive == "docker" or (archive == "auto" and docker_available()):
+            built = archive_with_docker(dist, arch, runtime)
+        else:
+            built = archive_locally(dist, arch, runtime, ROOT / "build" / "archive")
+        built["runtime"] = runtime
+        built["unpack_seconds"] = unpack_seconds(dist / VENV_ARCHIVE)
+    names = (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, *([MODEL_FILE] if model else []), VENV_ARCHIVE)
     manifest = {
         "files": {
             name: {"sha256": sha256(dist / name), "bytes": (dist / name).stat().st_size}
             for name in names
         },
+        "runtime": runtime,
         "archive": built,
         "weights": {"source": weights_source},
+        "model": model,
         "python": platform.python_version(),
-        "requirements": list(ARCHIVE_REQUIREMENTS),
+        "requirements": list(ARCHIVE_REQUIREMENTS[runtime]),
     }
     (dist / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -196,13 +272,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="imagenet", help="'imagenet' or a weights file")
     parser.add_argument("--arch", choices=sorted(PLATFORMS), default="x86_64")
     parser.add_argument(
+        "--runtime",
+        choices=sorted(ARCHIVE_REQUIREMENTS),
+        default="onnx",
+        help="onnx (default): export the model, archive without TensorFlow; tensorflow: the "
+        "fallback archive with TensorFlow",
+    )
+    parser.add_argument("--image-size", type=int, default=224, help="of the exported model")
+    parser.add_argument(
+        "--parity-images",
+        type=Path,
+        default=DEFAULT_PARITY_IMAGES,
+        help="real photos the export is checked on (default ../shared/data/fruits-sample)",
+    )
+    parser.add_argument(
         "--archive",
         choices=("auto", "docker", "local", "keep"),
         default="auto",
         help="auto: Docker where it runs, else a local build (with a warning)",
     )
     args = parser.parse_args(argv)
-    manifest = build(args.dist.resolve(), args.weights, args.arch, args.archive)
+    manifest = build(
+        args.dist.resolve(),
+        args.weights,
+        args.arch,
+        args.archive,
+        args.runtime,
+        args.image_size,
+        args.parity_images,
+    )
     mib = 2**20
     archive = manifest["archive"]
     for name, entry in manifest["files"].items():
@@ -210,8 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"venv {archive['bytes_before'] / mib:.0f} MiB -> {archive['bytes_after'] / mib:.0f} MiB "
         f"after slimming; archive {manifest['files'][VENV_ARCHIVE]['bytes'] / mib:.0f} MiB "
-        f"({archive['builder']} build, {archive['platform']})"
+        f"({archive['builder']} build, {archive['platform']}, {manifest['runtime']}), "
+        f"unpacks in {archive['unpack_seconds']} s"
     )
+    if manifest["model"]:
+        model = manifest["model"]
+        print(
+            f"{MODEL_FILE}: {model['image_size']} px, opset {model['opset']}, ONNX Runtime vs "
+            f"Keras max abs diff {model['parity_max_abs_diff']:.2g} on {model['parity_images']} "
+            "photos"
+        )
     return 0
 
 

@@ -69,7 +69,8 @@ def test_backfill_from_stack_outputs_matches_the_lambdas_request(stack, capsys):
 def test_flags_override_and_pca_flags_reach_the_job(stack, capsys):
     raw = f"s3://{stack.bucket}/raw/"
     code = backfill.main(
-        ["--input", raw, "--image-size", "128", "--pca-k", "20"], env=stack.environment
+        ["--input", raw, "--runtime", "tensorflow", "--image-size", "128", "--pca-k", "20"],
+        env=stack.environment,
     )
     assert code == 0
     (run,) = job_runs(stack)

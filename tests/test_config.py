@@ -14,6 +14,8 @@ FLAGS = (
     "--input",
     "--manifest",
     "--output",
+    "--runtime",
+    "--model",
     "--weights",
     "--image-size",
     "--pca-variance",
@@ -34,6 +36,30 @@ def test_defaults(tmp_path):
     assert config.weights == Weights(kind="imagenet")
     assert config.run_id is None
     assert config.batch_size == 64
+    assert config.runtime == "tensorflow" and config.model is None
+
+
+def test_a_model_makes_onnx_the_runtime_and_the_model_the_image_size(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    config = parse_args(["--input", str(tmp_path), "--output", "o", "--model", str(model)])
+    assert config.runtime == "onnx" and config.model == str(model)
+    assert config.image_size is None  # read from the model when the run starts
+    remote = parse_args(["--input", "s3://b/raw", "--output", "o", "--model", "s3://b/m.onnx"])
+    assert remote.model == "s3://b/m.onnx"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--runtime", "onnx"], "--runtime onnx: needs --model"),
+        (["--runtime", "tensorflow", "--model", "s3://b/m.onnx"], "--model: only used with"),
+        (["--model", "/no/such/model.onnx"], "--model: no file at /no/such/model.onnx"),
+    ],
+)
+def test_runtime_and_model_flags_are_checked(tmp_path, argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_args(["--input", str(tmp_path), "--output", "o", *argv])
 
 
 def test_s3_locations_are_kept_as_uris(tmp_path):

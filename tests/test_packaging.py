@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE, VENV_ARCHIVE, WEIGHTS_FILE
+from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE, WEIGHTS_FILE
 from tests.conftest import REAL_SAMPLE, REAL_WEIGHTS, ROOT, needs_real_data
 
 PACKAGING = ROOT / "packaging"
@@ -29,6 +29,7 @@ def load(name: str) -> object:
         f"fruits_packaging_{name}", PACKAGING / f"{name}.py"
     )
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -61,21 +62,31 @@ def test_dockerfile_builds_on_amazon_linux_2023_with_python_311_and_the_tested_p
     (copied,) = re.findall(
         r"^COPY (requirements/\S+(?: requirements/\S+)*) requirements/$", dockerfile, re.M
     )
-    assert set(copied.split()) == {*build.ARCHIVE_REQUIREMENTS, build.PACKER_REQUIREMENTS}
+    wanted = {p for files in build.ARCHIVE_REQUIREMENTS.values() for p in files}
+    assert set(copied.split()) == {*wanted, build.PACKER_REQUIREMENTS}
+    assert "ARG RUNTIME=onnx" in dockerfile
     installed = re.findall(r"-r (requirements/\S+)", dockerfile)
-    assert installed == [*build.ARCHIVE_REQUIREMENTS, build.PACKER_REQUIREMENTS]
+    assert installed == [
+        "requirements/job.txt",
+        "requirements/${RUNTIME}.txt",
+        build.PACKER_REQUIREMENTS,
+    ]
+    for runtime, files in build.ARCHIVE_REQUIREMENTS.items():
+        assert files == ("requirements/job.txt", f"requirements/{runtime}.txt")
     assert f"--python-prefix {build.EMR_PYTHON_PREFIX}" in dockerfile
     assert f"--output /out/{VENV_ARCHIVE}" in dockerfile
     assert "packaging/slim.py /opt/venv" in dockerfile  # the same slimming as the local build
 
 
 def test_archive_requirements_are_the_versions_installed_here_and_never_pyspark():
-    for path in (*build.ARCHIVE_REQUIREMENTS, build.PACKER_REQUIREMENTS):
+    files = {p for group in build.ARCHIVE_REQUIREMENTS.values() for p in group}
+    assert "requirements/tensorflow.txt" not in build.ARCHIVE_REQUIREMENTS["onnx"]
+    for path in (*sorted(files), build.PACKER_REQUIREMENTS):
         for name, version in pins(ROOT / path).items():
             assert metadata.version(name) == version, f"{path}: {name}"
             assert name != "pyspark"
     pyproject = (ROOT / "pyproject.toml").read_text()
-    for path in build.ARCHIVE_REQUIREMENTS:
+    for path in files:
         assert f'file = ["{path}"]' in pyproject  # the tests' extras read the same files
 
 
@@ -117,9 +128,9 @@ def test_slimming_removes_tests_caches_headers_and_installers(tmp_path):
 # --- the proof: the job runs on the archive's Python alone -----------------------------------
 
 
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
+@pytest.fixture(scope="module", params=["onnx", "tensorflow"])
+def dist(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"dist-{request.param}")
     result = subprocess.run(
         [
             sys.executable,
@@ -128,6 +139,10 @@ def dist(tmp_path_factory):
             str(out),
             "--weights",
             str(REAL_WEIGHTS),
+            "--runtime",
+            request.param,
+            "--parity-images",
+            str(REAL_SAMPLE),
             "--archive",
             "local",
         ],
@@ -143,23 +158,39 @@ def dist(tmp_path_factory):
 @needs_real_data()
 def test_manifest_lists_every_artifact_with_its_checksum_and_the_tested_versions(dist):
     manifest = json.loads((dist / build.MANIFEST).read_text())
-    assert set(manifest["files"]) == {ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, VENV_ARCHIVE}
+    runtime = manifest["runtime"]
+    model = {MODEL_FILE} if runtime == "onnx" else set()
+    assert set(manifest["files"]) == {ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, VENV_ARCHIVE, *model}
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == build.sha256(dist / name)
         assert entry["bytes"] == (dist / name).stat().st_size
     archive = manifest["archive"]
     assert archive["builder"] == "local" and archive["valid_on_emr"] is False
     assert archive["bytes_after"] < 0.85 * archive["bytes_before"]
+    assert archive["runtime"] == runtime and archive["unpack_seconds"] > 0
     packages = archive["packages"]
-    for path in build.ARCHIVE_REQUIREMENTS:
+    for path in build.ARCHIVE_REQUIREMENTS[runtime]:
         for name, version in pins(ROOT / path).items():
             assert packages[name] == version
     assert not {"pyspark", "pip", "setuptools", "venv-pack"} & set(packages)
+    if runtime == "onnx":
+        assert not {"tensorflow", "tensorflow-cpu", "keras"} & set(packages)
+        exported = manifest["model"]
+        assert exported["image_size"] == 224 and exported["opset"] == 17
+        assert exported["parity_max_abs_diff"] <= 1e-4 and exported["parity_images"] >= 16
+        assert exported["weights_sha256"] == build.sha256(dist / WEIGHTS_FILE)
 
 
 @needs_real_data()
 def test_the_job_runs_with_only_the_archives_python(dist, tmp_path):
-    """As EMR lays it out: the archive unpacked as ./environment, every Python process using it."""
+    """As EMR lays it out: the archive unpacked as ./environment, every Python process using it,
+    the model (onnx) or the weights (tensorflow) from dist/."""
+    runtime = json.loads((dist / build.MANIFEST).read_text())["runtime"]
+    featurizer = (
+        ["--model", str(dist / MODEL_FILE)]
+        if runtime == "onnx"
+        else ["--runtime", "tensorflow", "--weights", str(dist / WEIGHTS_FILE)]
+    )
     run = tmp_path / "run"
     with tarfile.open(dist / VENV_ARCHIVE) as archive:
         archive.extractall(run / "environment", filter="fully_trusted")
@@ -196,8 +227,7 @@ def test_the_job_runs_with_only_the_archives_python(dist, tmp_path):
             "images",
             "--output",
             "out",
-            "--weights",
-            str(dist / WEIGHTS_FILE),
+            *featurizer,
             "--pca-k",
             "2",
         ],
@@ -212,8 +242,10 @@ def test_the_job_runs_with_only_the_archives_python(dist, tmp_path):
     built = [json.loads(line) for line in result.stderr.splitlines() if '"model_built"' in line]
     assert built, "no worker logged model_built"
     assert {event["python"] for event in built} == {str(run / "environment" / "bin" / "python")}
+    assert {event["runtime"] for event in built} == {runtime}
 
-    # Same features as this (test) environment computes for the same images and weights.
+    # Same features as Keras in this (test) environment computes for the same images and
+    # weights: for onnx, this also checks the exported model against its source.
     from emr_serverless_job.images import decode_batch, preprocess
     from emr_serverless_job.model import Weights, tensorflow_featurizer
 

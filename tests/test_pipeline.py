@@ -14,12 +14,11 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from lambda_trigger import handler as trigger
-from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE
+from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE
 from tests.loopback import job_runs, keys, poll_and_invoke, run_job_locally
 
 JOB_ROOT = Path(__file__).resolve().parent.parent / "emr_serverless_job"
 IMAGE_SIZE = 96
-WEIGHTS_NAME = "random-init.weights.h5"
 
 
 def image_bytes(color: tuple[int, int, int], fmt: str) -> bytes:
@@ -38,23 +37,19 @@ BROKEN = {"raw/Kiwi/broken.jpg": image_bytes((1, 2, 3), "JPEG")[:300]}
 NOT_AN_IMAGE = {"raw/Kiwi/notes.txt": b"picked on monday"}
 
 
-def publish_artifacts(stack, tmp_path: Path) -> str:
-    """What packaging/ uploads: entry point, job package (built the same way) and weights."""
-    import keras
-
-    from emr_serverless_job.model import Weights, build_keras_model
-    from tests.test_packaging import build
+def publish_artifacts(stack, tmp_path: Path) -> None:
+    """What packaging/ uploads, built the same way: entry point, job package and the ONNX
+    model (exported from random weights at 96 px, to stay small and fast)."""
+    from emr_serverless_job.model import Weights
+    from tests.test_packaging import build, load
 
     bundle = build.job_package(tmp_path / JOB_PACKAGE)
-    weights = tmp_path / WEIGHTS_NAME
-    model = build_keras_model(IMAGE_SIZE, Weights(kind="random", seed=0))
-    model.save_weights(weights)
-    keras.backend.clear_session()
+    model = tmp_path / MODEL_FILE
+    load("export_onnx").convert(Weights(kind="random", seed=0), IMAGE_SIZE, model)
     s3 = stack.client("s3")
     s3.upload_file(str(bundle), stack.bucket, f"artifacts/{JOB_PACKAGE}")
     s3.upload_file(str(JOB_ROOT / "main.py"), stack.bucket, f"artifacts/{ENTRY_POINT}")
-    s3.upload_file(str(weights), stack.bucket, f"artifacts/{WEIGHTS_NAME}")
-    return f"s3://{stack.bucket}/artifacts/{WEIGHTS_NAME}"
+    s3.upload_file(str(model), stack.bucket, f"artifacts/{MODEL_FILE}")
 
 
 def read_table(stack, prefix: str, folder: Path) -> list[dict]:
@@ -66,11 +61,8 @@ def read_table(stack, prefix: str, folder: Path) -> list[dict]:
     return pq.read_table(folder).to_pylist()
 
 
-def test_uploaded_photos_become_features_and_error_rows_in_s3(stack, tmp_path, monkeypatch):
-    weights_uri = publish_artifacts(stack, tmp_path)
-    monkeypatch.setenv("IMAGE_SIZE", str(IMAGE_SIZE))
-    monkeypatch.setenv("WEIGHTS_URI", weights_uri)
-    trigger.current_settings.cache_clear()
+def test_uploaded_photos_become_features_and_error_rows_in_s3(stack, tmp_path):
+    publish_artifacts(stack, tmp_path)  # the stack's defaults: runtime onnx, artifacts/ names
     s3 = stack.client("s3")
     for key, body in {**GOOD, **BROKEN, **NOT_AN_IMAGE}.items():
         s3.put_object(Bucket=stack.bucket, Key=key, Body=body)
@@ -84,6 +76,7 @@ def test_uploaded_photos_become_features_and_error_rows_in_s3(stack, tmp_path, m
     local = run_job_locally(stack, run["jobRunId"], tmp_path / "emr")
     assert local.returncode == 0, local.stderr[-4000:]
     assert "4 featurized, 1 errors" in local.stdout
+    assert f"MobileNetV2 {IMAGE_SIZE}px on onnx" in local.stdout  # the size came from the model
 
     def key_of(path: str) -> str:  # the runner mirrors s3://bucket/key to .../s3/bucket/key
         return path.split(f"/s3/{stack.bucket}/", 1)[1]

@@ -206,6 +206,7 @@ def test_every_missing_variable_is_named():
         ("IMAGE_SIZE", "big", "IMAGE_SIZE: 'big' is not a whole number"),
         ("MAX_EXECUTORS", "0", "MAX_EXECUTORS: 0 is not between 1 and 1000"),
         ("WEIGHTS_URI", f"s3://{BUCKET}", "WEIGHTS_URI: "),
+        ("RUNTIME", "torch", "RUNTIME: 'torch' is not one of onnx, tensorflow"),
     ],
 )
 def test_malformed_variables_are_named(name, value, message):
@@ -255,7 +256,10 @@ def test_request_runs_the_entry_point_in_the_venv_archive():
     args = driver["entryPointArguments"]
     assert args[:2] == ["--manifest", f"s3://{BUCKET}/manifests/x.jsonl"]
     assert args[args.index("--output") + 1] == f"s3://{BUCKET}/output"
-    assert args[args.index("--weights") + 1] == f"s3://{BUCKET}/artifacts/{rq.WEIGHTS_FILE}"
+    # ONNX Runtime by default; the model decides the image size, so none is passed.
+    assert args[args.index("--runtime") + 1] == "onnx"
+    assert args[args.index("--model") + 1] == f"s3://{BUCKET}/artifacts/{rq.MODEL_FILE}"
+    assert "--weights" not in args and "--image-size" not in args
     assert args[args.index("--run-id") + 1] == request["name"] == request["clientToken"]
     assert "--py-files s3://" in driver["sparkSubmitParameters"]
     conf = _conf(request)
@@ -270,19 +274,39 @@ def test_request_runs_the_entry_point_in_the_venv_archive():
     assert logs["s3MonitoringConfiguration"]["logUri"] == f"s3://{BUCKET}/logs/"
 
 
+def test_tensorflow_runtime_passes_weights_and_image_size():
+    deployment = from_environment(ENV | {"RUNTIME": "tensorflow", "IMAGE_SIZE": "128"}).deployment
+    request = rq.start_job_run_request(deployment, rq.for_backfill("s3://b/raw/"), "token")
+    args = request["jobDriver"]["sparkSubmit"]["entryPointArguments"]
+    assert args[args.index("--runtime") + 1] == "tensorflow"
+    assert args[args.index("--weights") + 1] == f"s3://{BUCKET}/artifacts/{rq.WEIGHTS_FILE}"
+    assert args[args.index("--image-size") + 1] == "128"
+    assert "--model" not in args
+
+
+def test_runtimes_match_the_job():
+    from emr_serverless_job.model import RUNTIMES as JOB_RUNTIMES
+    from lambda_trigger.settings import RUNTIMES
+
+    assert RUNTIMES == JOB_RUNTIMES
+
+
 def _gigabytes(size: str) -> float:
     assert size[-1] == "g"
     return float(size[:-1])
 
 
-def test_executor_and_driver_fit_emr_serverless_worker_sizes():
-    """4 vCPU workers take 8-30 GB, 2 vCPU 4-16 GB; the Python workers need the overhead."""
-    conf = _conf(_manifest_request())
+@pytest.mark.parametrize(("runtime", "python_worker_gb"), [("onnx", 0.4), ("tensorflow", 1.2)])
+def test_executor_and_driver_fit_emr_serverless_worker_sizes(runtime, python_worker_gb):
+    """4 vCPU workers take 8-30 GB, 2 vCPU 4-16 GB; each Python worker (one per core) holds
+    the model in the executor's memory overhead (sizes measured in BENCHMARKS.md)."""
+    deployment = from_environment(ENV | {"RUNTIME": runtime}).deployment
+    conf = _conf(rq.start_job_run_request(deployment, rq.for_backfill("s3://b/raw/"), "t"))
     executor = _gigabytes(conf["spark.executor.memory"]) + _gigabytes(
         conf["spark.executor.memoryOverhead"]
     )
     assert conf["spark.executor.cores"] == "4" and 8 <= executor <= 30
-    assert _gigabytes(conf["spark.executor.memoryOverhead"]) >= 4 * 1.2
+    assert _gigabytes(conf["spark.executor.memoryOverhead"]) >= 4 * python_worker_gb
     driver = _gigabytes(conf["spark.driver.memory"]) * 1.1
     assert conf["spark.driver.cores"] == "2" and 4 <= driver <= 16
     assert int(conf["spark.default.parallelism"]) == 8 * 4

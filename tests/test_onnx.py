@@ -1,0 +1,150 @@
+"""The ONNX Runtime featurizer: same features as Keras, one session per worker, the image size
+taken from the model, and a mismatched or unusable model refused before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from emr_serverless_job import job
+from emr_serverless_job.config import parse_args
+from emr_serverless_job.model import ModelError, Weights, read_onnx_model
+from tests.conftest import REAL_SAMPLE, REAL_WEIGHTS, needs_real_data
+from tests.test_packaging import load
+
+export_onnx = load("export_onnx")
+SMALL = 96
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> Path:
+    """MobileNetV2 with random:0 weights, exported at 96 px (tests only)."""
+    path = tmp_path_factory.mktemp("onnx") / "random0-96.onnx"
+    export_onnx.convert(Weights(kind="random", seed=0), SMALL, path)
+    return path
+
+
+def features_by_path(output: Path, run_id: str) -> dict[str, np.ndarray]:
+    table = pq.read_table(output / "features" / f"run_id={run_id}").to_pylist()
+    return {row["path"]: np.asarray(row["features"], np.float32) for row in table}
+
+
+def pca_by_path(output: Path, run_id: str) -> dict[str, np.ndarray]:
+    table = pq.read_table(output / "features" / f"run_id={run_id}").to_pylist()
+    return {row["path"]: np.asarray(row["pca_features"], np.float64) for row in table}
+
+
+def test_export_metadata_names_the_weights_and_the_image_size(random_model):
+    info = read_onnx_model(random_model)
+    assert info.image_size == SMALL
+    assert info.weights_source == "random:0" and info.is_random
+    assert info.weights_sha256 is None  # random weights have no file to hash
+
+
+def test_onnx_job_matches_the_keras_job_and_builds_one_session_per_worker(
+    spark, image_folder, random_model, tmp_path
+):
+    folder, expected = image_folder
+    common = ["--input", str(folder), "--batch-size", "8", "--pca-k", "2"]
+    onnx = job.run(
+        parse_args([*common, "--output", str(tmp_path / "onnx"), "--model", str(random_model)]),
+        spark,
+    )
+    keras = job.run(
+        parse_args(
+            [*common, "--output", str(tmp_path / "tf"), "--weights", "random:0"]
+            + ["--image-size", str(SMALL)]
+        ),
+        spark,
+    )
+    assert onnx.runtime == "onnx" and keras.runtime == "tensorflow"
+    assert onnx.image_size == SMALL  # from the model: no --image-size was given
+    assert onnx.random_weights and any("RANDOM WEIGHTS" in w for w in onnx.warnings)
+    assert onnx.features == keras.features == expected.images - expected.broken
+    assert onnx.images_featurized == keras.images_featurized  # each image read once
+    assert 1 <= onnx.models_built <= 2  # local[2]: at most one session per Python worker
+    ours = features_by_path(tmp_path / "onnx", onnx.run_id)
+    theirs = features_by_path(tmp_path / "tf", keras.run_id)
+    assert ours.keys() == theirs.keys()
+    worst = max(float(np.abs(ours[p] - theirs[p]).max()) for p in ours)
+    assert worst <= 1e-4
+    report = json.loads(
+        (tmp_path / "onnx" / "reports" / f"run_id={onnx.run_id}" / "report.json").read_text()
+    )
+    assert report["model"] == str(random_model) and len(report["model_sha256"]) == 64
+
+
+def test_an_image_size_that_contradicts_the_model_stops_before_any_work(
+    spark, image_folder, random_model, tmp_path
+):
+    folder, _ = image_folder
+    config = parse_args(
+        ["--input", str(folder), "--output", str(tmp_path / "o"), "--model", str(random_model)]
+        + ["--image-size", "224"]
+    )
+    with pytest.raises(ModelError, match=r"--image-size 224 does not match the model.*96 px"):
+        job.run(config, spark)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_file_that_is_not_a_feature_model_is_refused(spark, image_folder, tmp_path):
+    folder, _ = image_folder
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"this is not a protobuf")
+    config = parse_args(
+        ["--input", str(folder), "--output", str(tmp_path / "o"), "--model", str(bogus)]
+    )
+    with pytest.raises(ModelError, match="not a readable ONNX model"):
+        job.run(config, spark)
+    assert not (tmp_path / "o").exists()
+
+
+@needs_real_data()
+def test_parity_check_fails_the_export_saying_by_how_much(random_model):
+    """A model that is not the one Keras builds from these weights must not ship.
+
+    (Random-init features are about 1e-12, so only real weights make this check mean anything.)
+    """
+    batch = export_onnx.parity_batch(REAL_SAMPLE, SMALL)
+    real = Weights(kind="file", location=str(REAL_WEIGHTS))
+    with pytest.raises(export_onnx.ParityError, match=r"differs from Keras by .* tolerance is"):
+        export_onnx.check_parity(random_model, real, batch)
+
+
+@needs_real_data()
+def test_both_runtimes_agree_on_the_real_sample(spark, tmp_path):
+    """Features within 1e-4, and the same PCA model projects them alike."""
+    model = tmp_path / "mobilenet_v2.onnx"
+    weights = Weights(kind="file", location=str(REAL_WEIGHTS))
+    exported = export_onnx.export(weights, 224, model, REAL_SAMPLE)
+    assert exported.parity_max_abs_diff <= 1e-4
+
+    output = tmp_path / "out"
+    keras = job.run(
+        parse_args(
+            ["--input", str(REAL_SAMPLE), "--output", str(output), "--weights", str(REAL_WEIGHTS)]
+            + ["--runtime", "tensorflow", "--pca-k", "16"]
+        ),
+        spark,
+    )
+    manifest = tmp_path / "all.jsonl"
+    paths = sorted(features_by_path(output, keras.run_id))
+    manifest.write_text("".join(json.dumps({"uri": p}) + "\n" for p in paths))
+    onnx = job.run(
+        parse_args(["--manifest", str(manifest), "--output", str(output), "--model", str(model)]),
+        spark,
+    )
+    # The PCA model fitted on TensorFlow features is accepted: same weights, by sha256.
+    assert onnx.pca["status"].startswith("loaded from") and onnx.pca["k"] == 16
+
+    ours, theirs = features_by_path(output, onnx.run_id), features_by_path(output, keras.run_id)
+    assert ours.keys() == theirs.keys() and len(ours) == 100
+    assert max(float(np.abs(ours[p] - theirs[p]).max()) for p in ours) <= 1e-4
+    projected, reference = pca_by_path(output, onnx.run_id), pca_by_path(output, keras.run_id)
+    scale = max(float(np.abs(v).max()) for v in reference.values())
+    worst = max(float(np.abs(projected[p] - reference[p]).max()) for p in projected)
+    assert worst <= 1e-3 * scale, (worst, scale)
