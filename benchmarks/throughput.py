@@ -1,15 +1,16 @@
 """Job throughput against the model's own speed, and peak memory against input size.
 
-One run on one machine measures, at each image size:
+One run on one machine measures, at each image size and for each runtime (ONNX Runtime
+on the model packaging/ exports, TensorFlow/Keras on the weights file):
   raw  the featurizer in a tight in-process loop on already-preprocessed batches
-       (same model, weights, image size and batch size; all cores to TensorFlow);
+       (same model, weights, image size and batch size; all cores to the runtime);
   job  the job end to end on local[N] over the same number of images, as a user runs
        it (`python -m emr_serverless_job`), from its run report;
 and the peak resident memory of the job's whole process tree (driver JVM and Python
-workers) at two input sizes. Ratios, not single timings, are the result.
+workers). Ratios, not single timings, are the result.
 
-    ./dev bench                       # 5,000 images at 224 and 128, memory at 2,500/5,000
-    ./dev bench --images 1000 --sizes 128 --memory-images 500 1000   # a quick look
+    ./dev bench                       # 5,000 images at 224 and 128, both runtimes
+    ./dev bench --images 1000 --sizes 128 --runtimes onnx --memory-images 500 1000
 """
 
 from __future__ import annotations
@@ -58,6 +59,34 @@ def image_folder(count: int) -> Path:
 
 def weights() -> str:
     return str(REAL_WEIGHTS) if REAL_WEIGHTS.exists() else "random:0"
+
+
+def onnx_model(size: int) -> Path:
+    """The model packaging/ would ship at this size, parity-checked, cached between runs."""
+    path = WORK / "models" / f"mobilenet_v2_{size}.onnx"
+    if path.exists():
+        return path
+    import importlib.util
+
+    script = ROOT / "packaging" / "export_onnx.py"
+    spec = importlib.util.spec_from_file_location("fruits_packaging_export_onnx", script)
+    export_onnx = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = export_onnx
+    spec.loader.exec_module(export_onnx)
+    from emr_serverless_job.model import Weights
+
+    source = Weights.parse(weights())
+    if REAL_SAMPLE.exists():
+        export_onnx.export(source, size, path, REAL_SAMPLE)
+    else:
+        export_onnx.convert(source, size, path)
+    return path
+
+
+def featurizer_flags(runtime: str, size: int) -> list[str]:
+    if runtime == "onnx":
+        return ["--model", str(onnx_model(size))]
+    return ["--runtime", "tensorflow", "--weights", weights(), "--image-size", str(size)]
 
 
 def tree_rss_bytes(root_pid: int) -> int:
@@ -110,13 +139,16 @@ def run_measured(command: list[str]) -> tuple[float, int, str]:
     return time.perf_counter() - start, peak, stdout
 
 
-def raw(size: int, batch_size: int, threads: int) -> dict:
-    """Runs in its own process: TensorFlow's thread pools are fixed once per process."""
+def raw(runtime: str, size: int, batch_size: int, threads: int) -> dict:
+    """Runs in its own process: a runtime's thread pools are fixed once per process."""
     import numpy as np
 
-    from emr_serverless_job.model import Weights, tensorflow_featurizer
+    from emr_serverless_job.model import Weights, onnx_featurizer, tensorflow_featurizer
 
-    featurize = tensorflow_featurizer(size, Weights.parse(weights()), threads=threads)
+    if runtime == "onnx":
+        featurize = onnx_featurizer(onnx_model(size), threads=threads)
+    else:
+        featurize = tensorflow_featurizer(size, Weights.parse(weights()), threads=threads)
     batch = np.random.default_rng(0).uniform(-1, 1, (batch_size, size, size, 3))
     batch = batch.astype(np.float32)
     featurize(batch)  # build and warm up
@@ -128,9 +160,9 @@ def raw(size: int, batch_size: int, threads: int) -> dict:
     return {"images_per_second": images / (time.perf_counter() - start), "threads": threads}
 
 
-def job(size: int, count: int, batch_size: int, cores: int) -> dict:
+def job(runtime: str, size: int, count: int, batch_size: int, cores: int) -> dict:
     folder = image_folder(count)
-    output = WORK / f"out-{size}-{count}"
+    output = WORK / f"out-{runtime}-{size}-{count}"
     shutil.rmtree(output, ignore_errors=True)
     env_master = f"local[{cores}]"
     command = [
@@ -141,10 +173,7 @@ def job(size: int, count: int, batch_size: int, cores: int) -> dict:
         str(folder),
         "--output",
         str(output),
-        "--weights",
-        weights(),
-        "--image-size",
-        str(size),
+        *featurizer_flags(runtime, size),
         "--batch-size",
         str(batch_size),
         "--pca-k",
@@ -159,6 +188,7 @@ def job(size: int, count: int, batch_size: int, cores: int) -> dict:
         "images": count,
         "featurize_images_per_second": report["images_per_second"],
         "run_images_per_second": count / report["timings_s"]["total"],
+        "vcpu_seconds_per_1000": round(cores * report["timings_s"]["total"] * 1000 / count, 1),
         "timings_s": report["timings_s"],
         "process_seconds": round(seconds, 1),
         "peak_rss_mib": round(peak / 2**20),
@@ -190,58 +220,71 @@ def main() -> int:
     )
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 128])
+    parser.add_argument("--runtimes", nargs="+", default=["onnx", "tensorflow"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--memory-images", type=int, nargs=2, default=[2500, 5000])
     parser.add_argument("--memory-size", type=int, default=128)
     parser.add_argument("--out", type=Path, default=WORK / "results.json")
-    parser.add_argument("--raw-only", type=int, help=argparse.SUPPRESS)  # child process mode
+    parser.add_argument("--raw-only", nargs=2, help=argparse.SUPPRESS)  # child: RUNTIME SIZE
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     if args.raw_only:
-        print(json.dumps(raw(args.raw_only, args.batch_size, cores)))
+        runtime, size = args.raw_only[0], int(args.raw_only[1])
+        print(json.dumps(raw(runtime, size, args.batch_size, cores)))
         return 0
 
     results: dict = {"machine": machine(), "batch_size": args.batch_size, "sizes": {}}
     for size in args.sizes:
-        _, raw_peak, out = run_measured(
-            [
-                sys.executable,
-                __file__,
-                "--raw-only",
-                str(size),
-                "--batch-size",
-                str(args.batch_size),
-            ]
-        )
-        measured_raw = json.loads(out.strip().splitlines()[-1])
-        measured_job = job(size, args.images, args.batch_size, cores)
-        ratio = measured_job["featurize_images_per_second"] / measured_raw["images_per_second"]
-        results["sizes"][size] = {
-            "raw": measured_raw,
-            "raw_peak_rss_mib": round(raw_peak / 2**20),
-            "job": measured_job,
-            "ratio": round(ratio, 3),
-        }
-        print(
-            f"{size}px: raw {measured_raw['images_per_second']:.1f} img/s, job featurize "
-            f"{measured_job['featurize_images_per_second']:.1f} img/s (ratio {ratio:.2f}), "
-            f"whole run {measured_job['run_images_per_second']:.1f} img/s, "
-            f"peak RSS {measured_job['peak_rss_mib']} MiB",
-            flush=True,
-        )
-    memory = {}
-    for count in args.memory_images:
-        known = results["sizes"].get(args.memory_size, {}).get("job")
-        measured = (
-            known
-            if known and known["images"] == count
-            else job(args.memory_size, count, args.batch_size, cores)
-        )
-        memory[count] = measured["peak_rss_mib"]
-        print(
-            f"memory at {args.memory_size}px, {count} images: peak RSS {memory[count]} MiB",
-            flush=True,
-        )
+        for runtime in args.runtimes:
+            if runtime == "onnx":
+                onnx_model(size)  # export (and parity-check) outside the measured processes
+            _, raw_peak, out = run_measured(
+                [
+                    sys.executable,
+                    __file__,
+                    "--raw-only",
+                    runtime,
+                    str(size),
+                    "--batch-size",
+                    str(args.batch_size),
+                ]
+            )
+            measured_raw = json.loads(out.strip().splitlines()[-1])
+            measured_job = job(runtime, size, args.images, args.batch_size, cores)
+            raw_speed = measured_raw["images_per_second"]
+            ratio = measured_job["featurize_images_per_second"] / raw_speed
+            results["sizes"].setdefault(size, {})[runtime] = {
+                "raw": measured_raw,
+                "raw_peak_rss_mib": round(raw_peak / 2**20),
+                "job": measured_job,
+                "ratio": round(ratio, 3),
+                "whole_run_ratio": round(measured_job["run_images_per_second"] / raw_speed, 3),
+            }
+            print(
+                f"{size}px {runtime}: raw {raw_speed:.1f} img/s (peak RSS "
+                f"{round(raw_peak / 2**20)} MiB), job featurize "
+                f"{measured_job['featurize_images_per_second']:.1f} img/s (ratio {ratio:.2f}), "
+                f"whole run {measured_job['run_images_per_second']:.1f} img/s, "
+                f"{measured_job['vcpu_seconds_per_1000']} vCPU-s per 1,000 images, "
+                f"peak RSS {measured_job['peak_rss_mib']} MiB",
+                flush=True,
+            )
+    memory: dict = {}
+    for runtime in args.runtimes:
+        for count in args.memory_images:
+            known = results["sizes"].get(args.memory_size, {}).get(runtime, {}).get("job")
+            measured = (
+                known
+                if known and known["images"] == count
+                else job(runtime, args.memory_size, count, args.batch_size, cores)
+            )
+            memory.setdefault(runtime, {})[count] = measured["peak_rss_mib"]
+            print(
+                f"memory {runtime} at {args.memory_size}px, {count} images: "
+                f"peak RSS {measured['peak_rss_mib']} MiB, featurize "
+                f"{measured['featurize_images_per_second']:.1f} img/s",
+                flush=True,
+            )
     results["memory"] = {"image_size": args.memory_size, "peak_rss_mib_by_images": memory}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

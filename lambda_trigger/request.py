@@ -22,15 +22,15 @@ VENV_PYTHON = "./environment/bin/python"
 RUN_ID_DIGITS = 16
 PIPELINE_TAG = "fruits-features"
 
-# Worker sizes EMR Serverless accepts (4 vCPU: 8-30 GB). Each Python worker holds the
-# model, which Spark counts as executor memory overhead: about 1.2 GiB with TensorFlow,
-# a few hundred MiB with ONNX Runtime (BENCHMARKS.md), so an ONNX executor fits the
-# smallest 4 vCPU worker and bills 8 GB instead of 14.
+# Worker sizes EMR Serverless accepts (4 vCPU: 8-30 GB). Each Python worker (one per core)
+# holds the model and a batch's activations, which Spark counts as executor memory
+# overhead: measured at 224 px and batch 64, about 0.86 GiB with ONNX Runtime and 1.6 GiB
+# with TensorFlow (BENCHMARKS.md), so an ONNX executor bills 10 GB instead of 14.
 DRIVER_CORES = 2
 DRIVER_MEMORY = "4g"
 EXECUTOR_CORES = 4
-EXECUTOR_MEMORY = {"onnx": "6g", "tensorflow": "8g"}
-EXECUTOR_MEMORY_OVERHEAD = {"onnx": "2g", "tensorflow": "6g"}
+EXECUTOR_MEMORY = {"onnx": "6g", "tensorflow": "7g"}
+EXECUTOR_MEMORY_OVERHEAD = {"onnx": "4g", "tensorflow": "7g"}
 
 
 @dataclass(frozen=True)

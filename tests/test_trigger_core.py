@@ -296,7 +296,7 @@ def _gigabytes(size: str) -> float:
     return float(size[:-1])
 
 
-@pytest.mark.parametrize(("runtime", "python_worker_gb"), [("onnx", 0.4), ("tensorflow", 1.2)])
+@pytest.mark.parametrize(("runtime", "python_worker_gb"), [("onnx", 0.86), ("tensorflow", 1.65)])
 def test_executor_and_driver_fit_emr_serverless_worker_sizes(runtime, python_worker_gb):
     """4 vCPU workers take 8-30 GB, 2 vCPU 4-16 GB; each Python worker (one per core) holds
     the model in the executor's memory overhead (sizes measured in BENCHMARKS.md)."""
