@@ -18,6 +18,7 @@ from tests.test_packaging import load
 
 export_onnx = load("export_onnx")
 SMALL = 96
+KERAS_RANDOM = ["--weights", "random:0", "--image-size", str(SMALL)]
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +56,7 @@ def test_onnx_job_matches_the_keras_job_and_builds_one_session_per_worker(
         spark,
     )
     keras = job.run(
-        parse_args(
-            [*common, "--output", str(tmp_path / "tf"), "--weights", "random:0"]
-            + ["--image-size", str(SMALL)]
-        ),
+        parse_args([*common, "--output", str(tmp_path / "tf"), *KERAS_RANDOM]),
         spark,
     )
     assert onnx.runtime == "onnx" and keras.runtime == "tensorflow"
@@ -82,10 +80,8 @@ def test_an_image_size_that_contradicts_the_model_stops_before_any_work(
     spark, image_folder, random_model, tmp_path
 ):
     folder, _ = image_folder
-    config = parse_args(
-        ["--input", str(folder), "--output", str(tmp_path / "o"), "--model", str(random_model)]
-        + ["--image-size", "224"]
-    )
+    flags = ["--output", str(tmp_path / "o"), "--model", str(random_model), "--image-size", "224"]
+    config = parse_args(["--input", str(folder), *flags])
     with pytest.raises(ModelError, match=r"--image-size 224 does not match the model.*96 px"):
         job.run(config, spark)
     assert not (tmp_path / "o").exists()
@@ -124,11 +120,9 @@ def test_both_runtimes_agree_on_the_real_sample(spark, tmp_path):
     assert exported.parity_max_abs_diff <= 1e-4
 
     output = tmp_path / "out"
+    source = ["--input", str(REAL_SAMPLE), "--output", str(output), "--pca-k", "16"]
     keras = job.run(
-        parse_args(
-            ["--input", str(REAL_SAMPLE), "--output", str(output), "--weights", str(REAL_WEIGHTS)]
-            + ["--runtime", "tensorflow", "--pca-k", "16"]
-        ),
+        parse_args([*source, "--runtime", "tensorflow", "--weights", str(REAL_WEIGHTS)]),
         spark,
     )
     manifest = tmp_path / "all.jsonl"
