@@ -65,34 +65,24 @@ def record_handler(record: SQSRecord, batch: Batch, raw: config.S3Location) -> N
     batch.ignored.extend(ignored)
 
 
-@metrics.log_metrics
-@tracer.capture_lambda_handler
-@logger.inject_lambda_context(clear_state=True)
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    settings = current_settings()  # a bad configuration stops here, before any side effect
-    batch = Batch()
-    records = event["Records"]
-    with processor(records=records, handler=partial(record_handler, batch=batch, raw=settings.raw)):
-        processor.process()
-    failed = len(processor.fail_messages)
+def count(batch: Batch, failed: int) -> None:
     metrics.add_metric(name="ImagesAccepted", unit=MetricUnit.Count, value=len(batch.images))
     metrics.add_metric(name="ObjectsIgnored", unit=MetricUnit.Count, value=len(batch.ignored))
     metrics.add_metric(name="MessagesFailed", unit=MetricUnit.Count, value=failed)
-    if not batch.images:
-        logger.info("no images in batch", extra={"messages": len(records), "failed": failed})
-        return processor.response()
 
+
+def start_run(batch: Batch, settings: config.Settings, messages: int, failed: int) -> None:
+    """One manifest and at most one job run for the batch's images; raises if either fails."""
     manifest = build_manifest(batch.images)
     logger.set_correlation_id(manifest.run_id)
     s3, emr = clients()
     submission = submit_batch(s3, emr, settings, manifest)
+    duplicate = submission.already_submitted
     metrics.add_metric(
-        name="DuplicateBatches" if submission.already_submitted else "JobRunsSubmitted",
-        unit=MetricUnit.Count,
-        value=1,
+        name="DuplicateBatches" if duplicate else "JobRunsSubmitted", unit=MetricUnit.Count, value=1
     )
     logger.info(
-        "batch already submitted" if submission.already_submitted else "job run started",
+        "batch already submitted" if duplicate else "job run started",
         extra={
             "run_id": submission.run_id,
             "job_run_id": submission.job_run_id,
@@ -100,8 +90,24 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             "images": manifest.images,
             "duplicate_events": manifest.duplicates,
             "ignored": len(batch.ignored),
-            "messages": len(records),
+            "messages": messages,
             "failed": failed,
         },
     )
+
+
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    settings = current_settings()  # a bad configuration stops here, before any side effect
+    batch, records = Batch(), event["Records"]
+    with processor(records=records, handler=partial(record_handler, batch=batch, raw=settings.raw)):
+        processor.process()
+    failed = len(processor.fail_messages)
+    count(batch, failed)
+    if batch.images:
+        start_run(batch, settings, len(records), failed)
+    else:
+        logger.info("no images in batch", extra={"messages": len(records), "failed": failed})
     return processor.response()
