@@ -22,7 +22,6 @@ File names are the ones the StartJobRun request uses (``lambda_trigger/request.p
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -36,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lambda_trigger.request import (  # noqa: E402 (the repository root is added just above)
+from emr_serverless_job.model import file_sha256  # noqa: E402 (the root is added just above)
+from lambda_trigger.request import (  # noqa: E402
     ENTRY_POINT,
     JOB_PACKAGE,
     MODEL_FILE,
@@ -69,14 +69,6 @@ LOCAL_WARNING = (
     "({os}). It is only valid on EMR if this machine matches Amazon Linux 2023 on {arch} "
     "with Python 3.11; build with Docker before shipping it."
 )
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def job_package(dest: Path) -> Path:
@@ -252,7 +244,7 @@ def build(
     names = (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, *([MODEL_FILE] if model else []), VENV_ARCHIVE)
     manifest = {
         "files": {
-            name: {"sha256": sha256(dist / name), "bytes": (dist / name).stat().st_size}
+            name: {"sha256": file_sha256(dist / name), "bytes": (dist / name).stat().st_size}
             for name in names
         },
         "runtime": runtime,

@@ -18,7 +18,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lambda_trigger.backfill import stack_settings  # noqa: E402 (root added just above)
+from emr_serverless_job.model import file_sha256  # noqa: E402 (root added just above)
+from lambda_trigger.backfill import stack_settings  # noqa: E402
 from lambda_trigger.request import WEIGHTS_FILE  # noqa: E402
 from lambda_trigger.settings import ARTIFACTS_URI, parse_s3_location  # noqa: E402
 
@@ -42,7 +43,7 @@ def upload(s3: Any, dist: Path, artifacts_uri: str) -> tuple[list[str], list[str
     manifest_path = dist / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     entries = dict(manifest["files"])
-    entries[MANIFEST] = {"sha256": _sha256(manifest_path)}
+    entries[MANIFEST] = {"sha256": file_sha256(manifest_path)}
     uploaded, unchanged = [], []
     for name, entry in entries.items():
         key = location.key(name)
@@ -57,12 +58,6 @@ def upload(s3: Any, dist: Path, artifacts_uri: str) -> tuple[list[str], list[str
         )
         uploaded.append(name)
     return uploaded, unchanged
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:

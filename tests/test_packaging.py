@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from emr_serverless_job.model import file_sha256
 from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE, WEIGHTS_FILE
 from tests.conftest import REAL_SAMPLE, REAL_WEIGHTS, ROOT, needs_real_data
 
@@ -93,7 +94,7 @@ def test_archive_requirements_are_the_versions_installed_here_and_never_pyspark(
 def test_job_package_is_reproducible_and_complete(tmp_path):
     first = build.job_package(tmp_path / "a.zip")
     second = build.job_package(tmp_path / "b.zip")
-    assert build.sha256(first) == build.sha256(second)
+    assert file_sha256(first) == file_sha256(second)
     import zipfile
 
     names = set(zipfile.ZipFile(first).namelist())
@@ -162,7 +163,7 @@ def test_manifest_lists_every_artifact_with_its_checksum_and_the_tested_versions
     model = {MODEL_FILE} if runtime == "onnx" else set()
     assert set(manifest["files"]) == {ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, VENV_ARCHIVE, *model}
     for name, entry in manifest["files"].items():
-        assert entry["sha256"] == build.sha256(dist / name)
+        assert entry["sha256"] == file_sha256(dist / name)
         assert entry["bytes"] == (dist / name).stat().st_size
     archive = manifest["archive"]
     assert archive["builder"] == "local" and archive["valid_on_emr"] is False
@@ -178,7 +179,7 @@ def test_manifest_lists_every_artifact_with_its_checksum_and_the_tested_versions
         exported = manifest["model"]
         assert exported["image_size"] == 224 and exported["opset"] == 17
         assert exported["parity_max_abs_diff"] <= 1e-4 and exported["parity_images"] >= 16
-        assert exported["weights_sha256"] == build.sha256(dist / WEIGHTS_FILE)
+        assert exported["weights_sha256"] == file_sha256(dist / WEIGHTS_FILE)
 
 
 @needs_real_data()
@@ -268,7 +269,7 @@ def small_dist(folder: Path, weights: bytes = b"weights") -> Path:
     (folder / WEIGHTS_FILE).write_bytes(weights)
     (folder / VENV_ARCHIVE).write_bytes(b"archive")
     files = {
-        name: {"sha256": build.sha256(folder / name), "bytes": (folder / name).stat().st_size}
+        name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
         for name in (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, VENV_ARCHIVE)
     }
     (folder / build.MANIFEST).write_text(json.dumps({"files": files}))
@@ -287,7 +288,7 @@ def test_upload_puts_dist_under_artifacts_and_then_transfers_nothing(stack, tmp_
         body = s3.get_object(Bucket=stack.bucket, Key=f"artifacts/{name}")["Body"].read()
         assert body == (folder / name).read_bytes()
         head = s3.head_object(Bucket=stack.bucket, Key=f"artifacts/{name}")
-        assert head["Metadata"]["sha256"] == build.sha256(folder / name)
+        assert head["Metadata"]["sha256"] == file_sha256(folder / name)
 
     assert upload.main(["--artifacts", target, "--dist", str(folder)]) == 0
     assert "0 uploaded, 5 unchanged" in capsys.readouterr().out
