@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 REAL_WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_no_top.h5"
 REAL_SAMPLE = SHARED / "data" / "fruits-sample"
@@ -66,15 +67,10 @@ def onnx_model(size: int) -> Path:
     path = WORK / "models" / f"mobilenet_v2_{size}.onnx"
     if path.exists():
         return path
-    import importlib.util
-
-    script = ROOT / "packaging" / "export_onnx.py"
-    spec = importlib.util.spec_from_file_location("fruits_packaging_export_onnx", script)
-    export_onnx = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = export_onnx
-    spec.loader.exec_module(export_onnx)
     from emr_serverless_job.model import Weights
+    from tests.test_packaging import load  # packaging/ holds scripts, loaded by path
 
+    export_onnx = load("export_onnx")
     source = Weights.parse(weights())
     if REAL_SAMPLE.exists():
         export_onnx.export(source, size, path, REAL_SAMPLE)
