@@ -134,8 +134,13 @@ def featurize_batch(
 
 
 def _worker_event(name: str, **fields: object) -> None:
-    """A JSON line in the executor's stderr log (the driver's logger does not reach here)."""
-    print(json.dumps({"event": name, **fields}, ensure_ascii=False), file=sys.stderr)
+    """A JSON line in the executor's stderr log (the driver's logger does not reach here).
+
+    One ``write`` per line: Spark runs workers unbuffered (PYTHONUNBUFFERED), and ``print``
+    writes the text and the newline separately, so two workers logging at once could glue
+    their lines together. A single write of less than PIPE_BUF bytes stays whole.
+    """
+    sys.stderr.write(json.dumps({"event": name, **fields}, ensure_ascii=False) + "\n")
 
 
 def _log_rejections(paths: pd.Series, errors: list[str | None]) -> None:

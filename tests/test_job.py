@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emr_serverless_job import job
+from emr_serverless_job import featurize, job
 from emr_serverless_job.config import parse_args
 from emr_serverless_job.model import FEATURE_DIM
 from emr_serverless_job.reduce import ReductionMismatch
@@ -81,6 +81,26 @@ def test_each_image_is_featurized_exactly_once_by_few_models(backfill):
     decoded_errors = report.errors - 1  # the empty file is rejected before it is read
     assert report.images_featurized == report.features + decoded_errors
     assert 1 <= report.models_built <= 2, "one model per Python worker (local[2]), not per batch"
+
+
+def test_worker_log_lines_are_written_whole(monkeypatch):
+    """Workers run unbuffered: a line split over two writes can be glued to another
+    worker's line in the executor log (seen in CI: two ``model_built`` lines on one)."""
+    writes: list[str] = []
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    monkeypatch.setattr("sys.stderr", Recorder())
+    featurize._worker_event("image_rejected", path="s3://b/raw/ä b.jpg", reason="empty")
+    assert len(writes) == 1 and writes[0].endswith("\n")
+    assert json.loads(writes[0]) == {
+        "event": "image_rejected",
+        "path": "s3://b/raw/ä b.jpg",
+        "reason": "empty",
+    }
 
 
 def test_k_is_the_fewest_components_reaching_the_variance(backfill):
