@@ -9,26 +9,32 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.ml import PipelineModel
 from pyspark.ml.common import _py2java
-from pyspark.ml.feature import PCAModel, StandardScaler
+from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.linalg import DenseMatrix, DenseVector
-from pyspark.ml.stat import Correlation
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from emr_serverless_job import hadoopfs
+from emr_serverless_job.moments import Moments
 
 VECTOR_COL = "_features_vector"
 SCALED_COL = "_features_scaled"
 PCA_COL = "_features_pca"
 METADATA_FILE = "featurizer.json"
 MIN_ROWS_TO_FIT = 2
+# Rows per NumPy product when computing moments: large enough for BLAS to run at speed,
+# small enough (4096 x 1280 float64 = 40 MiB) to stay out of the executor's way.
+MOMENTS_BLOCK_ROWS = 4096
+MOMENTS_SCHEMA = "moments binary"
 
 
 class ReductionMismatch(ValueError):
@@ -68,10 +74,6 @@ def choose_k(component_variance: Sequence[float], target: float) -> int:
         if total >= target - 1e-12:
             return index
     return len(component_variance)
-
-
-def _vectors(features: DataFrame) -> DataFrame:
-    return features.select(array_to_vector("features").alias(VECTOR_COL))
 
 
 def principal_axes(
@@ -123,21 +125,18 @@ def fit(
 ) -> Reduction:
     """Fit scaler + PCA on a (cached) frame with a ``features`` array column.
 
-    The covariance is aggregated by Spark (``Correlation``, in the JVM) and decomposed
-    on the driver with LAPACK's symmetric solver. Spark's own PCA decomposes it with a
-    general SVD that, on a rank-deficient covariance (fewer images than 1280), returned
-    a different spectrum or NaN depending only on how rows were partitioned.
+    The moments come from one pass on the Python workers (``moments``) and the
+    standardized covariance is decomposed on the driver with LAPACK's symmetric solver.
+    Spark's own PCA decomposes it with a general SVD that, on a rank-deficient covariance
+    (fewer images than 1280), returned a different spectrum or NaN depending only on how
+    rows were partitioned. The result is a standard Spark ML pipeline (scaler, PCA), saved
+    and applied as usual.
     """
-    vectors = _vectors(features)
-    scaler = StandardScaler(
-        inputCol=VECTOR_COL, outputCol=SCALED_COL, withMean=True, withStd=True
-    ).fit(vectors)
-    # Pearson's matrix of the standardized values (unit variance: Spark's Pearson treats
-    # variances under 1e-12 as zero, and raw features of an untrained net are that small).
-    scaled = scaler.transform(vectors).select(SCALED_COL)
-    correlation = Correlation.corr(scaled, SCALED_COL).head()[0].toArray()
-    components, spectrum = principal_axes(correlation, constant=scaler.std.toArray() == 0.0)
+    moments = feature_moments(spark, features)
+    std = moments.std()
+    components, spectrum = principal_axes(moments.correlation(), constant=std == 0.0)
     chosen = choose_k(spectrum.tolist(), variance) if k is None else k
+    scaler = _scaler_model(spark, moments.mean, std)
     pca = _pca_model(spark, components[:, :chosen], spectrum[:chosen])
     info = ReductionInfo(
         k=chosen,
@@ -149,6 +148,59 @@ def fit(
         fitted_rows=rows,
     )
     return Reduction(model=PipelineModel(stages=[scaler, pca]), info=info)
+
+
+def feature_moments(spark: SparkSession, features: DataFrame) -> Moments:
+    """Mean and scatter of the ``features`` column: one NumPy product per partition on the
+    workers, merged in a tree so the driver receives a few (d x d) matrices, not one per
+    partition. Partitions are first coalesced to the cluster's cores (no shuffle)."""
+    parts = features.select("features").coalesce(spark.sparkContext.defaultParallelism)
+    partial = parts.mapInArrow(_partition_moments, MOMENTS_SCHEMA)
+    return partial.rdd.map(lambda row: Moments.from_bytes(row[0])).treeReduce(
+        Moments.merge, depth=2
+    )
+
+
+def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One partition's moments, computed over blocks of rows large enough for BLAS."""
+    total: Moments | None = None
+    block: list[np.ndarray] = []
+    held = 0
+    for batch in batches:
+        block.append(_rows(batch.column(0)))
+        held += len(block[-1])
+        if held >= MOMENTS_BLOCK_ROWS:
+            part = Moments.of(np.concatenate(block))
+            total = part if total is None else total.merge(part)
+            block, held = [], 0
+    if block:
+        part = Moments.of(np.concatenate(block))
+        total = part if total is None else total.merge(part)
+    if total is not None:  # an empty partition contributes nothing
+        yield pa.RecordBatch.from_arrays([pa.array([total.to_bytes()], pa.binary())], ["moments"])
+
+
+def _rows(vectors: pa.Array) -> np.ndarray:
+    """A list<float> Arrow column as an (n, d) matrix, without copying per row."""
+    lengths = pc.list_value_length(vectors)
+    if vectors.null_count or pc.min(lengths).as_py() != pc.max(lengths).as_py():
+        raise ValueError("feature vectors must all be present and of one length to fit PCA")
+    values = vectors.flatten().to_numpy()
+    return values.reshape(len(vectors), len(values) // max(1, len(vectors)))
+
+
+def _scaler_model(spark: SparkSession, mean: np.ndarray, std: np.ndarray) -> StandardScalerModel:
+    """A standard Spark ML StandardScalerModel (centre, then unit variance) from given moments."""
+    context = spark.sparkContext
+    java_model = context._jvm.org.apache.spark.ml.feature.StandardScalerModel(
+        f"StandardScalerModel_{uuid.uuid4().hex[:12]}",
+        _py2java(context, DenseVector(std.tolist())),
+        _py2java(context, DenseVector(mean.tolist())),
+    )
+    scaler = StandardScalerModel(java_model).setInputCol(VECTOR_COL).setOutputCol(SCALED_COL)
+    scaler.set(scaler.withMean, True)
+    scaler.set(scaler.withStd, True)
+    return scaler
 
 
 def save(spark: SparkSession, reduction: Reduction, uri: str) -> None:

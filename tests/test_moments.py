@@ -1,0 +1,69 @@
+"""Moments merged from pieces equal NumPy's statistics over all rows, however they are split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emr_serverless_job.moments import Moments
+
+
+def features(rows: int = 300, dimension: int = 12, seed: int = 0) -> np.ndarray:
+    """ReLU-like features: non-negative, correlated, far from zero mean, one dead column."""
+    rng = np.random.default_rng(seed)
+    x = np.maximum(rng.normal(size=(rows, dimension)) @ rng.normal(size=(dimension, dimension)), 0)
+    x += 50.0  # a large offset: naive sum-of-squares formulas lose digits here
+    x[:, 3] = 0.0  # a feature no image activates
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("cuts", [[], [1], [7, 8, 150], [0, 0, 299]])
+def test_merged_pieces_equal_numpy_on_all_rows(cuts):
+    x = features()
+    pieces = [Moments.of(part) for part in np.split(x, cuts)]
+    merged = pieces[0]
+    for piece in pieces[1:]:
+        merged = merged.merge(piece)
+    reference = x.astype(np.float64)
+    assert merged.count == len(x)
+    np.testing.assert_allclose(merged.mean, reference.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(
+        merged.scatter / (len(x) - 1), np.cov(reference, rowvar=False), rtol=1e-9, atol=1e-12
+    )
+    np.testing.assert_allclose(merged.std(), reference.std(axis=0, ddof=1), rtol=1e-9)
+
+
+def test_correlation_is_pearson_with_constant_features_zeroed():
+    x = features()
+    x[:, 5] = 0.7  # constant but not zero: still exactly no spread
+    moments = Moments.of(x[:100]).merge(Moments.of(x[100:]))
+    std = moments.std()
+    assert std[3] == 0.0 and std[5] == 0.0 and np.all(np.delete(std, [3, 5]) > 0)
+    correlation = moments.correlation()
+    varying = np.delete(np.arange(x.shape[1]), [3, 5])
+    np.testing.assert_allclose(
+        correlation[np.ix_(varying, varying)],
+        np.corrcoef(x[:, varying].astype(np.float64), rowvar=False),
+        atol=1e-12,
+    )
+    assert not correlation[[3, 5], :].any() and not correlation[:, [3, 5]].any()
+
+
+def test_bytes_round_trip_and_shape_errors():
+    moments = Moments.of(features(rows=20, dimension=5))
+    again = Moments.from_bytes(moments.to_bytes())
+    assert again.count == 20
+    np.testing.assert_array_equal(again.mean, moments.mean)
+    np.testing.assert_array_equal(again.scatter, moments.scatter)
+    with pytest.raises(ValueError, match="dimension 5 need 30 values"):
+        Moments.from_bytes(moments.to_bytes()[:-8])
+    with pytest.raises(ValueError, match="cannot merge 5-d and 4-d"):
+        moments.merge(Moments.empty(4))
+    with pytest.raises(ValueError, match="2-d array"):
+        Moments.of(np.zeros(5))
+
+
+def test_fewer_than_two_rows_have_no_spread():
+    one = Moments.of(features(rows=1))
+    assert one.count == 1 and not one.std().any()
+    assert Moments.empty(3).merge(Moments.empty(3)).count == 0
