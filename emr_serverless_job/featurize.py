@@ -81,7 +81,7 @@ def _task_cpus() -> int:
     return max(1, context.cpus()) if context is not None else 1
 
 
-def worker_featurizer(spec: FeaturizerSpec, counters: Counters | None = None) -> Featurizer:
+def worker_featurizer(spec: FeaturizerSpec, counters: Counters) -> Featurizer:
     """This process's featurizer for ``spec``, built on first use only."""
     featurizer = _FEATURIZERS.get(spec)
     if featurizer is None:
@@ -97,8 +97,7 @@ def worker_featurizer(spec: FeaturizerSpec, counters: Counters | None = None) ->
             )
             source = spec.weights.describe()
         _FEATURIZERS[spec] = featurizer
-        if counters is not None:
-            counters.models_built.add(1)
+        counters.models_built.add(1)
         _worker_event(
             "model_built",
             pid=os.getpid(),

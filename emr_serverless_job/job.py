@@ -122,18 +122,26 @@ class Featurizer:
 
     config: JobConfig  # with the image size resolved
     identity: str  # what a saved PCA model must have been fitted with
+    weights: str  # where the weights came from, for the report
+    weights_sha256: str | None
+    random_weights: bool
+    model: str | None = None  # the .onnx file (runtime onnx)
+    model_sha256: str | None = None
     shipped_weights: str | None = None
     shipped_model: str | None = None
 
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size or 0  # resolved: always set once the model is read
 
-def resolve_featurizer(config: JobConfig, spark: SparkSession, report: RunReport) -> Featurizer:
+
+def resolve_featurizer(config: JobConfig, spark: SparkSession) -> Featurizer:
     """Ship the model or weights and check them; a mismatch stops the run here.
 
     An exported model carries the sha256 of the Keras weights it came from, so a PCA
     model fitted on TensorFlow features is accepted by ONNX runs of the same weights
     (their features agree to 1e-4) and vice versa.
     """
-    report.runtime = config.runtime
     if config.runtime == "onnx" and config.model:
         shipped = distribute(spark, config.model)
         local = SparkFiles.get(shipped)
@@ -143,18 +151,27 @@ def resolve_featurizer(config: JobConfig, spark: SparkSession, report: RunReport
                 f"--image-size {config.image_size} does not match the model: {config.model} "
                 f"takes {info.image_size} px images (drop --image-size, or export at that size)"
             )
-        report.model = config.model
-        report.model_sha256 = file_sha256(local)
-        report.weights = info.weights_source
-        report.weights_sha256 = info.weights_sha256
-        report.random_weights = info.is_random
-        identity = info.weights_sha256 or report.model_sha256
-        resolved = replace(config, image_size=info.image_size)
-        return Featurizer(resolved, identity, shipped_model=shipped)
+        model_sha256 = file_sha256(local)
+        return Featurizer(
+            replace(config, image_size=info.image_size),
+            identity=info.weights_sha256 or model_sha256,
+            weights=info.weights_source,
+            weights_sha256=info.weights_sha256,
+            random_weights=info.is_random,
+            model=config.model,
+            model_sha256=model_sha256,
+            shipped_model=shipped,
+        )
     shipped_weights = distribute_weights(spark, config.weights)
-    report.weights_sha256 = _weights_identity(shipped_weights)
-    identity = report.weights_sha256 or report.weights
-    return Featurizer(config, identity, shipped_weights=shipped_weights)
+    weights_sha256 = _weights_identity(shipped_weights)
+    return Featurizer(
+        config,
+        identity=weights_sha256 or config.weights.describe(),
+        weights=config.weights.describe(),
+        weights_sha256=weights_sha256,
+        random_weights=config.weights.is_random,
+        shipped_weights=shipped_weights,
+    )
 
 
 def _load_reduction(
@@ -207,20 +224,24 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
     """Run the job on an existing session and return its report (also written as JSON)."""
     configure_session(spark, config)
     started = time.perf_counter()
+    started_at = now_iso()
+    chosen = resolve_featurizer(config, spark)
+    config = chosen.config
     report = RunReport(
         run_id=config.run_id or "",
         mode="backfill" if config.is_backfill else "manifest",
         source=config.input or config.manifest or "",
         output=config.output,
-        started_at=now_iso(),
-        weights=config.weights.describe(),
-        random_weights=config.weights.is_random,
-        image_size=config.image_size,
+        started_at=started_at,
+        runtime=config.runtime,
+        model=chosen.model,
+        model_sha256=chosen.model_sha256,
+        weights=chosen.weights,
+        weights_sha256=chosen.weights_sha256,
+        random_weights=chosen.random_weights,
+        image_size=chosen.image_size,
         batch_size=config.batch_size,
     )
-    chosen = resolve_featurizer(config, spark, report)
-    config = chosen.config
-    report.image_size = config.image_size or 0
     weights_identity = chosen.identity
     if report.random_weights:
         report.warnings.append(RANDOM_WEIGHTS_WARNING)
@@ -239,7 +260,7 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
 
     counters = Counters.create(spark)
     spec = FeaturizerSpec(
-        image_size=config.image_size or 0,
+        image_size=chosen.image_size,
         weights=config.weights,
         batch_size=config.batch_size,
         weights_file=chosen.shipped_weights,
