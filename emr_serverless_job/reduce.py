@@ -7,7 +7,9 @@ fitted model is saved with a small metadata file naming what it was fitted on
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -151,14 +153,26 @@ def fit(
 
 
 def feature_moments(spark: SparkSession, features: DataFrame) -> Moments:
-    """Mean and scatter of the ``features`` column: one NumPy product per partition on the
-    workers, merged in a tree so the driver receives a few (d x d) matrices, not one per
-    partition. Partitions are first coalesced to the cluster's cores (no shuffle)."""
-    parts = features.select("features").coalesce(spark.sparkContext.defaultParallelism)
-    partial = parts.mapInArrow(_partition_moments, MOMENTS_SCHEMA)
-    return partial.rdd.map(lambda row: Moments.from_bytes(row[0])).treeReduce(
-        Moments.merge, depth=2
+    """Mean and scatter of the ``features`` column, in two rounds on the Python workers.
+
+    Each of at most one partition per core computes its rows' moments with one NumPy
+    product per block; about sqrt(partitions) tasks then merge those, so the driver
+    receives a few (d x d) matrices, never one per partition. The shuffle in between
+    keeps one Python worker per task: a pipelined ``rdd.treeReduce`` started a second
+    one per task next to the first (peak memory of a 5,000-image run: 3.8 GiB against
+    2.6 to 3.2 GiB).
+    """
+    cores = spark.sparkContext.defaultParallelism
+    partial = (
+        features.select("features").coalesce(cores).mapInArrow(_partition_moments, MOMENTS_SCHEMA)
     )
+    merged = partial.repartition(math.isqrt(cores - 1) + 1).mapInArrow(
+        _merge_moments, MOMENTS_SCHEMA
+    )
+    pieces = [Moments.from_bytes(row["moments"]) for row in merged.collect()]
+    if not pieces:
+        raise ValueError("no feature vectors to fit a PCA model on")
+    return functools.reduce(Moments.merge, pieces)
 
 
 def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -177,7 +191,7 @@ def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordB
         part = Moments.of(np.concatenate(block))
         total = part if total is None else total.merge(part)
     if total is not None:  # an empty partition contributes nothing
-        yield pa.RecordBatch.from_arrays([pa.array([total.to_bytes()], pa.binary())], ["moments"])
+        yield _moments_batch(total)
 
 
 def _rows(vectors: pa.Array) -> np.ndarray:
@@ -187,6 +201,21 @@ def _rows(vectors: pa.Array) -> np.ndarray:
         raise ValueError("feature vectors must all be present and of one length to fit PCA")
     values = vectors.flatten().to_numpy()
     return values.reshape(len(vectors), len(values) // max(1, len(vectors)))
+
+
+def _merge_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The partial moments of several partitions, merged into one."""
+    total: Moments | None = None
+    for batch in batches:
+        for data in batch.column(0).to_pylist():
+            part = Moments.from_bytes(data)
+            total = part if total is None else total.merge(part)
+    if total is not None:
+        yield _moments_batch(total)
+
+
+def _moments_batch(moments: Moments) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([moments.to_bytes()], pa.binary())], ["moments"])
 
 
 def _scaler_model(spark: SparkSession, mean: np.ndarray, std: np.ndarray) -> StandardScalerModel:
