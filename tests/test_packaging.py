@@ -240,7 +240,11 @@ def test_the_job_runs_with_only_the_archives_python(dist, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert f"{len(chosen)} featurized, 0 errors" in result.stdout
-    built = [json.loads(line) for line in result.stderr.splitlines() if '"model_built"' in line]
+    built = [  # a line may follow Spark's console progress bar, which ends without a newline
+        json.loads(line[line.index('{"event"') :])
+        for line in result.stderr.splitlines()
+        if '"model_built"' in line
+    ]
     assert built, "no worker logged model_built"
     assert {event["python"] for event in built} == {str(run / "environment" / "bin" / "python")}
     assert {event["runtime"] for event in built} == {runtime}
