@@ -181,8 +181,10 @@ def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordB
     block: list[np.ndarray] = []
     held = 0
     for batch in batches:
+        if batch.num_rows == 0:
+            continue
         block.append(_rows(batch.column(0)))
-        held += len(block[-1])
+        held += batch.num_rows
         if held >= MOMENTS_BLOCK_ROWS:
             part = Moments.of(np.concatenate(block))
             total = part if total is None else total.merge(part)
@@ -200,7 +202,7 @@ def _rows(vectors: pa.Array) -> np.ndarray:
     if vectors.null_count or pc.min(lengths).as_py() != pc.max(lengths).as_py():
         raise ValueError("feature vectors must all be present and of one length to fit PCA")
     values = vectors.flatten().to_numpy()
-    return values.reshape(len(vectors), len(values) // max(1, len(vectors)))
+    return values.reshape(len(vectors), len(values) // len(vectors))
 
 
 def _merge_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -67,3 +67,35 @@ def test_fewer_than_two_rows_have_no_spread():
     one = Moments.of(features(rows=1))
     assert one.count == 1 and not one.std().any()
     assert Moments.empty(3).merge(Moments.empty(3)).count == 0
+
+
+def test_worker_side_rounds_read_arrow_batches_as_spark_sends_them():
+    """The two mapInArrow rounds of the PCA fit, fed plain Arrow: sliced arrays (non-zero
+    offsets), an empty batch, a second partition's piece merged in."""
+    import pyarrow as pa
+
+    from emr_serverless_job import reduce
+
+    x = features(rows=50, dimension=6)
+    column = pa.array([list(row) for row in x], pa.list_(pa.float32()))
+
+    def batches(lo: int, hi: int, step: int) -> list[pa.RecordBatch]:
+        parts = [column.slice(lo, 0)] + [
+            column.slice(i, min(step, hi - i)) for i in range(lo, hi, step)
+        ]
+        return [pa.RecordBatch.from_arrays([part], ["features"]) for part in parts]
+
+    first = list(reduce._partition_moments(iter(batches(0, 20, 7))))
+    second = list(reduce._partition_moments(iter(batches(20, 50, 9))))
+    assert list(reduce._partition_moments(iter([]))) == [], "an empty partition adds no piece"
+    (merged,) = list(reduce._merge_moments(iter(first + second)))
+    moments = Moments.from_bytes(merged.column(0)[0].as_py())
+    reference = x.astype(np.float64)
+    assert moments.count == 50
+    np.testing.assert_allclose(moments.mean, reference.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(
+        moments.scatter / 49, np.cov(reference, rowvar=False), rtol=1e-9, atol=1e-12
+    )
+    ragged = pa.array([[1.0, 2.0], [1.0]], pa.list_(pa.float32()))
+    with pytest.raises(ValueError, match="of one length"):
+        reduce._rows(ragged)
