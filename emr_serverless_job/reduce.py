@@ -7,11 +7,10 @@ fitted model is saved with a small metadata file naming what it was fitted on
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -169,15 +168,36 @@ def feature_moments(spark: SparkSession, features: DataFrame) -> Moments:
     merged = partial.repartition(math.isqrt(cores - 1) + 1).mapInArrow(
         _merge_moments, MOMENTS_SCHEMA
     )
-    pieces = [Moments.from_bytes(row["moments"]) for row in merged.collect()]
-    if not pieces:
+    total = _merged(Moments.from_bytes(row["moments"]) for row in merged.collect())
+    if total is None:
         raise ValueError("no feature vectors to fit a PCA model on")
-    return functools.reduce(Moments.merge, pieces)
+    return total
 
 
 def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """One partition's moments, computed over blocks of rows large enough for BLAS."""
+    """First round: one partition's moments (nothing for an empty partition)."""
+    total = _merged(Moments.of(block) for block in _row_blocks(batches))
+    if total is not None:
+        yield _moments_batch(total)
+
+
+def _merge_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Second round: the first round's pieces that landed in this partition, as one."""
+    pieces = (Moments.from_bytes(data) for batch in batches for data in batch.column(0).to_pylist())
+    total = _merged(pieces)
+    if total is not None:
+        yield _moments_batch(total)
+
+
+def _merged(pieces: Iterable[Moments]) -> Moments | None:
     total: Moments | None = None
+    for piece in pieces:
+        total = piece if total is None else total.merge(piece)
+    return total
+
+
+def _row_blocks(batches: Iterator[pa.RecordBatch]) -> Iterator[np.ndarray]:
+    """The feature rows of Arrow batches, regrouped into blocks large enough for BLAS."""
     block: list[np.ndarray] = []
     held = 0
     for batch in batches:
@@ -186,14 +206,10 @@ def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordB
         block.append(_rows(batch.column(0)))
         held += batch.num_rows
         if held >= MOMENTS_BLOCK_ROWS:
-            part = Moments.of(np.concatenate(block))
-            total = part if total is None else total.merge(part)
+            yield np.concatenate(block)
             block, held = [], 0
     if block:
-        part = Moments.of(np.concatenate(block))
-        total = part if total is None else total.merge(part)
-    if total is not None:  # an empty partition contributes nothing
-        yield _moments_batch(total)
+        yield np.concatenate(block)
 
 
 def _rows(vectors: pa.Array) -> np.ndarray:
@@ -203,17 +219,6 @@ def _rows(vectors: pa.Array) -> np.ndarray:
         raise ValueError("feature vectors must all be present and of one length to fit PCA")
     values = vectors.flatten().to_numpy()
     return values.reshape(len(vectors), len(values) // len(vectors))
-
-
-def _merge_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """The partial moments of several partitions, merged into one."""
-    total: Moments | None = None
-    for batch in batches:
-        for data in batch.column(0).to_pylist():
-            part = Moments.from_bytes(data)
-            total = part if total is None else total.merge(part)
-    if total is not None:
-        yield _moments_batch(total)
 
 
 def _moments_batch(moments: Moments) -> pa.RecordBatch:
