@@ -77,20 +77,16 @@ def choose_k(component_variance: Sequence[float], target: float) -> int:
     return len(component_variance)
 
 
-def principal_axes(
-    correlation: np.ndarray, constant: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def principal_axes(correlation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decomposition of the standardized features' covariance, largest first.
 
     ``correlation`` is Pearson's matrix of the standardized features, i.e. their
-    covariance. Features with zero variance (``constant``, and any NaN entries Pearson
-    gives them) are all zeros once standardized, so they contribute nothing.
+    covariance. Features with zero variance are all zeros once standardized, so they
+    contribute nothing: ``Moments.correlation`` gives them zero rows and columns, and
+    any NaN entries (NumPy's Pearson for them) count as zeros here.
     Returns (components as columns, explained-variance ratios).
     """
     covariance = np.nan_to_num(correlation, nan=0.0)
-    if constant is not None:
-        covariance[constant, :] = 0.0
-        covariance[:, constant] = 0.0
     values, vectors = np.linalg.eigh(covariance)
     order = np.argsort(values)[::-1]
     values = np.clip(values[order], 0.0, None)
@@ -134,10 +130,9 @@ def fit(
     and applied as usual.
     """
     moments = feature_moments(spark, features)
-    std = moments.std()
-    components, spectrum = principal_axes(moments.correlation(), constant=std == 0.0)
+    components, spectrum = principal_axes(moments.correlation())
     chosen = choose_k(spectrum.tolist(), variance) if k is None else k
-    scaler = _scaler_model(spark, moments.mean, std)
+    scaler = _scaler_model(spark, moments.mean, moments.std())
     pca = _pca_model(spark, components[:, :chosen], spectrum[:chosen])
     info = ReductionInfo(
         k=chosen,
