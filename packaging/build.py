@@ -10,10 +10,10 @@
 - ``mobilenet_v2.onnx`` (runtime onnx, the default): the same model exported to ONNX at
   ``--image-size``, shipped only if ONNX Runtime matches Keras on real photos (export_onnx.py);
 - ``pyspark_venv.tar.gz``: the job's pinned runtime requirements for ``--runtime`` (onnx: no
-  TensorFlow; never pyspark, which EMR provides), slimmed, packed with venv-pack. Built by
-  ``packaging/Dockerfile`` on Amazon Linux 2023 where Docker runs; elsewhere built locally
-  from the same requirements, with a warning: a venv built on another OS fails on EMR
-  (``./environment/bin/python`` not found, glibc);
+  TensorFlow; never pyspark, which EMR provides), packed by ``packaging/pack.py``: wheels for
+  Amazon Linux 2023's glibc, ``bin/python`` linked to ``/usr/bin/python3.11`` (checked; the
+  build fails otherwise). pack.py runs in ``packaging/Dockerfile`` where Docker runs, and on
+  this machine otherwise (which needs ``/usr/bin/python3.11``: Debian 12 and AL2023 have it);
 - ``artifacts.json``: sha256 and size of each file, the archive's packages and how it was built.
 
 File names are the ones the StartJobRun request uses (``lambda_trigger/request.py``).
@@ -54,20 +54,14 @@ ARCHIVE_REQUIREMENTS = {
 DEFAULT_PARITY_IMAGES = ROOT.parent / "shared" / "data" / "fruits-sample"
 PACKER_REQUIREMENTS = "requirements/packaging.txt"
 DOCKERFILE = ROOT / "packaging" / "Dockerfile"
-SLIM = ROOT / "packaging" / "slim.py"
+PACK = ROOT / "packaging" / "pack.py"
 MANIFEST = "artifacts.json"
-EMR_PYTHON_PREFIX = "/usr"  # python3.11 on Amazon Linux 2023, as on EMR 7.x workers
 PLATFORMS = {"x86_64": "linux/amd64", "arm64": "linux/arm64"}
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # What keras.applications.MobileNetV2(weights="imagenet", include_top=False) downloads.
 IMAGENET_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 IMAGENET_URL = (
     f"https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/{IMAGENET_FILE}"
-)
-LOCAL_WARNING = (
-    "WARNING: Docker is not available, so the venv archive was built on this machine "
-    "({os}). It is only valid on EMR if this machine matches Amazon Linux 2023 on {arch} "
-    "with Python 3.11; build with Docker before shipping it."
 )
 
 
@@ -108,7 +102,7 @@ def load_script(name: str) -> object:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        f"fruits_packaging_{name}", SLIM.with_name(f"{name}.py")
+        f"fruits_packaging_{name}", PACK.with_name(f"{name}.py")
     )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -126,8 +120,13 @@ def unpack_seconds(archive: Path) -> float:
         return round(time.perf_counter() - started, 2)
 
 
+def pack_arguments(runtime: str) -> list[str]:
+    """What pack.py is told to install; the Dockerfile passes the same two files."""
+    return ["--requirements", *ARCHIVE_REQUIREMENTS[runtime]]
+
+
 def archive_with_docker(dist: Path, arch: str, runtime: str) -> dict[str, object]:
-    """``docker build --output``: the archive and the slimming report land in ``dist``."""
+    """``docker build --output``: pack.py runs on Amazon Linux 2023; its archive lands in dist."""
     with tempfile.TemporaryDirectory() as out:
         subprocess.run(
             [
@@ -147,46 +146,37 @@ def archive_with_docker(dist: Path, arch: str, runtime: str) -> dict[str, object
             env={**os.environ, "DOCKER_BUILDKIT": "1"},
         )
         shutil.move(Path(out) / VENV_ARCHIVE, dist / VENV_ARCHIVE)
-        report = json.loads((Path(out) / "slim.json").read_text())
-    return {"builder": "docker", "platform": PLATFORMS[arch], "valid_on_emr": True, **report}
+        report = json.loads((Path(out) / "pack.json").read_text())
+    return {"builder": "docker", "platform": PLATFORMS[arch], **report}
 
 
 def archive_locally(dist: Path, arch: str, runtime: str, work: Path) -> dict[str, object]:
-    """The Dockerfile's steps on this machine: venv, pinned install, slim, venv-pack."""
-    venv = work / "venv"
-    if venv.exists():
-        shutil.rmtree(venv)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    requirements = [
-        arg for path in ARCHIVE_REQUIREMENTS[runtime] for arg in ("-r", str(ROOT / path))
-    ]
-    subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *requirements],
-        check=True,
-    )
-    report_path = work / "slim.json"
-    subprocess.run([sys.executable, str(SLIM), str(venv), "--report", str(report_path)], check=True)
-    (dist / VENV_ARCHIVE).unlink(missing_ok=True)
-    subprocess.run(
+    """pack.py on this machine, as the Dockerfile runs it; fails unless the links are right."""
+    report_path = work / "pack.json"
+    result = subprocess.run(
         [
-            str(Path(sys.executable).parent / "venv-pack"),
-            "--prefix",
-            str(venv),
+            sys.executable,
+            str(PACK),
+            *pack_arguments(runtime),
+            "--arch",
+            arch,
             "--output",
             str(dist / VENV_ARCHIVE),
-            "--quiet",
+            "--work",
+            str(work),
+            "--report",
+            str(report_path),
         ],
-        check=True,
+        cwd=ROOT,
     )
+    if result.returncode != 0:
+        raise SystemExit(f"error: packing the {runtime} archive failed (see above)")
     os_name = platform.freedesktop_os_release().get("PRETTY_NAME", platform.platform())
-    print(LOCAL_WARNING.format(os=os_name, arch=arch), file=sys.stderr)
-    report = json.loads(report_path.read_text())
     return {
         "builder": "local",
-        "platform": f"{platform.system().lower()}/{platform.machine()}",
+        "platform": f"linux/{PLATFORMS[arch].split('/')[1]}",
         "os": os_name,
-        "valid_on_emr": False,
-        **report,
+        **json.loads(report_path.read_text()),
     }
 
 
@@ -240,6 +230,7 @@ def build(
         else:
             built = archive_locally(dist, arch, runtime, ROOT / "build" / "archive")
         built["runtime"] = runtime
+        built["valid_on_emr"] = set(built["python_links"].values()) == {built["interpreter"]}
         built["unpack_seconds"] = unpack_seconds(dist / VENV_ARCHIVE)
     names = (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, *([MODEL_FILE] if model else []), VENV_ARCHIVE)
     manifest = {
@@ -281,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "--archive",
         choices=("auto", "docker", "local", "keep"),
         default="auto",
-        help="auto: Docker where it runs, else a local build (with a warning)",
+        help="auto: Docker where it runs, else pack.py on this machine (needs /usr/bin/python3.11)",
     )
     args = parser.parse_args(argv)
     manifest = build(
@@ -301,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         f"venv {archive['bytes_before'] / mib:.0f} MiB -> {archive['bytes_after'] / mib:.0f} MiB "
         f"after slimming; archive {manifest['files'][VENV_ARCHIVE]['bytes'] / mib:.0f} MiB "
         f"({archive['builder']} build, {archive['platform']}, {manifest['runtime']}), "
-        f"unpacks in {archive['unpack_seconds']} s"
+        f"unpacks in {archive['unpack_seconds']} s; wheels for {archive['wheel_platform']}, "
+        f"bin/python -> {archive['interpreter']}"
     )
     if manifest["model"]:
         model = manifest["model"]

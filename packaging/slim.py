@@ -2,8 +2,9 @@
 
 Removes what the job never loads at run time: test suites, bytecode caches, C/C++ headers,
 static libraries, the installers (pip, setuptools, wheel) and console scripts other than
-the interpreter. The same script runs in the Dockerfile and in the local build, so the
-archive proved here is the archive shipped.
+the interpreter (also those ``pip install --target`` leaves in ``site-packages/bin``).
+packaging/pack.py runs it in the Dockerfile and in the local build alike, so the archive
+proved here is the archive shipped.
 
     python packaging/slim.py VENV [--report slim.json]
 """
@@ -40,6 +41,9 @@ def slim(venv: Path) -> dict[str, int]:
     before = tree_bytes(venv)
     removed = 0
     (site,) = venv.glob("lib/python3.*/site-packages")
+    if (site / "bin").is_dir():
+        shutil.rmtree(site / "bin")
+        removed += 1
     for name in INSTALLERS:
         for path in [*site.glob(name), *site.glob(f"{name}-*.dist-info")]:
             shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -4,7 +4,9 @@
     python packaging/upload.py --artifacts s3://BUCKET/artifacts [--dist dist]
 
 Each object carries its sha256 as metadata; a file whose object already has the same
-sha256 is left alone. Prints the URIs the Lambda's configuration and the backfill use.
+sha256 is left alone. A venv archive that packaging/pack.py did not check (an older build,
+``"valid_on_emr": false``) is refused: every job run would fail with it. Prints the URIs the
+Lambda's configuration and the backfill use.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from emr_serverless_job.model import file_sha256  # noqa: E402 (root added just above)
 from lambda_trigger.backfill import stack_settings  # noqa: E402
-from lambda_trigger.request import WEIGHTS_FILE  # noqa: E402
+from lambda_trigger.request import VENV_ARCHIVE, WEIGHTS_FILE  # noqa: E402
 from lambda_trigger.settings import ARTIFACTS_URI, parse_s3_location  # noqa: E402
 
 MANIFEST = "artifacts.json"
@@ -35,6 +37,20 @@ def remote_sha256(s3: Any, bucket: str, key: str) -> str | None:
             return None
         raise
     return head.get("Metadata", {}).get(SHA_KEY)
+
+
+def archive_problem(manifest: dict[str, Any]) -> str | None:
+    """Why the manifest's venv archive must not be shipped, or None when pack.py checked it."""
+    if VENV_ARCHIVE not in manifest.get("files", {}):
+        return None
+    archive = manifest.get("archive", {})
+    if archive.get("valid_on_emr") is not True:
+        return (
+            f"{VENV_ARCHIVE} was not checked by packaging/pack.py (an older build: its "
+            "bin/python may not link to /usr/bin/python3.11, and every job run would fail); "
+            "rebuild it with ./dev package"
+        )
+    return None
 
 
 def upload(s3: Any, dist: Path, artifacts_uri: str) -> tuple[list[str], list[str]]:
@@ -70,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.dist / MANIFEST).is_file():
         print(f"error: no {MANIFEST} in {args.dist}; run packaging/build.py first", file=sys.stderr)
+        return 2
+    problem = archive_problem(json.loads((args.dist / MANIFEST).read_text()))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     import boto3
 

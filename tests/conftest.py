@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +24,40 @@ def needs_real_data() -> pytest.MarkDecorator:
         bool(missing),
         reason=f"real weights/sample absent ({', '.join(missing)}); see ../shared READMEs",
     )
+
+
+def build_dist(out: Path, runtime: str) -> Path:
+    """``./dev package`` as a user runs it on this machine: real weights, the local archive."""
+    missing = [str(p) for p in (REAL_WEIGHTS, REAL_SAMPLE) if not p.exists()]
+    if missing:
+        pytest.skip(f"real weights/sample absent ({', '.join(missing)}); see ../shared READMEs")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "packaging" / "build.py"),
+            "--dist",
+            str(out),
+            "--weights",
+            str(REAL_WEIGHTS),
+            "--runtime",
+            runtime,
+            "--parity-images",
+            str(REAL_SAMPLE),
+            "--archive",
+            "local",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def onnx_dist(tmp_path_factory) -> Path:
+    """The deployed default's artifacts (onnx), built once per test session."""
+    return build_dist(tmp_path_factory.mktemp("dist-onnx"), "onnx")
 
 
 @pytest.fixture(scope="session")

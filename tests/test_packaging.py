@@ -4,9 +4,11 @@ runs the job with nothing but its own Python; the upload transfers only what cha
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -19,7 +21,7 @@ import pytest
 
 from emr_serverless_job.model import file_sha256
 from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE, WEIGHTS_FILE
-from tests.conftest import REAL_SAMPLE, REAL_WEIGHTS, ROOT, needs_real_data
+from tests.conftest import REAL_SAMPLE, REAL_WEIGHTS, ROOT, build_dist, needs_real_data
 
 PACKAGING = ROOT / "packaging"
 
@@ -37,6 +39,7 @@ def load(name: str) -> object:
 
 build = load("build")
 upload = load("upload")
+pack = load("pack")
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -49,34 +52,105 @@ def pins(path: Path) -> dict[str, str]:
     return found
 
 
-# --- what the Dockerfile builds is what the tests ran ----------------------------------------
+# --- one packing script, in Docker and here -------------------------------------------------
 
 
-def test_dockerfile_builds_on_amazon_linux_2023_with_python_311_and_the_tested_pins():
-    dockerfile = (PACKAGING / "Dockerfile").read_text()
-    (base,) = re.findall(r"^FROM (\S+) AS build$", dockerfile, re.M)
-    assert base == "public.ecr.aws/amazonlinux/amazonlinux:2023"
-    assert "dnf install -y python3.11 " in dockerfile
-    assert "python3.11 -m venv /opt/venv" in dockerfile
-    assert sys.version_info[:2] == (3, 11)  # the tests run the same Python minor
-    # The archive installs exactly the build script's requirement files, COPY'd from the repo.
-    (copied,) = re.findall(
-        r"^COPY (requirements/\S+(?: requirements/\S+)*) requirements/$", dockerfile, re.M
-    )
-    wanted = {p for files in build.ARCHIVE_REQUIREMENTS.values() for p in files}
-    assert set(copied.split()) == {*wanted, build.PACKER_REQUIREMENTS}
-    assert "ARG RUNTIME=onnx" in dockerfile
-    installed = re.findall(r"-r (requirements/\S+)", dockerfile)
-    assert installed == [
-        "requirements/job.txt",
-        "requirements/${RUNTIME}.txt",
-        build.PACKER_REQUIREMENTS,
+def dockerfile_pack_command(runtime: str) -> list[str]:
+    """The pack.py command packaging/Dockerfile runs, with its build argument filled in."""
+    dockerfile = (PACKAGING / "Dockerfile").read_text().replace("\\\n", " ")
+    (run,) = [
+        line
+        for line in dockerfile.splitlines()
+        if line.startswith("RUN ") and "packaging/pack.py" in line
     ]
-    for runtime, files in build.ARCHIVE_REQUIREMENTS.items():
-        assert files == ("requirements/job.txt", f"requirements/{runtime}.txt")
-    assert f"--python-prefix {build.EMR_PYTHON_PREFIX}" in dockerfile
-    assert f"--output /out/{VENV_ARCHIVE}" in dockerfile
-    assert "packaging/slim.py /opt/venv" in dockerfile  # the same slimming as the local build
+    command = shlex.split(run.split("&&")[-1].replace("${RUNTIME}", runtime))
+    return command[command.index("packaging/pack.py") + 1 :]
+
+
+@pytest.mark.parametrize("runtime", sorted(build.ARCHIVE_REQUIREMENTS))
+def test_docker_and_the_local_build_run_pack_py_with_the_same_requirements(runtime):
+    command = dockerfile_pack_command(runtime)
+    given = build.pack_arguments(runtime)
+    assert command[: len(given)] == given
+    assert command[command.index("--python") + 1] == pack.EMR_PYTHON
+    dockerfile = (PACKAGING / "Dockerfile").read_text()
+    assert "FROM public.ecr.aws/amazonlinux/amazonlinux:2023 AS build" in dockerfile
+    copied = re.findall(r"^COPY (requirements/.*) requirements/$", dockerfile, re.M)[0].split()
+    assert set(copied) == {*build.ARCHIVE_REQUIREMENTS[runtime], build.PACKER_REQUIREMENTS} | {
+        p for files in build.ARCHIVE_REQUIREMENTS.values() for p in files
+    }
+    assert sys.version_info[:2] == (3, 11)  # the tests run EMR's Python minor
+
+
+def test_wheels_are_chosen_for_amazon_linux_2023s_glibc_and_older():
+    tags = pack.wheel_platforms("x86_64")
+    assert tags[0] == "manylinux_2_34_x86_64" and "manylinux_2_28_x86_64" in tags
+    assert "manylinux2014_x86_64" in tags and not any("2_35" in t for t in tags)
+    assert pack.wheel_platforms("arm64")[0] == "manylinux_2_34_aarch64"
+    with pytest.raises(pack.PackError, match="--arch 'sparc'"):
+        pack.wheel_platforms("sparc")
+
+
+def tar_with(path: Path, links: dict[str, str], files: dict[str, bytes]) -> Path:
+    """An archive laid out like a packed venv: symlinks and files at the given names."""
+    with tarfile.open(path, "w:gz") as archive:
+        for name, target in links.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            archive.addfile(info)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+GOOD_LINKS = {"bin/python3.11": "/usr/bin/python3.11", "bin/python": "python3.11"}
+PYVENV = {"pyvenv.cfg": b"home = /usr/bin\ninclude-system-site-packages = false\n"}
+
+
+@pytest.mark.parametrize(
+    ("links", "files", "problem"),
+    [
+        (GOOD_LINKS, PYVENV, None),
+        (
+            {"bin/python3.11": "/usr/bin/python3.113.11", "bin/python": "python3.11"},
+            PYVENV,
+            "bin/python resolves to /usr/bin/python3.113.11",
+        ),
+        (
+            {"bin/python3.11": "/root/.pyenv/versions/3.11.7/bin/python3.11"},
+            {**PYVENV, "bin/python": b"x"},
+            "bin/python is a file in the archive",
+        ),
+        ({"bin/python3": "python3.11"}, PYVENV, "no bin/python in the archive"),
+        ({"bin/python": "python", **{}}, PYVENV, "link loop"),
+        (GOOD_LINKS, {"pyvenv.cfg": b"home = /opt/venv/bin\n"}, "pyvenv.cfg home is"),
+    ],
+    ids=["good", "venv-pack-python-prefix", "copied-binary", "no-python", "loop", "home"],
+)
+def test_python_link_check(tmp_path, links, files, problem):
+    checked = pack.check_python_links(tar_with(tmp_path / "a.tar.gz", links, files))
+    if problem is None:
+        assert checked.problems == []
+        assert set(checked.resolved.values()) == {"/usr/bin/python3.11"}
+    else:
+        assert any(problem in p for p in checked.problems), checked.problems
+
+
+@pytest.mark.skipif(not Path(pack.EMR_PYTHON).is_file(), reason=f"no {pack.EMR_PYTHON} here")
+def test_venv_pack_python_prefix_breaks_the_link_and_plain_venv_pack_does_not(tmp_path):
+    """jcrist/venv-pack#14, reproduced: why pack.py never passes --python-prefix."""
+    import venv_pack
+
+    venv = tmp_path / "venv"
+    subprocess.run([pack.EMR_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
+    prefixed = venv_pack.pack(
+        prefix=str(venv), output=str(tmp_path / "p.tar.gz"), python_prefix="/usr"
+    )
+    plain = venv_pack.pack(prefix=str(venv), output=str(tmp_path / "plain.tar.gz"))
+    assert any("/usr/bin/python3.113.11" in p for p in pack.check_python_links(prefixed).problems)
+    assert pack.check_python_links(plain).problems == []
 
 
 def test_archive_requirements_are_the_versions_installed_here_and_never_pyspark():
@@ -131,29 +205,9 @@ def test_slimming_removes_tests_caches_headers_and_installers(tmp_path):
 
 @pytest.fixture(scope="module", params=["onnx", "tensorflow"])
 def dist(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp(f"dist-{request.param}")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(PACKAGING / "build.py"),
-            "--dist",
-            str(out),
-            "--weights",
-            str(REAL_WEIGHTS),
-            "--runtime",
-            request.param,
-            "--parity-images",
-            str(REAL_SAMPLE),
-            "--archive",
-            "local",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "only valid on EMR if this machine matches Amazon Linux 2023" in result.stderr
-    return out
+    if request.param == "onnx":
+        return request.getfixturevalue("onnx_dist")  # shared with the deploy-path test
+    return build_dist(tmp_path_factory.mktemp("dist-tensorflow"), "tensorflow")
 
 
 @needs_real_data()
@@ -166,7 +220,10 @@ def test_manifest_lists_every_artifact_with_its_checksum_and_the_tested_versions
         assert entry["sha256"] == file_sha256(dist / name)
         assert entry["bytes"] == (dist / name).stat().st_size
     archive = manifest["archive"]
-    assert archive["builder"] == "local" and archive["valid_on_emr"] is False
+    assert archive["builder"] == "local" and archive["valid_on_emr"] is True
+    assert set(archive["python_links"].values()) == {"/usr/bin/python3.11"}
+    assert archive["wheel_platform"] == "manylinux_2_34_x86_64"
+    assert pack.check_python_links(dist / VENV_ARCHIVE).problems == []
     assert archive["bytes_after"] < 0.85 * archive["bytes_before"]
     assert archive["runtime"] == runtime and archive["unpack_seconds"] > 0
     packages = archive["packages"]
@@ -276,7 +333,8 @@ def small_dist(folder: Path, weights: bytes = b"weights") -> Path:
         name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
         for name in (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, VENV_ARCHIVE)
     }
-    (folder / build.MANIFEST).write_text(json.dumps({"files": files}))
+    checked = {"valid_on_emr": True, "python_links": {"bin/python": "/usr/bin/python3.11"}}
+    (folder / build.MANIFEST).write_text(json.dumps({"files": files, "archive": checked}))
     return folder
 
 
@@ -302,6 +360,15 @@ def test_upload_puts_dist_under_artifacts_and_then_transfers_nothing(stack, tmp_
     out = capsys.readouterr().out
     assert "2 uploaded, 3 unchanged" in out  # the weights and the manifest that lists them
     assert f"uploaded   {target}/{WEIGHTS_FILE}" in out
+
+
+def test_upload_refuses_an_archive_pack_py_did_not_check(tmp_path, capsys):
+    folder = small_dist(tmp_path / "dist")
+    manifest = json.loads((folder / build.MANIFEST).read_text())
+    manifest["archive"] = {"builder": "local", "valid_on_emr": False}  # an earlier build's
+    (folder / build.MANIFEST).write_text(json.dumps(manifest))
+    assert upload.main(["--artifacts", "s3://b/artifacts", "--dist", str(folder)]) == 2
+    assert "rebuild it with ./dev package" in capsys.readouterr().err
 
 
 def test_upload_refuses_a_dist_without_a_manifest(tmp_path, capsys):
