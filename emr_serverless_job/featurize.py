@@ -102,6 +102,7 @@ def worker_featurizer(spec: FeaturizerSpec, counters: Counters) -> Featurizer:
             "model_built",
             pid=os.getpid(),
             python=sys.executable,
+            python_resolved=os.path.realpath(sys.executable),
             runtime=spec.runtime,
             threads=threads,
             image_size=spec.image_size,

@@ -12,6 +12,8 @@ same run id replaces its own folders and nothing else):
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -360,6 +362,8 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         "version": spark.version,
         "master": spark.sparkContext.master,
         "default_parallelism": spark.sparkContext.defaultParallelism,
+        "driver_python": sys.executable,
+        "driver_python_resolved": os.path.realpath(sys.executable),
     }
     hadoopfs.write_bytes(spark, report_uri, report.to_json().encode())
     event(

@@ -1,5 +1,5 @@
-"""AWS on loopback for the tests: a moto server, the template's resources on it, the Lambda
-service's SQS poller, and a local runner for the job runs that EMR Serverless would execute.
+"""AWS on loopback for the tests: a moto server, the template's resources on it, and the Lambda
+service's SQS poller. Job runs are executed by ``emr_emulator``, as EMR Serverless would.
 
 Only the tests use this; the product talks to whatever ``AWS_ENDPOINT_URL`` names.
 """
@@ -7,8 +7,6 @@ Only the tests use this; the product talks to whatever ``AWS_ENDPOINT_URL`` name
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import socket
 import subprocess
 import sys
@@ -18,7 +16,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 from samtranslator.yaml_helper import yaml_parse
@@ -264,129 +261,6 @@ def poll_and_invoke(stack: Stack, handler: Any, batch_size: int | None = None) -
             ],
         )
     return Invocation(messages=len(messages), response=response, error=None)
-
-
-# --- a local stand-in for EMR Serverless executing a job run ----------------------------
-
-DROPPED_CONF_PREFIXES = ("spark.archives", "spark.emr-serverless.", "spark.executorEnv.")
-
-
-def _split_s3(uri: str) -> tuple[str, str]:
-    parts = urlsplit(uri)
-    return parts.netloc, parts.path.lstrip("/")
-
-
-@dataclass
-class LocalRun:
-    returncode: int
-    stdout: str
-    stderr: str
-    arguments: list[str]
-
-
-def run_job_locally(stack: Stack, job_run_id: str, workdir: Path) -> LocalRun:
-    """Execute a job run's driver with local spark-submit, s3:// mirrored to and from disk.
-
-    The venv archive and its PYSPARK_PYTHON settings are left out (this interpreter is the
-    workers' Python here); everything else the request says is passed as EMR would.
-    """
-    s3 = stack.client("s3")
-    run = stack.client("emr-serverless").get_job_run(
-        applicationId=stack.application_id, jobRunId=job_run_id
-    )["jobRun"]
-    driver = run["jobDriver"]["sparkSubmit"]
-    mirror = workdir / "s3"
-
-    def local(uri: str) -> Path:
-        bucket, key = _split_s3(uri)
-        return mirror / bucket / key
-
-    def fetch(uri: str) -> Path | None:
-        target = local(uri)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        bucket, key = _split_s3(uri)
-        try:
-            s3.download_file(bucket, key, str(target))
-        except Exception:
-            return None
-        return target
-
-    def fetch_manifest(uri: str) -> Path:
-        path = fetch(uri)
-        assert path is not None, f"manifest {uri} is not in S3"
-        lines = []
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)
-            fetch(entry["uri"])  # a key that does not exist stays missing, as on EMR
-            entry["uri"] = str(local(entry["uri"]))
-            lines.append(json.dumps(entry, ensure_ascii=False))
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
-    def fetch_prefix(uri: str) -> Path:
-        bucket, prefix = _split_s3(uri)
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for page in pages:
-            for item in page.get("Contents", []):
-                fetch(f"s3://{bucket}/{item['Key']}")
-        return local(uri)
-
-    arguments = list(driver["entryPointArguments"])
-    output_uri = None
-    for index, value in enumerate(arguments):
-        flag = arguments[index - 1] if index else ""
-        if not value.startswith("s3://"):
-            continue
-        if flag == "--manifest":
-            arguments[index] = str(fetch_manifest(value))
-        elif flag == "--input":
-            arguments[index] = str(fetch_prefix(value))
-        elif flag == "--output":
-            output_uri = value
-            fetch_prefix(value)  # earlier runs' outputs, the saved PCA model
-            local(value).mkdir(parents=True, exist_ok=True)
-            arguments[index] = str(local(value))
-        else:
-            fetched = fetch(value)
-            assert fetched is not None, f"{flag} {value} is not in S3"
-            arguments[index] = str(fetched)
-
-    submit_args: list[str] = []
-    tokens = shlex.split(driver.get("sparkSubmitParameters", ""))
-    for flag, value in zip(tokens[::2], tokens[1::2], strict=True):
-        if flag == "--conf" and value.startswith(DROPPED_CONF_PREFIXES):
-            continue
-        if value.startswith("s3://"):
-            fetched = fetch(value)
-            assert fetched is not None, f"{flag} {value} is not in S3"
-            value = str(fetched)
-        submit_args += [flag, value]
-    entry_point = fetch(driver["entryPoint"])
-    assert entry_point is not None, f"entry point {driver['entryPoint']} is not in S3"
-
-    import pyspark
-
-    spark_submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
-    command = [
-        str(spark_submit),
-        "--master",
-        "local[2]",
-        "--conf",
-        f"spark.pyspark.python={sys.executable}",
-        *submit_args,
-        str(entry_point),
-        *arguments,
-    ]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYSPARK_")}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
-    if output_uri is not None:
-        bucket, prefix = _split_s3(output_uri)
-        root = local(output_uri)
-        for path in root.rglob("*"):
-            if path.is_file() and not path.name.endswith(".crc"):
-                key = f"{prefix}/{path.relative_to(root).as_posix()}"
-                s3.upload_file(str(path), bucket, key)
-    return LocalRun(result.returncode, result.stdout, result.stderr, command)
 
 
 def job_runs(stack: Stack) -> list[dict[str, Any]]:

@@ -1,0 +1,205 @@
+"""The deployed path, run the way EMR Serverless runs it.
+
+``./dev package`` builds the artifacts, ``./dev upload`` puts them in the moto server's bucket,
+photos are uploaded, a backfill and the Lambda each start a job run through the moto EMR
+Serverless API, and ``emr_emulator`` runs exactly those requests: the venv archive unpacked
+as ``./environment`` for the driver and, by Spark, for each executor JVM in its own
+directory; ``./environment/bin/python`` resolving to ``/usr/bin/python3.11``; the entry point,
+job package, model and archive read from ``s3://``; logs under the request's ``logUri``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from emr_emulator.__main__ import request_of
+from emr_emulator.run import run_job
+from emr_serverless_job import job
+from emr_serverless_job.config import parse_args
+from lambda_trigger import backfill
+from lambda_trigger import handler as trigger
+from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE
+from tests.conftest import REAL_SAMPLE, needs_real_data
+from tests.loopback import job_runs, keys, poll_and_invoke
+from tests.test_packaging import load, pack
+
+EMR_PYTHON = "/usr/bin/python3.11"
+PHOTOS_PER_CLASS = 3
+BROKEN_KEY = "raw/Kiwi/broken.jpg"
+
+
+def sample_photos() -> dict[str, bytes]:
+    """A few real photos of two classes, under the keys a grower's upload would have."""
+    photos = {}
+    for folder in sorted(p for p in REAL_SAMPLE.iterdir() if p.is_dir())[:2]:
+        for photo in sorted(folder.glob("*.jpg"))[:PHOTOS_PER_CLASS]:
+            photos[f"raw/{folder.name}/{photo.name}"] = photo.read_bytes()
+    return photos
+
+
+def emulate(stack, job_run_id: str) -> dict:
+    """What EMR Serverless does with a submitted job run: run its request, end like GetJobRun."""
+    submitted = stack.client("emr-serverless").get_job_run(
+        applicationId=stack.application_id, jobRunId=job_run_id
+    )["jobRun"]
+    return run_job(
+        request_of(submitted),
+        stack.client("s3"),
+        application_id=stack.application_id,
+        job_run_id=job_run_id,
+        release_label=submitted.get("releaseLabel"),
+    )
+
+
+def table(stack, prefix: str) -> list[dict]:
+    s3 = stack.client("s3")
+    parts = [k for k in keys(stack, prefix) if k.endswith(".parquet")]
+    rows = []
+    for key in parts:
+        body = s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read()
+        rows += pq.read_table(io.BytesIO(body)).to_pylist()
+    return rows
+
+
+def log_lines(stack, uri: str) -> list[str]:
+    key = uri.removeprefix(f"s3://{stack.bucket}/")
+    body = stack.client("s3").get_object(Bucket=stack.bucket, Key=key)["Body"].read()
+    return gzip.decompress(body).decode(errors="replace").splitlines()
+
+
+def worker_events(stack, result: dict) -> list[dict]:
+    """``model_built`` lines of the executors' logs (a line may follow Spark's progress bar)."""
+    events = []
+    for uri in result["emulator"]["logs"]:
+        if "/SPARK_EXECUTOR/" in uri and uri.endswith("stderr.gz"):
+            events += [
+                json.loads(line[line.index('{"event"') :])
+                for line in log_lines(stack, uri)
+                if '"model_built"' in line
+            ]
+    return events
+
+
+@needs_real_data()
+def test_photos_become_rows_when_run_as_emr_serverless_runs_the_deployed_artifacts(
+    stack, onnx_dist, spark, tmp_path, capsys
+):
+    upload = load("upload")
+    bucket = stack.bucket
+    assert upload.main(["--artifacts", f"s3://{bucket}/artifacts", "--dist", str(onnx_dist)]) == 0
+    photos = sample_photos()
+    broken = next(iter(photos.values()))[:400]
+    s3 = stack.client("s3")
+    for key, body in {**photos, BROKEN_KEY: broken, "raw/Kiwi/notes.txt": b"x"}.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+    # 1. The first backfill, as the README's First deployment runs it: fits and saves the PCA.
+    assert backfill.main(["--input", f"s3://{bucket}/raw/"], env=stack.environment) == 0
+    backfill_job = capsys.readouterr().out.strip().splitlines()[-1]
+    first = emulate(stack, backfill_job)
+    assert first["state"] == "SUCCESS", first["stateDetails"]
+    assert first["emulator"]["master"].startswith("local-cluster[2,4,")
+
+    # 2. The uploads' notifications: one batch, one job run started by the Lambda.
+    invocation = poll_and_invoke(stack, trigger.handler)
+    assert invocation is not None and invocation.response == {"batchItemFailures": []}
+    (batch_run,) = [r for r in job_runs(stack) if r["jobRunId"] != backfill_job]
+    second = emulate(stack, batch_run["jobRunId"])
+    assert second["state"] == "SUCCESS", second["stateDetails"]
+
+    # One row per upload in each run: features for the photos, an error for the broken file.
+    for run in (first, second):
+        run_id = run["name"]
+        features = table(stack, f"output/features/run_id={run_id}/")
+        errors = table(stack, f"output/errors/run_id={run_id}/")
+        assert sorted(r["path"] for r in features) == sorted(f"s3://{bucket}/{k}" for k in photos)
+        assert [r["path"] for r in errors] == [f"s3://{bucket}/{BROKEN_KEY}"]
+        assert errors[0]["reason"].startswith("corrupt or truncated image")
+    backfilled = {r["path"]: r for r in table(stack, f"output/features/run_id={first['name']}/")}
+    batched = {r["path"]: r for r in table(stack, f"output/features/run_id={second['name']}/")}
+    for path, row in batched.items():  # the batch was projected by the backfill's saved model
+        assert row["pca_features"] is not None
+        np.testing.assert_allclose(row["pca_features"], backfilled[path]["pca_features"], atol=1e-5)
+
+    # The same features as a direct local run of the same photos with the same model.
+    for key, body in photos.items():
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(body)
+    local = tmp_path / "raw"
+    direct = parse_args(
+        [
+            "--input",
+            str(local),
+            "--output",
+            str(tmp_path / "out"),
+            "--model",
+            str(onnx_dist / MODEL_FILE),
+        ]
+    )
+    job.run(direct, spark)
+    direct_rows = pq.read_table(tmp_path / "out" / "features").to_pylist()
+    assert len(direct_rows) == len(photos)
+    for row in direct_rows:
+        key = "raw/" + row["path"].split("/raw/", 1)[1]
+        np.testing.assert_allclose(
+            batched[f"s3://{bucket}/{key}"]["features"], row["features"], atol=1e-5
+        )
+
+    # Every Python process ran the archive's interpreter, which is EMR's /usr/bin/python3.11:
+    # the driver from its working directory, each executor from its own.
+    for run in (first, second):
+        report = json.loads(
+            s3.get_object(Bucket=bucket, Key=f"output/reports/run_id={run['name']}/report.json")[
+                "Body"
+            ].read()
+        )
+        assert report["spark"]["driver_python"].endswith("/driver/environment/bin/python")
+        assert report["spark"]["driver_python_resolved"] == EMR_PYTHON
+        events = worker_events(stack, run)
+        assert events and {e["python_resolved"] for e in events} == {EMR_PYTHON}
+        folders = {Path(e["python"]).parents[2] for e in events}
+        assert len(folders) == 2, folders  # two executors, each with its own ./environment
+        assert all(Path(e["python"]).parts[-3:] == ("environment", "bin", "python") for e in events)
+    driver_log = [u for u in second["emulator"]["logs"] if u.endswith("SPARK_DRIVER/stdout.gz")]
+    expected = (
+        f"s3://{bucket}/logs/applications/{stack.application_id}/jobs/"
+        f"{batch_run['jobRunId']}/SPARK_DRIVER/stdout.gz"
+    )
+    assert driver_log == [expected]
+    assert f"inputs {len(photos) + 1}: {len(photos)} featurized, 1 errors" in "\n".join(
+        log_lines(stack, expected)
+    )
+
+
+@pytest.mark.skipif(not Path(EMR_PYTHON).is_file(), reason=f"no {EMR_PYTHON} here")
+def test_an_archive_whose_python_link_is_broken_fails_the_run_as_it_would_on_emr(stack, tmp_path):
+    """venv-pack --python-prefix /usr, as packaging/Dockerfile ran it until now."""
+    import venv_pack
+
+    venv = tmp_path / "venv"
+    subprocess.run([EMR_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
+    broken = Path(
+        venv_pack.pack(prefix=str(venv), output=str(tmp_path / VENV_ARCHIVE), python_prefix="/usr")
+    )
+    assert pack.check_python_links(broken).problems  # the build refuses to ship it
+    s3 = stack.client("s3")
+    s3.upload_file(str(broken), stack.bucket, f"artifacts/{VENV_ARCHIVE}")
+    build = load("build")
+    package = build.job_package(tmp_path / JOB_PACKAGE)
+    s3.upload_file(str(package), stack.bucket, f"artifacts/{JOB_PACKAGE}")
+    s3.upload_file(str(build.JOB_SOURCES / "main.py"), stack.bucket, f"artifacts/{ENTRY_POINT}")
+    assert backfill.main(["--input", f"s3://{stack.bucket}/raw/"], env=stack.environment) == 0
+    (run,) = job_runs(stack)
+    result = emulate(stack, run["jobRunId"])
+    assert result["state"] == "FAILED"
+    assert 'Cannot run program "./environment/bin/python"' in result["stateDetails"]
+    stderr = [u for u in result["emulator"]["logs"] if u.endswith("SPARK_DRIVER/stderr.gz")]
+    assert any("error=2, No such file or directory" in line for line in log_lines(stack, stderr[0]))
