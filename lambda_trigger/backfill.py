@@ -62,10 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--region", help="AWS region (default: the AWS CLI's)")
     parser.add_argument("--wait", action="store_true", help="follow the run until it ends")
     parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS)
-    parser.add_argument(
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument(
         "--dry-run",
         action="store_true",
         help="print the equivalent `aws emr-serverless start-job-run` command; start nothing",
+    )
+    shown.add_argument(
+        "--print-request",
+        action="store_true",
+        help="print the StartJobRun request as JSON (for python -m emr_emulator); start nothing",
     )
     pca = parser.add_mutually_exclusive_group()
     pca.add_argument("--pca-variance", type=float, help="passed to the job")
@@ -165,6 +171,9 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     request = start_job_run_request(deployment, source, client_token=str(uuid.uuid4()))
     if args.dry_run:
         print(aws_cli_command(request))
+        return 0
+    if args.print_request:
+        print(json.dumps(request, indent=2))
         return 0
     emr = session.client("emr-serverless")
     job_run_id = emr.start_job_run(**request)["jobRunId"]

@@ -22,13 +22,20 @@ VENV_PYTHON = "./environment/bin/python"
 RUN_ID_DIGITS = 16
 PIPELINE_TAG = "fruits-features"
 
-# Worker sizes EMR Serverless accepts (4 vCPU: 8-30 GB). Each Python worker (one per core)
-# holds the model and a batch's activations, which Spark counts as executor memory
-# overhead: measured at 224 px and batch 64, about 0.86 GiB with ONNX Runtime and 1.6 GiB
-# with TensorFlow (BENCHMARKS.md), so an ONNX executor bills 10 GB instead of 14.
+# Worker sizes EMR Serverless accepts (2 vCPU: 4-16 GB, 4 vCPU: 8-30 GB; a worker is billed
+# for memory + memoryOverhead). Each Python worker (one per core) holds the model and a
+# batch's activations, which Spark counts as executor memory overhead: measured at 224 px and
+# batch 64, about 0.86 GiB with ONNX Runtime and 1.6 GiB with TensorFlow (BENCHMARKS.md), so
+# an ONNX executor bills 10 GB instead of 14. The driver's Python (pyarrow, the PCA moments'
+# 1280 x 1280 matrices, the manifest's file checks) lives in its overhead too: 2 GB, not
+# Spark's default 384 MiB, so the driver bills 6 GB.
 DRIVER_CORES = 2
 DRIVER_MEMORY = "4g"
+DRIVER_MEMORY_OVERHEAD = "2g"
 EXECUTOR_CORES = 4
+# A new account may hold 16 vCPUs of EMR Serverless at once (quota L-D05C8A75): a 2-vCPU
+# driver and 3 executors of 4 vCPUs use 14 (template.yaml's MaxExecutors default).
+DEFAULT_MAX_EXECUTORS = 3
 EXECUTOR_MEMORY = {"onnx": "6g", "tensorflow": "7g"}
 EXECUTOR_MEMORY_OVERHEAD = {"onnx": "4g", "tensorflow": "7g"}
 
@@ -46,7 +53,7 @@ class Deployment:
     model_uri: str = ""
     runtime: str = "onnx"  # onnx: --model (image size from the model); tensorflow: --weights
     image_size: int = 224
-    max_executors: int = 8
+    max_executors: int = DEFAULT_MAX_EXECUTORS
     timeout_minutes: int = 120
 
     def artifact(self, name: str) -> str:
@@ -94,6 +101,7 @@ def spark_submit_parameters(deployment: Deployment) -> str:
         "spark.executorEnv.PYSPARK_PYTHON": VENV_PYTHON,
         "spark.driver.cores": str(DRIVER_CORES),
         "spark.driver.memory": DRIVER_MEMORY,
+        "spark.driver.memoryOverhead": DRIVER_MEMORY_OVERHEAD,
         "spark.executor.cores": str(EXECUTOR_CORES),
         "spark.executor.memory": EXECUTOR_MEMORY[deployment.runtime],
         "spark.executor.memoryOverhead": EXECUTOR_MEMORY_OVERHEAD[deployment.runtime],

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lambda_trigger.request import MODEL_FILE, WEIGHTS_FILE, Deployment
+from lambda_trigger.request import DEFAULT_MAX_EXECUTORS, MODEL_FILE, WEIGHTS_FILE, Deployment
 
 # The job's accepted --image-size values (emr_serverless_job.model.IMAGE_SIZES; a test
 # keeps the two equal, since the Lambda does not ship the job's code).
@@ -126,7 +126,7 @@ FIELDS: dict[str, tuple[Callable[[str], Any], Any]] = {
     MODEL_URI: (_s3_object, ""),
     RUNTIME: (_runtime, "onnx"),
     IMAGE_SIZE: (_image_size, 224),
-    MAX_EXECUTORS: (_bounded_int(1, 1000), 8),
+    MAX_EXECUTORS: (_bounded_int(1, 1000), DEFAULT_MAX_EXECUTORS),
     JOB_TIMEOUT_MINUTES: (_bounded_int(5, 10_080), 120),
 }
 

@@ -164,3 +164,14 @@ def test_readme_shows_exactly_what_the_builder_sends(capsys):
     assert backfill.main(EXAMPLE_FLAGS, env={}) == 0
     command = capsys.readouterr().out.strip()
     assert f"```bash\n{command}\n```" in README.read_text()
+
+
+def test_print_request_writes_the_request_as_json_for_the_emulator(stack, capsys):
+    from emr_emulator.submit import launch
+
+    flags = [flag for flag in EXAMPLE_FLAGS if flag != "--dry-run"]
+    assert backfill.main([*flags, "--print-request"], env={}) == 0
+    request = json.loads(capsys.readouterr().out)
+    assert request["name"] == backfill_run_id(f"s3://{EXAMPLE_BUCKET}/raw/")
+    assert launch(request).driver_env["PYSPARK_PYTHON"] == "./environment/bin/python"
+    assert job_runs(stack) == []  # printed, not started

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -134,24 +135,19 @@ def test_photos_become_rows_when_run_as_emr_serverless_runs_the_deployed_artifac
         (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / key).write_bytes(body)
     local = tmp_path / "raw"
-    direct = parse_args(
-        [
-            "--input",
-            str(local),
-            "--output",
-            str(tmp_path / "out"),
-            "--model",
-            str(onnx_dist / MODEL_FILE),
-        ]
-    )
+    # Spark ships a model by file name, once per session: this session's other tests use
+    # mobilenet_v2.onnx for other models, so this copy gets a name of its own.
+    model = tmp_path / "deploy-path-model.onnx"
+    shutil.copyfile(onnx_dist / MODEL_FILE, model)
+    output = str(tmp_path / "out")
+    direct = parse_args(["--input", str(local), "--output", output, "--model", str(model)])
     job.run(direct, spark)
     direct_rows = pq.read_table(tmp_path / "out" / "features").to_pylist()
     assert len(direct_rows) == len(photos)
     for row in direct_rows:
         key = "raw/" + row["path"].split("/raw/", 1)[1]
-        np.testing.assert_allclose(
-            batched[f"s3://{bucket}/{key}"]["features"], row["features"], atol=1e-5
-        )
+        emulated = batched[f"s3://{bucket}/{key}"]["features"]
+        np.testing.assert_allclose(emulated, row["features"], atol=1e-5)
 
     # Every Python process ran the archive's interpreter, which is EMR's /usr/bin/python3.11:
     # the driver from its working directory, each executor from its own.

@@ -203,11 +203,14 @@ def test_slimming_removes_tests_caches_headers_and_installers(tmp_path):
 # --- the proof: the job runs on the archive's Python alone -----------------------------------
 
 
-@pytest.fixture(scope="module", params=["onnx", "tensorflow"])
-def dist(request, tmp_path_factory):
-    if request.param == "onnx":
-        return request.getfixturevalue("onnx_dist")  # shared with the deploy-path test
+@pytest.fixture(scope="module")
+def tensorflow_dist(tmp_path_factory):
     return build_dist(tmp_path_factory.mktemp("dist-tensorflow"), "tensorflow")
+
+
+@pytest.fixture(params=["onnx", "tensorflow"])
+def dist(request):
+    return request.getfixturevalue(f"{request.param}_dist")  # onnx: shared with test_deploy_path
 
 
 @needs_real_data()
@@ -240,15 +243,12 @@ def test_manifest_lists_every_artifact_with_its_checksum_and_the_tested_versions
 
 
 @needs_real_data()
-def test_the_job_runs_with_only_the_archives_python(dist, tmp_path):
-    """As EMR lays it out: the archive unpacked as ./environment, every Python process using it,
-    the model (onnx) or the weights (tensorflow) from dist/."""
-    runtime = json.loads((dist / build.MANIFEST).read_text())["runtime"]
-    featurizer = (
-        ["--model", str(dist / MODEL_FILE)]
-        if runtime == "onnx"
-        else ["--runtime", "tensorflow", "--weights", str(dist / WEIGHTS_FILE)]
-    )
+def test_the_tensorflow_archive_runs_the_job_with_only_its_python(tensorflow_dist, tmp_path):
+    """The fallback archive, laid out as EMR does: unpacked as ./environment, every Python
+    process using it, the weights from dist/. (The default onnx archive runs the Lambda's and
+    the backfill's very requests through emr_emulator in test_deploy_path.py.)"""
+    dist, runtime = tensorflow_dist, "tensorflow"
+    featurizer = ["--runtime", "tensorflow", "--weights", str(dist / WEIGHTS_FILE)]
     run = tmp_path / "run"
     with tarfile.open(dist / VENV_ARCHIVE) as archive:
         archive.extractall(run / "environment", filter="fully_trusted")
@@ -307,7 +307,7 @@ def test_the_job_runs_with_only_the_archives_python(dist, tmp_path):
     assert {event["runtime"] for event in built} == {runtime}
 
     # Same features as Keras in this (test) environment computes for the same images and
-    # weights: for onnx, this also checks the exported model against its source.
+    # weights.
     from emr_serverless_job.images import decode_batch, preprocess
     from emr_serverless_job.model import Weights, tensorflow_featurizer
 

@@ -3,7 +3,11 @@ asserted on the transformed (plain CloudFormation) template."""
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +133,9 @@ def test_queue_has_a_dead_letter_queue_and_outlives_the_function(transformed):
     }
     assert 1 <= queue["RedrivePolicy"]["maxReceiveCount"] <= 10
     function = transformed["Resources"]["TriggerFunction"]["Properties"]
-    assert queue["VisibilityTimeout"] >= 6 * function["Timeout"]
+    # AWS: at least 6 x the function timeout; received messages also wait out the window.
+    longest_window = transformed["Parameters"]["BatchWindowSeconds"]["MaxValue"]
+    assert queue["VisibilityTimeout"] >= 6 * function["Timeout"] + longest_window
 
 
 def test_lambda_reads_the_queue_in_batches_with_partial_failures(transformed):
@@ -179,21 +185,85 @@ def _prefixes(resources: list) -> set[str]:
     return found
 
 
-def test_job_role_reads_inputs_and_writes_only_output_and_logs(transformed):
+DATA_PREFIXES = ("raw", "artifacts", "manifests", "output", "logs")
+
+
+def bucket_grants(doc: dict, role: str) -> list[tuple[set[str], list[str]]]:
+    """(actions, key patterns) of each Allow statement of ``role`` on the data bucket's objects."""
+    grants = []
+    for statement in _allowed(doc, role):
+        patterns = [
+            resource["Fn::Sub"].removeprefix("${DataBucket.Arn}/")
+            for resource in as_list(statement["Resource"])
+            if isinstance(resource, dict)
+            and str(resource.get("Fn::Sub", "")).startswith("${DataBucket.Arn}/")
+        ]
+        grants.append((set(as_list(statement["Action"])), patterns))
+    return grants
+
+
+def permits(grants: list[tuple[set[str], list[str]]], action: str, key: str) -> bool:
+    """IAM's match: ``*`` spans any characters, slashes included (fnmatch does the same)."""
+    return any(
+        action in actions and any(fnmatch.fnmatchcase(key, p) for p in patterns)
+        for actions, patterns in grants
+    )
+
+
+def folder_keys(key: str) -> list[str]:
+    """What Hadoop probes (the folder's key, with and without a slash) and EMRFS marks
+    (``<folder>_$folder$``) for every folder above ``key``."""
+    parts = key.split("/")[:-1]
+    folders = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return [k for f in folders for k in (f, f"{f}/", f"{f}_$folder$")]
+
+
+def job_paths() -> tuple[list[str], list[str]]:
+    """The keys one backfill and one batch read and write, from the request and the job."""
+    from emr_serverless_job.config import PCA_MODEL_DIRNAME
+    from emr_serverless_job.job import ERRORS_TABLE, FEATURES_TABLE, REPORTS_FOLDER
+    from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE
+
+    run_id = "batch-0123456789abcdef"
+    reads = [
+        "raw/Apple Braeburn/0_100.jpg",
+        f"manifests/{run_id}.jsonl",
+        *(f"artifacts/{name}" for name in (ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE)),
+        f"output/{PCA_MODEL_DIRNAME}/metadata/part-00000",
+    ]
+    writes = [
+        f"output/{FEATURES_TABLE}/run_id={run_id}/part-00000.snappy.parquet",
+        f"output/{ERRORS_TABLE}/run_id={run_id}/_SUCCESS",
+        f"output/{REPORTS_FOLDER}/run_id={run_id}/report.json",
+        f"output/{PCA_MODEL_DIRNAME}/stages/1_PCAModel/data/part-00000.parquet",
+    ]
+    return reads, writes
+
+
+def test_job_role_allows_what_emrfs_does_on_the_jobs_paths_and_nothing_elsewhere(transformed):
     role = transformed["Resources"]["JobRuntimeRole"]["Properties"]
     (principal,) = [s["Principal"] for s in role["AssumeRolePolicyDocument"]["Statement"]]
     assert principal == {"Service": "emr-serverless.amazonaws.com"}
-    writes, reads = set(), set()
-    for statement in _allowed(transformed, "JobRuntimeRole"):
-        actions = set(as_list(statement["Action"]))
-        assert all(a.startswith("s3:") for a in actions), statement
-        targets = _prefixes(as_list(statement["Resource"]))
-        if actions & {"s3:PutObject", "s3:DeleteObject"}:
-            writes |= targets
-        if "s3:GetObject" in actions:
-            reads |= targets
-    assert writes == {"output/*", "logs/*"}
-    assert reads == {"raw/*", "artifacts/*", "manifests/*", "output/*"}
+    grants = bucket_grants(transformed, "JobRuntimeRole")
+    reads, writes = job_paths()
+    for key in reads:
+        assert permits(grants, "s3:GetObject", key), key
+        for folder in folder_keys(key):  # a probe refused is a 403, which Hadoop treats as fatal
+            assert permits(grants, "s3:GetObject", folder), folder
+    for key in writes:
+        for target in (key, *folder_keys(key)):
+            for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+                assert permits(grants, action, target), (action, target)
+    assert permits(grants, "s3:PutObject", "logs/applications/app/jobs/run/SPARK_DRIVER/stdout.gz")
+    # Nothing else: inputs and artifacts are never written, and no other prefix is reachable.
+    for key in ("raw/Kiwi/a.jpg", "artifacts/main.py", "manifests/x.jsonl", "raw"):
+        assert not permits(grants, "s3:PutObject", key), key
+        assert not permits(grants, "s3:DeleteObject", key), key
+    for actions, patterns in grants:
+        assert all(a.startswith("s3:") for a in actions)
+        for pattern in patterns:
+            top = re.split(r"/|_\$folder\$", pattern)[0]
+            assert top in DATA_PREFIXES, pattern
 
 
 def test_lambda_role_starts_runs_on_its_application_and_passes_only_the_job_role(transformed):
@@ -208,6 +278,11 @@ def test_lambda_role_starts_runs_on_its_application_and_passes_only_the_job_role
         for resource in as_list(statement["Resource"]):
             text = str(resource)
             assert "FeaturesApplication" in text, statement
+    (tagging,) = [s for s in emr if "emr-serverless:TagResource" in as_list(s["Action"])]
+    assert as_list(tagging["Resource"]) == [
+        {"Fn::GetAtt": ["FeaturesApplication", "Arn"]},
+        {"Fn::Sub": "${FeaturesApplication.Arn}/jobruns/*"},
+    ]
     (passrole,) = [s for s in allowed if "iam:PassRole" in as_list(s["Action"])]
     assert passrole["Resource"] == {"Fn::GetAtt": ["JobRuntimeRole", "Arn"]}
     assert passrole["Condition"] == {
@@ -246,9 +321,13 @@ def test_outputs_give_names_ids_and_the_backfill_command(transformed):
     assert required <= read
 
 
-def test_lambda_build_installs_pinned_linux_wheels_and_imports(tmp_path):
-    """`sam build` runs lambda_trigger/Makefile; the result must import with nothing else."""
-    artifacts = tmp_path / "artifacts"
+LAMBDA_RUNTIME = re.compile(r"^python(3\.\d+)$")
+
+
+@pytest.fixture(scope="module")
+def lambda_build(tmp_path_factory) -> Path:
+    """`sam build` runs lambda_trigger/Makefile: what it leaves is what the function imports."""
+    artifacts = tmp_path_factory.mktemp("lambda") / "artifacts"
     result = subprocess.run(
         [
             "make",
@@ -265,21 +344,146 @@ def test_lambda_build_installs_pinned_linux_wheels_and_imports(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert not list(artifacts.rglob("*.pyc"))  # --no-compile: smaller, nothing stale
+    return artifacts
+
+
+def runtime_version() -> str:
+    (version,) = LAMBDA_RUNTIME.match(template()["Globals"]["Function"]["Runtime"]).groups()
+    return version
+
+
+def test_lambda_build_installs_pinned_wheels_for_the_functions_runtime(lambda_build):
+    version = runtime_version()
+    makefile = (TEMPLATE.parent / "lambda_trigger" / "Makefile").read_text()
+    assert f"LAMBDA_PYTHON_VERSION ?= {version}" in makefile
+    assert not list(lambda_build.rglob("*.pyc"))  # --no-compile: smaller, nothing stale
+    tags = {
+        line.split(": ", 1)[1]
+        for wheel in lambda_build.glob("*.dist-info/WHEEL")
+        for line in wheel.read_text().splitlines()
+        if line.startswith("Tag: ")
+    }
+    compiled = {tag for tag in tags if not tag.startswith("py")}  # pure: py3-none-any, py2-...
+    cp = f"cp{version.replace('.', '')}"
+    assert compiled and all(tag.startswith(f"{cp}-") for tag in compiled), compiled
+    pins = (TEMPLATE.parent / "lambda_trigger" / "requirements.txt").read_text()
+    for line in pins.splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, pinned = line.split("==")
+            name = re.sub(r"\[.*\]", "", name).replace("-", "_")
+            assert list(lambda_build.glob(f"{name}-{pinned}.dist-info")), name
+
+
+def interpreter(version: str) -> str | None:
+    """A Python of ``version`` on this machine (PATH, then pyenv's versions), if any."""
+    candidates = [os.environ.get("LAMBDA_PYTHON"), shutil.which(f"python{version}")]
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        root = subprocess.run([pyenv, "root"], capture_output=True, text=True).stdout.strip()
+        candidates += sorted(glob.glob(f"{root}/versions/{version}*/bin/python{version}"))
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return candidate
+    return None
+
+
+def test_lambda_build_imports_under_the_functions_python(lambda_build):
+    version = runtime_version()
+    python = interpreter(version)
+    if python is None:
+        pytest.skip(f"no Python {version} here (set LAMBDA_PYTHON); the wheel tags are checked")
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import lambda_trigger.handler as h, aws_lambda_powertools, boto3;"
+        "import lambda_trigger.handler as h, aws_lambda_powertools, boto3, wrapt;"
         "print(aws_lambda_powertools.__file__, boto3.__version__, h.handler.__name__)"
     )
     env = {"PATH": os.environ["PATH"], "POWERTOOLS_TRACE_DISABLED": "true"}
     imported = subprocess.run(
-        [sys.executable, "-S", "-B", "-c", probe, str(artifacts)],
+        [python, "-S", "-B", "-c", probe, str(lambda_build)],
         capture_output=True,
         text=True,
         env=env,
     )
     assert imported.returncode == 0, imported.stderr[-3000:]
     location, boto3_version, _ = imported.stdout.split()
-    assert location.startswith(str(artifacts))
+    assert location.startswith(str(lambda_build))
     pins = (TEMPLATE.parent / "lambda_trigger" / "requirements.txt").read_text()
     assert f"boto3=={boto3_version}" in pins
+
+
+def test_handler_calls_give_up_well_before_the_function_times_out(transformed, monkeypatch):
+    from lambda_trigger import handler
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    timeout = transformed["Resources"]["TriggerFunction"]["Properties"]["Timeout"]
+    config = handler.CLIENT_CONFIG
+    attempts = config.retries["total_max_attempts"]
+    assert attempts * (config.connect_timeout + config.read_timeout) <= timeout * 2 / 3
+    handler.clients.cache_clear()
+    try:
+        for client in handler.clients():
+            assert client.meta.config.read_timeout == config.read_timeout
+    finally:
+        handler.clients.cache_clear()
+
+
+ACCOUNT_VCPU_QUOTA = 16  # a new account's EMR Serverless quota (L-D05C8A75)
+# EMR Serverless worker sizes: vCPU -> (least, most) GB of memory + memoryOverhead.
+WORKER_MEMORY_GB = {1: (2, 8), 2: (4, 16), 4: (8, 30), 8: (16, 60), 16: (32, 120)}
+
+
+@pytest.mark.parametrize("runtime", settings.RUNTIMES)
+def test_the_default_stack_and_request_fit_a_new_accounts_vcpu_quota(transformed, runtime):
+    from emr_emulator.submit import launch, memory_mb
+    from lambda_trigger.request import Deployment, for_backfill, start_job_run_request
+
+    params = {name: p.get("Default") for name, p in transformed["Parameters"].items()}
+    max_executors = int(params["MaxExecutors"])
+    assert settings.FIELDS[settings.MAX_EXECUTORS][1] == max_executors  # the Lambda's default
+    deployment = Deployment(
+        application_id="app",
+        job_role_arn="arn:aws:iam::111122223333:role/job",
+        artifacts_uri="s3://b/artifacts",
+        output_uri="s3://b/output",
+        logs_uri="s3://b/logs",
+        weights_uri="s3://b/artifacts/w.h5",
+        model_uri="s3://b/artifacts/m.onnx",
+        runtime=runtime,
+        max_executors=max_executors,
+    )
+    conf = launch(start_job_run_request(deployment, for_backfill("s3://b/raw/"), "t")).conf
+    assert int(conf["spark.dynamicAllocation.maxExecutors"]) == max_executors
+
+    def worker(role: str) -> tuple[int, int]:
+        cores = int(conf[f"spark.{role}.cores"])
+        memory = memory_mb(conf[f"spark.{role}.memory"])
+        overhead = memory_mb(conf.get(f"spark.{role}.memoryOverhead", "384m"))
+        gigabytes = -(-(memory + overhead) // 1024)
+        least, most = WORKER_MEMORY_GB[cores]
+        assert least <= gigabytes <= most, (role, cores, gigabytes)
+        return cores, gigabytes
+
+    (driver_vcpu, driver_gb), (executor_vcpu, executor_gb) = worker("driver"), worker("executor")
+    assert memory_mb(conf["spark.driver.memoryOverhead"]) >= 2048  # pyarrow, moments, threads
+    run_vcpu = driver_vcpu + max_executors * executor_vcpu
+    assert run_vcpu <= int(params["MaxVcpu"]) <= ACCOUNT_VCPU_QUOTA
+    # A second batch's driver still fits beside a full run, and waits there for executors.
+    assert run_vcpu + driver_vcpu <= int(params["MaxVcpu"])
+    assert driver_gb + max_executors * executor_gb + driver_gb <= int(params["MaxMemoryGB"])
+
+
+def test_release_labels_run_the_spark_the_tests_run(transformed):
+    import pyspark
+
+    from emr_emulator.releases import spark_version_of
+
+    label = transformed["Parameters"]["ReleaseLabel"]
+    assert label["Default"] in label["AllowedValues"]
+    assert {spark_version_of(v) for v in label["AllowedValues"]} == {pyspark.__version__}
+    spark_pin = (TEMPLATE.parent / "requirements" / "spark.txt").read_text()
+    assert f"pyspark=={pyspark.__version__}" in spark_pin

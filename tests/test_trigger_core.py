@@ -185,7 +185,7 @@ def test_settings_from_the_environment():
     assert settings.manifests.key("x.jsonl") == "manifests/x.jsonl"
     d = settings.deployment
     assert d.weights_uri == f"s3://{BUCKET}/artifacts/{rq.WEIGHTS_FILE}"
-    assert (d.image_size, d.max_executors, d.timeout_minutes) == (224, 8, 120)
+    assert (d.image_size, d.max_executors, d.timeout_minutes) == (224, 3, 120)
 
 
 def test_every_missing_variable_is_named():
@@ -307,9 +307,11 @@ def test_executor_and_driver_fit_emr_serverless_worker_sizes(runtime, python_wor
     )
     assert conf["spark.executor.cores"] == "4" and 8 <= executor <= 30
     assert _gigabytes(conf["spark.executor.memoryOverhead"]) >= 4 * python_worker_gb
-    driver = _gigabytes(conf["spark.driver.memory"]) * 1.1
+    driver = _gigabytes(conf["spark.driver.memory"]) + _gigabytes(
+        conf["spark.driver.memoryOverhead"]
+    )
     assert conf["spark.driver.cores"] == "2" and 4 <= driver <= 16
-    assert int(conf["spark.default.parallelism"]) == 8 * 4
+    assert int(conf["spark.default.parallelism"]) == 3 * 4
 
 
 def test_backfill_and_batch_requests_differ_only_where_they_mean_to():
