@@ -50,6 +50,20 @@ ERROR_SAMPLE_LOGGED = 20
 FEATURES_TABLE = "features"
 ERRORS_TABLE = "errors"
 REPORTS_FOLDER = "reports"
+# When the run that wrote a row started: the newest row of a photo is the current one.
+FEATURIZED_AT_COLUMN = "featurized_at"
+FEATURES_COLUMNS = (
+    "path",
+    "label",
+    "sha256",
+    "size_bytes",
+    "width",
+    "height",
+    "features",
+    "pca_features",
+    reduce.PCA_MODEL_COLUMN,
+    FEATURIZED_AT_COLUMN,
+)
 
 
 class ReconciliationError(RuntimeError):
@@ -226,7 +240,8 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
     """Run the job on an existing session and return its report (also written as JSON)."""
     configure_session(spark, config)
     started = time.perf_counter()
-    started_at = now_iso()
+    started_clock = datetime.now(UTC)
+    started_at = started_clock.isoformat(timespec="seconds")
     chosen = resolve_featurizer(config, spark)
     config = chosen.config
     report = RunReport(
@@ -330,15 +345,8 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         }
         with timed(report, "write"):
             _write(
-                features_out.select(
-                    "path",
-                    "label",
-                    "sha256",
-                    "size_bytes",
-                    "width",
-                    "height",
-                    "features",
-                    "pca_features",
+                features_out.withColumn(FEATURIZED_AT_COLUMN, F.lit(started_clock)).select(
+                    *FEATURES_COLUMNS
                 ),
                 tables[FEATURES_TABLE],
             )

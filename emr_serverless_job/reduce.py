@@ -32,6 +32,7 @@ SCALED_COL = "_features_scaled"
 PCA_COL = "_features_pca"
 METADATA_FILE = "featurizer.json"
 MIN_ROWS_TO_FIT = 2
+PCA_MODEL_COLUMN = "pca_model"  # in the features table: the run that fitted the projection
 # Rows per NumPy product when computing moments: large enough for BLAS to run at speed,
 # small enough (4096 x 1280 float64 = 40 MiB) to stay out of the executor's way.
 MOMENTS_BLOCK_ROWS = 4096
@@ -241,12 +242,19 @@ def save(spark: SparkSession, reduction: Reduction, uri: str) -> None:
     )
 
 
-def load(spark: SparkSession, uri: str, *, image_size: int, weights: str) -> Reduction | None:
-    """The saved reduction at ``uri``, or None when no backfill has saved one there yet."""
+def saved_info(spark: SparkSession, uri: str) -> ReductionInfo | None:
+    """What the reduction saved at ``uri`` is, or None when no backfill has saved one there."""
     metadata_uri = f"{uri}/{METADATA_FILE}"
     if not hadoopfs.exists(spark, metadata_uri):
         return None
-    info = ReductionInfo(**json.loads(hadoopfs.read_bytes(spark, metadata_uri)))
+    return ReductionInfo(**json.loads(hadoopfs.read_bytes(spark, metadata_uri)))
+
+
+def load(spark: SparkSession, uri: str, *, image_size: int, weights: str) -> Reduction | None:
+    """The saved reduction at ``uri``, or None when no backfill has saved one there yet."""
+    info = saved_info(spark, uri)
+    if info is None:
+        return None
     if info.image_size != image_size:
         raise ReductionMismatch(
             f"the PCA model at {uri} was fitted on {info.image_size} px features; "
@@ -261,14 +269,23 @@ def load(spark: SparkSession, uri: str, *, image_size: int, weights: str) -> Red
 
 
 def apply(reduction: Reduction, features: DataFrame) -> DataFrame:
-    """Add ``pca_features`` (float32 array of length k) to a frame with ``features``."""
+    """Add ``pca_features`` (float32 array of length k) and the id of the model that projected
+    them (``pca_model``: the run that fitted it) to a frame with ``features``.
+
+    Two backfills fit two PCA spaces; rows of one must never be compared with rows of the
+    other, so every row names its space.
+    """
     with_vectors = features.withColumn(VECTOR_COL, array_to_vector("features"))
     projected = reduction.model.transform(with_vectors)
-    return projected.withColumn("pca_features", vector_to_array(PCA_COL, dtype="float32")).drop(
-        VECTOR_COL, SCALED_COL, PCA_COL
+    return (
+        projected.withColumn("pca_features", vector_to_array(PCA_COL, dtype="float32"))
+        .withColumn(PCA_MODEL_COLUMN, F.lit(reduction.info.fitted_by_run))
+        .drop(VECTOR_COL, SCALED_COL, PCA_COL)
     )
 
 
 def without_reduction(features: DataFrame) -> DataFrame:
     """The same columns as ``apply`` with null PCA features, for runs with no model yet."""
-    return features.withColumn("pca_features", F.lit(None).cast("array<float>"))
+    return features.withColumn("pca_features", F.lit(None).cast("array<float>")).withColumn(
+        PCA_MODEL_COLUMN, F.lit(None).cast("string")
+    )
