@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -261,52 +260,6 @@ def test_input_that_does_not_exist_fails_before_writing(spark, tmp_path):
     with pytest.raises(job.inputs.InputError, match="--input: nothing at"):
         job.run(config, spark)
     assert not (tmp_path / "o").exists()
-
-
-def test_spark_submit_runs_the_entry_point_as_emr_does(image_folder, tmp_path):
-    """main.py alone plus the package as --py-files, the way EMR Serverless receives them."""
-    import subprocess
-    import sys
-    import zipfile
-
-    import pyspark
-
-    root = Path(job.__file__).resolve().parent
-    bundle = tmp_path / "emr_serverless_job.zip"
-    with zipfile.ZipFile(bundle, "w") as archive:
-        for source in root.glob("*.py"):
-            archive.write(source, f"emr_serverless_job/{source.name}")
-    entry = tmp_path / "entry" / "main.py"
-    entry.parent.mkdir()
-    shutil.copy(root / "main.py", entry)
-    folder, _ = image_folder
-    output = tmp_path / "out"
-    spark_submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
-    result = subprocess.run(
-        [
-            str(spark_submit),
-            "--master",
-            "local[2]",
-            "--py-files",
-            str(bundle),
-            "--conf",
-            f"spark.pyspark.python={sys.executable}",
-            str(entry),
-            "--input",
-            str(folder / "Banana"),
-            "--output",
-            str(output),
-            *FAST,
-            "--pca-k",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "4 featurized, 0 errors" in result.stdout
-    assert list((output / "features").glob("run_id=backfill-*/*.parquet"))
 
 
 def test_plots_are_drawn_from_an_output_folder(backfill, tmp_path):
