@@ -17,24 +17,10 @@ from pathlib import Path
 
 from emr_emulator.run import run_job
 from emr_emulator.submit import RequestError
+from lambda_trigger.request import request_from_job_run
 
 EXIT_FAILED = 1
 EXIT_BAD_REQUEST = 2
-# GetJobRun answers with these names; StartJobRun takes the same values under others.
-REQUEST_FIELDS = {
-    "applicationId": "applicationId",
-    "executionRole": "executionRoleArn",
-    "name": "name",
-    "jobDriver": "jobDriver",
-    "configurationOverrides": "configurationOverrides",
-    "executionTimeoutMinutes": "executionTimeoutMinutes",
-    "tags": "tags",
-}
-
-
-def request_of(job_run: dict) -> dict:
-    """A submitted job run (GetJobRun's ``jobRun``) as the request that started it."""
-    return {wanted: job_run[name] for name, wanted in REQUEST_FIELDS.items() if name in job_run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--job-run-id needs --application-id")
             emr = session.client("emr-serverless", endpoint_url=args.endpoint_url)
             job_run = emr.get_job_run(applicationId=args.application_id, jobRunId=args.job_run_id)
-            request = request_of(job_run["jobRun"])
+            request = request_from_job_run(job_run["jobRun"])
             application = emr.get_application(applicationId=args.application_id)
             release = application["application"].get("releaseLabel")
         result = run_job(

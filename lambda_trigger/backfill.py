@@ -19,12 +19,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lambda_trigger import settings as config
-from lambda_trigger.request import for_backfill, start_job_run_request
+from lambda_trigger.request import Attempt, for_backfill, start_job_run_request
 
 TERMINAL_STATES = ("SUCCESS", "FAILED", "CANCELLED")
 DEFAULT_POLL_SECONDS = 30.0
 EXIT_RUN_FAILED = 1
 EXIT_CONFIG_ERROR = 2
+MAX_RETRIES = 9
 
 # flag -> the environment variable (and stack output, in CamelCase) it stands for
 FLAG_SETTINGS = {
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-request",
         action="store_true",
         help="print the StartJobRun request as JSON (for python -m emr_emulator); start nothing",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="resubmit a failed or cancelled run this many times (the watcher does it; "
+        "default 0: a backfill by hand is not retried)",
     )
     pca = parser.add_mutually_exclusive_group()
     pca.add_argument("--pca-variance", type=float, help="passed to the job")
@@ -167,8 +175,13 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         extra = ("--pca-variance", str(args.pca_variance))
     elif args.pca_k is not None:
         extra = ("--pca-k", str(args.pca_k))
+    if not 0 <= args.retries <= MAX_RETRIES:
+        print(f"configuration error: --retries {args.retries}: 0 to {MAX_RETRIES}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     source = for_backfill(args.input, extra)
-    request = start_job_run_request(deployment, source, client_token=str(uuid.uuid4()))
+    request = start_job_run_request(
+        deployment, source, client_token=str(uuid.uuid4()), attempt=Attempt(1, 1 + args.retries)
+    )
     if args.dry_run:
         print(aws_cli_command(request))
         return 0

@@ -19,20 +19,11 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config
 
 from lambda_trigger import settings as config
 from lambda_trigger.events import Ignored, S3Object, ignore_reason, parse_message
 from lambda_trigger.manifest import build_manifest
 from lambda_trigger.submit import submit_batch
-
-# Each call gives up long before the function's 60 s timeout (botocore's defaults are 60 s per
-# read): a hung call then fails the invocation with its own error in the log, and SQS
-# redelivers the batch, instead of the function timing out silently. Worst case per call:
-# 2 attempts x (5 s connect + 15 s read) = 40 s.
-CLIENT_CONFIG = Config(
-    connect_timeout=5, read_timeout=15, retries={"mode": "standard", "total_max_attempts": 2}
-)
 
 logger = Logger()
 tracer = Tracer()
@@ -54,8 +45,8 @@ def current_settings() -> config.Settings:
 @cache
 def clients() -> tuple[Any, Any]:
     return (
-        boto3.client("s3", config=CLIENT_CONFIG),
-        boto3.client("emr-serverless", config=CLIENT_CONFIG),
+        boto3.client("s3", config=config.CLIENT_CONFIG),
+        boto3.client("emr-serverless", config=config.CLIENT_CONFIG),
     )
 
 
@@ -98,6 +89,7 @@ def start_run(batch: Batch, settings: config.Settings, messages: int, failed: in
         extra={
             "run_id": submission.run_id,
             "job_run_id": submission.job_run_id,
+            "attempt": submission.attempt,
             "manifest": submission.manifest_uri,
             "images": manifest.images,
             "duplicate_events": manifest.duplicates,

@@ -21,6 +21,21 @@ MODEL_FILE = "mobilenet_v2.onnx"
 VENV_PYTHON = "./environment/bin/python"
 RUN_ID_DIGITS = 16
 PIPELINE_TAG = "fruits-features"
+# Tags every job run of this pipeline carries: the watcher reads them to know what it started.
+PIPELINE_KEY = "pipeline"
+RUN_ID_KEY = "run-id"
+ATTEMPT_KEY = "attempt"
+LAST_ATTEMPT_KEY = "last-attempt"
+# GetJobRun's field -> StartJobRun's parameter, for what a resubmission repeats unchanged.
+RESUBMITTED_FIELDS = {
+    "applicationId": "applicationId",
+    "executionRole": "executionRoleArn",
+    "name": "name",
+    "jobDriver": "jobDriver",
+    "configurationOverrides": "configurationOverrides",
+    "executionTimeoutMinutes": "executionTimeoutMinutes",
+    "tags": "tags",
+}
 
 # Worker sizes EMR Serverless accepts (2 vCPU: 4-16 GB, 4 vCPU: 8-30 GB; a worker is billed
 # for memory + memoryOverhead). Each Python worker (one per core) holds the model and a
@@ -70,6 +85,44 @@ class JobSource:
     extra_args: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """Which submission of a run this is, and the last one the watcher may make after a failure.
+
+    A batch from the Lambda starts as attempt 1 of ``MAX_ATTEMPTS``; a backfill by hand as 1 of
+    1 unless ``--retries`` asks for more. Numbers keep counting across a redelivered batch, so
+    client tokens never repeat and a batch that failed for good gets ``MAX_ATTEMPTS`` more.
+    """
+
+    number: int = 1
+    last: int = 1
+
+    @property
+    def may_retry(self) -> bool:
+        return self.number < self.last
+
+    def next(self) -> Attempt:
+        return Attempt(self.number + 1, self.last)
+
+    def tags(self) -> dict[str, str]:
+        return {ATTEMPT_KEY: str(self.number), LAST_ATTEMPT_KEY: str(self.last)}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Attempt | None:
+        """None for a run this pipeline did not start; runs from before attempts: 1 of 1."""
+        if tags.get(PIPELINE_KEY) != PIPELINE_TAG:
+            return None
+        try:
+            return cls(int(tags.get(ATTEMPT_KEY, 1)), int(tags.get(LAST_ATTEMPT_KEY, 1)))
+        except ValueError:
+            return cls()
+
+
+def client_token(run_id: str, attempt: Attempt) -> str:
+    """The first attempt's token is the run id (a redelivered batch starts nothing new)."""
+    return run_id if attempt.number == 1 else f"{run_id}-attempt-{attempt.number}"
+
+
 def manifest_run_id(manifest: bytes) -> str:
     """The job's default run id for this manifest: a redelivered batch names the same run."""
     return f"batch-{hashlib.sha256(manifest).hexdigest()[:RUN_ID_DIGITS]}"
@@ -117,7 +170,7 @@ def spark_submit_parameters(deployment: Deployment) -> str:
 
 
 def start_job_run_request(
-    deployment: Deployment, source: JobSource, client_token: str
+    deployment: Deployment, source: JobSource, client_token: str, attempt: Attempt | None = None
 ) -> dict[str, Any]:
     """Keyword arguments for ``emr-serverless.start_job_run`` (boto3), ready to send.
 
@@ -157,5 +210,26 @@ def start_job_run_request(
             }
         },
         "executionTimeoutMinutes": deployment.timeout_minutes,
-        "tags": {"pipeline": PIPELINE_TAG, "run-id": source.run_id},
+        "tags": {
+            PIPELINE_KEY: PIPELINE_TAG,
+            RUN_ID_KEY: source.run_id,
+            **(attempt or Attempt()).tags(),
+        },
+    }
+
+
+def request_from_job_run(job_run: dict[str, Any]) -> dict[str, Any]:
+    """A submitted run (GetJobRun's ``jobRun``) as the StartJobRun parameters that made it."""
+    return {want: job_run[have] for have, want in RESUBMITTED_FIELDS.items() if have in job_run}
+
+
+def resubmission(job_run: dict[str, Any], attempt: Attempt) -> dict[str, Any]:
+    """The same run again (same manifest or input, same run id, so the job overwrites its own
+    partition), as ``attempt``, with that attempt's client token."""
+    request = request_from_job_run(job_run)
+    run_id = request["tags"][RUN_ID_KEY]
+    return {
+        **request,
+        "clientToken": client_token(run_id, attempt),
+        "tags": {**request["tags"], **attempt.tags()},
     }

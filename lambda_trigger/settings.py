@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.config import Config
+
 from lambda_trigger.request import DEFAULT_MAX_EXECUTORS, MODEL_FILE, WEIGHTS_FILE, Deployment
 
 # The job's accepted --image-size values (emr_serverless_job.model.IMAGE_SIZES; a test
@@ -32,10 +34,23 @@ RUNTIMES = ("onnx", "tensorflow")  # the job's --runtime choices (a test keeps t
 IMAGE_SIZE = "IMAGE_SIZE"
 MAX_EXECUTORS = "MAX_EXECUTORS"
 JOB_TIMEOUT_MINUTES = "JOB_TIMEOUT_MINUTES"
+MAX_ATTEMPTS = "MAX_ATTEMPTS"  # submissions of one batch before the watcher gives up
+ALERTS_TOPIC_ARN = "ALERTS_TOPIC_ARN"  # where the watcher says a run failed for good
+DEFAULT_MAX_ATTEMPTS = 3
 
 S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
 APPLICATION_ID_PATTERN = re.compile(r"^[0-9a-z]{1,64}$")
 ROLE_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+TOPIC_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[\w-]{1,256}$")
+
+
+# Each AWS call of the Lambdas gives up long before their 60 s timeout (botocore's default
+# read timeout is 60 s): a hung call then fails the invocation with its own error in the log
+# and the event is delivered again, instead of the function timing out silently. Worst case
+# per call: 2 attempts x (5 s connect + 15 s read) = 40 s.
+CLIENT_CONFIG = Config(
+    connect_timeout=5, read_timeout=15, retries={"mode": "standard", "total_max_attempts": 2}
+)
 
 
 class SettingsError(ValueError):
@@ -60,6 +75,8 @@ class Settings:
     deployment: Deployment
     raw: S3Location  # uploads here trigger runs
     manifests: S3Location  # one JSON Lines manifest (and its receipt) per batch
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    alerts_topic_arn: str = ""
 
 
 def parse_s3_location(value: str) -> S3Location:
@@ -128,6 +145,8 @@ FIELDS: dict[str, tuple[Callable[[str], Any], Any]] = {
     IMAGE_SIZE: (_image_size, 224),
     MAX_EXECUTORS: (_bounded_int(1, 1000), DEFAULT_MAX_EXECUTORS),
     JOB_TIMEOUT_MINUTES: (_bounded_int(5, 10_080), 120),
+    MAX_ATTEMPTS: (_bounded_int(1, 10), DEFAULT_MAX_ATTEMPTS),
+    ALERTS_TOPIC_ARN: (_matching(TOPIC_ARN_PATTERN, "an SNS topic ARN"), ""),
 }
 
 
@@ -200,5 +219,9 @@ def from_environment(env: Mapping[str, str]) -> Settings:
     """Validate every variable; a SettingsError names each missing or malformed one."""
     values = _read_all(env, tuple(FIELDS))
     return Settings(
-        deployment=_deployment(values), raw=values[RAW_URI], manifests=values[MANIFESTS_URI]
+        deployment=_deployment(values),
+        raw=values[RAW_URI],
+        manifests=values[MANIFESTS_URI],
+        max_attempts=values[MAX_ATTEMPTS],
+        alerts_topic_arn=values[ALERTS_TOPIC_ARN],
     )

@@ -1,25 +1,23 @@
-"""Writing a batch's manifest and starting its one job run, at most once per batch.
+"""Writing a batch's manifest and starting its job run: one run per batch, until it fails for good.
 
 EMR Serverless deduplicates StartJobRun calls that carry the same client token, which
-covers two deliveries racing each other. A receipt next to the manifest, written only
-after the run started, also covers a redelivery long after the first one: the batch is
-then acknowledged without a second run, and the receipt says which run has it.
+covers two deliveries racing each other. The receipt next to the manifest (``receipts.py``),
+written only after the run started, covers a redelivery long after the first one: a batch
+whose run is in flight or succeeded is acknowledged without a second run, and the receipt
+says which run has it. A batch whose every attempt failed (the watcher marked it ``FAILED``)
+is started again, as the next attempts, so a re-upload of the same photos is never skipped.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
-
+from lambda_trigger import receipts
 from lambda_trigger.manifest import Manifest
-from lambda_trigger.request import for_manifest, start_job_run_request
+from lambda_trigger.request import Attempt, client_token, for_manifest, start_job_run_request
 from lambda_trigger.settings import Settings
-
-NOT_FOUND = ("NoSuchKey", "404", "NotFound")
 
 
 @dataclass(frozen=True)
@@ -29,16 +27,19 @@ class Submission:
     manifest_uri: str
     images: int
     already_submitted: bool
+    attempt: int = 1
 
 
-def _read_json(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
-    try:
-        response = s3.get_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in NOT_FOUND:
-            return None
-        raise
-    return json.loads(response["Body"].read())
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def next_attempt(receipt: receipts.Receipt | None, max_attempts: int) -> Attempt:
+    """The first attempt of a new batch; after a batch failed for good, ``max_attempts`` more."""
+    if receipt is None:
+        return Attempt(1, max_attempts)
+    done = int(receipt.get("attempt", 1))
+    return Attempt(done + 1, done + max_attempts)
 
 
 def submit_batch(s3: Any, emr: Any, settings: Settings, manifest: Manifest) -> Submission:
@@ -47,40 +48,43 @@ def submit_batch(s3: Any, emr: Any, settings: Settings, manifest: Manifest) -> S
     manifest_key = settings.manifests.key(manifest.file_name)
     manifest_uri = f"s3://{bucket}/{manifest_key}"
     receipt_key = settings.manifests.key(manifest.receipt_name)
-    receipt = _read_json(s3, bucket, receipt_key)
-    if receipt is not None:
+    receipt = receipts.read(s3, bucket, receipt_key)
+    if receipt is not None and not receipts.failed_for_good(receipt):
         return Submission(
             run_id=manifest.run_id,
             job_run_id=str(receipt.get("job_run_id", "")),
             manifest_uri=manifest_uri,
             images=manifest.images,
             already_submitted=True,
+            attempt=int(receipt.get("attempt", 1)),
         )
     s3.put_object(
         Bucket=bucket, Key=manifest_key, Body=manifest.body, ContentType="application/x-ndjson"
     )
+    attempt = next_attempt(receipt, settings.max_attempts)
     request = start_job_run_request(
         settings.deployment,
         for_manifest(manifest_uri, manifest.body),
-        client_token=manifest.run_id,
+        client_token=client_token(manifest.run_id, attempt),
+        attempt=attempt,
     )
     job_run_id = emr.start_job_run(**request)["jobRunId"]
-    submission = Submission(
+    record = receipts.submitted(
+        receipt,
+        run_id=manifest.run_id,
+        application_id=settings.deployment.application_id,
+        source=manifest_uri,
+        images=manifest.images,
+        job_run_id=job_run_id,
+        attempt=attempt,
+        at=now_iso(),
+    )
+    receipts.write(s3, bucket, receipt_key, record)
+    return Submission(
         run_id=manifest.run_id,
         job_run_id=job_run_id,
         manifest_uri=manifest_uri,
         images=manifest.images,
         already_submitted=False,
+        attempt=attempt.number,
     )
-    record = asdict(submission) | {
-        "application_id": settings.deployment.application_id,
-        "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    record.pop("already_submitted")
-    s3.put_object(
-        Bucket=bucket,
-        Key=receipt_key,
-        Body=json.dumps(record, sort_keys=True).encode(),
-        ContentType="application/json",
-    )
-    return submission

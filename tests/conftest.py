@@ -117,16 +117,17 @@ def moto_server():
 
 @pytest.fixture
 def stack(moto_server, monkeypatch):
-    """A fresh server state with the template's resources, and the Lambda's environment set."""
-    from lambda_trigger import handler
+    """A fresh server state with the template's resources, and the Lambdas' environment set."""
+    from lambda_trigger import handler, watcher
     from tests.loopback import deploy
 
     moto_server.reset()
     deployed = deploy()
-    for name, value in deployed.environment.items():
-        monkeypatch.setenv(name, value)
-    handler.current_settings.cache_clear()
-    handler.clients.cache_clear()
+    for name, value in {**deployed.watcher_environment, **deployed.environment}.items():
+        monkeypatch.setenv(name, value)  # the trigger's and the watcher's settings
+    cached = (handler.current_settings, handler.clients, watcher.current_settings, watcher.clients)
+    for function in cached:
+        function.cache_clear()
     yield deployed
-    handler.current_settings.cache_clear()
-    handler.clients.cache_clear()
+    for function in cached:
+        function.cache_clear()

@@ -85,8 +85,11 @@ class Stack:
     dead_letter_url: str
     application_id: str
     job_role_arn: str
-    environment: dict[str, str]
+    environment: dict[str, str]  # the trigger's
     batch_size: int
+    alerts_topic_arn: str = ""
+    alerts_inbox_url: str = ""  # an SQS queue subscribed to the alerts topic
+    watcher_environment: dict[str, str] = field(default_factory=dict)
     clients: dict[str, Any] = field(default_factory=dict)
 
     def client(self, service: str) -> Any:
@@ -110,6 +113,13 @@ def _resolve(value: Any, names: dict[str, str]) -> str:
         assert "${" not in text, f"unresolved: {text}"
         return text
     raise AssertionError(f"unsupported intrinsic in the environment: {value}")
+
+
+def function_environment(doc: dict[str, Any], function: str = "TriggerFunction") -> dict[str, Any]:
+    """A function's variables as SAM merges them: Globals first, the function's own over them."""
+    shared = doc.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    own = doc["Resources"][function]["Properties"].get("Environment", {}).get("Variables", {})
+    return {**shared, **own}
 
 
 def deploy(overrides: dict[str, str] | None = None) -> Stack:
@@ -160,16 +170,29 @@ def deploy(overrides: dict[str, str] | None = None) -> Stack:
         type=app["Type"].upper(),
     )["applicationId"]
     role_arn = f"arn:aws:iam::{ACCOUNT}:role/fruits-job-{uuid.uuid4().hex[:8]}"
+    sns = boto3.client("sns", region_name=REGION)
+    topic_arn = sns.create_topic(Name="fruits-alerts")["TopicArn"]
+    inbox_url = sqs.create_queue(QueueName="alerts-inbox")["QueueUrl"]
+    inbox_arn = sqs.get_queue_attributes(QueueUrl=inbox_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    sns.subscribe(
+        TopicArn=topic_arn,
+        Protocol="sqs",
+        Endpoint=inbox_arn,
+        Attributes={"RawMessageDelivery": "false"},
+    )
     names = {
         "DataBucket": bucket,
         "FeaturesApplication": application_id,
         "JobRuntimeRole.Arn": role_arn,
+        "AlertsTopic": topic_arn,
         **params,
     }
-    function = resources["TriggerFunction"]["Properties"]
-    environment = {
-        name: _resolve(value, names) for name, value in function["Environment"]["Variables"].items()
-    }
+    environment, watcher_environment = (
+        {name: _resolve(value, names) for name, value in function_environment(doc, f).items()}
+        for f in ("TriggerFunction", "WatcherFunction")
+    )
     return Stack(
         bucket=bucket,
         queue_url=queue_url,
@@ -178,7 +201,10 @@ def deploy(overrides: dict[str, str] | None = None) -> Stack:
         job_role_arn=role_arn,
         environment=environment,
         batch_size=int(params["BatchSize"]),
-        clients={"s3": s3, "sqs": sqs, "emr-serverless": emr},
+        alerts_topic_arn=topic_arn,
+        alerts_inbox_url=inbox_url,
+        watcher_environment=watcher_environment,
+        clients={"s3": s3, "sqs": sqs, "emr-serverless": emr, "sns": sns},
     )
 
 
@@ -283,3 +309,30 @@ def keys(stack: Stack, prefix: str) -> list[str]:
         .paginate(Bucket=stack.bucket, Prefix=prefix)
     )
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def alerts(stack: Stack) -> list[dict[str, Any]]:
+    """Every message published to the alerts topic so far (drained from its SQS inbox)."""
+    sqs = stack.client("sqs")
+    received = []
+    while True:
+        got = sqs.receive_message(QueueUrl=stack.alerts_inbox_url, MaxNumberOfMessages=10)
+        messages = got.get("Messages", [])
+        if not messages:
+            return received
+        for message in messages:
+            received.append(json.loads(message["Body"]))
+            sqs.delete_message(
+                QueueUrl=stack.alerts_inbox_url, ReceiptHandle=message["ReceiptHandle"]
+            )
+
+
+def state_change(stack: Stack, job_run_id: str, state: str) -> dict[str, Any]:
+    """The EventBridge event EMR Serverless sends when one of the application's runs ends."""
+    from emr_emulator.events import state_change_event
+
+    return state_change_event(
+        {"applicationId": stack.application_id, "jobRunId": job_run_id, "state": state},
+        account=ACCOUNT,
+        region=REGION,
+    )

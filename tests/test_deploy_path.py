@@ -21,13 +21,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from emr_emulator.__main__ import request_of
 from emr_emulator.run import run_job
 from emr_serverless_job import job
 from emr_serverless_job.config import parse_args
 from lambda_trigger import backfill
 from lambda_trigger import handler as trigger
-from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE
+from lambda_trigger.request import (
+    ENTRY_POINT,
+    JOB_PACKAGE,
+    MODEL_FILE,
+    VENV_ARCHIVE,
+    request_from_job_run,
+)
 from tests.conftest import REAL_SAMPLE, needs_real_data
 from tests.loopback import job_runs, keys, poll_and_invoke
 from tests.test_packaging import load, pack
@@ -52,7 +57,7 @@ def emulate(stack, job_run_id: str) -> dict:
         applicationId=stack.application_id, jobRunId=job_run_id
     )["jobRun"]
     return run_job(
-        request_of(submitted),
+        request_from_job_run(submitted),
         stack.client("s3"),
         application_id=stack.application_id,
         job_run_id=job_run_id,

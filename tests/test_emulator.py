@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from emr_emulator.__main__ import request_of
 from emr_emulator.mirror import Mirror
 from emr_emulator.submit import (
     Archive,
@@ -16,7 +15,14 @@ from emr_emulator.submit import (
     s3_mirror_conf,
     spark_submit_command,
 )
-from lambda_trigger.request import Deployment, for_manifest, start_job_run_request
+from lambda_trigger.request import (
+    Attempt,
+    Deployment,
+    for_manifest,
+    request_from_job_run,
+    resubmission,
+    start_job_run_request,
+)
 
 DEPLOYMENT = Deployment(
     application_id="00fapp",
@@ -105,7 +111,7 @@ def test_executors_are_shaped_like_the_request_and_s3_is_served_from_the_mirror(
     assert not any("emr-serverless" in conf for conf in confs)
 
 
-def test_a_submitted_job_run_reads_back_as_its_request():
+def test_a_submitted_job_run_reads_back_as_its_request_and_resubmits_as_the_next_attempt():
     request = the_request()
     job_run = {
         "applicationId": request["applicationId"],
@@ -117,7 +123,11 @@ def test_a_submitted_job_run_reads_back_as_its_request():
         "tags": request["tags"],
         "state": "SUCCESS",
     }
-    assert request_of(job_run) == {k: v for k, v in request.items() if k != "clientToken"}
+    assert request_from_job_run(job_run) == {k: v for k, v in request.items() if k != "clientToken"}
+    again = resubmission(job_run, Attempt(2, 3))
+    assert again["clientToken"] == f"{request['name']}-attempt-2"
+    assert again["tags"] == {**request["tags"], "attempt": "2", "last-attempt": "3"}
+    assert again["jobDriver"] == request["jobDriver"] and again["name"] == request["name"]
 
 
 def test_the_mirror_uploads_what_a_run_wrote_and_deletes_what_it_removed(stack, tmp_path):

@@ -38,7 +38,8 @@ def transformed(monkeypatch_module):
 
     doc = template()
     # What `sam package` does before the transform: code is an S3 object by then.
-    doc["Resources"]["TriggerFunction"]["Properties"]["CodeUri"] = "s3://artifacts/trigger.zip"
+    for function in ("TriggerFunction", "WatcherFunction"):
+        doc["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/functions.zip"
     monkeypatch_module.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     return transform(doc, {}, NoManagedPolicies())
 
@@ -421,7 +422,7 @@ def test_handler_calls_give_up_well_before_the_function_times_out(transformed, m
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     timeout = transformed["Resources"]["TriggerFunction"]["Properties"]["Timeout"]
-    config = handler.CLIENT_CONFIG
+    config = settings.CLIENT_CONFIG
     attempts = config.retries["total_max_attempts"]
     assert attempts * (config.connect_timeout + config.read_timeout) <= timeout * 2 / 3
     handler.clients.cache_clear()
@@ -487,3 +488,71 @@ def test_release_labels_run_the_spark_the_tests_run(transformed):
     assert {spark_version_of(v) for v in label["AllowedValues"]} == {pyspark.__version__}
     spark_pin = (TEMPLATE.parent / "requirements" / "spark.txt").read_text()
     assert f"pyspark=={pyspark.__version__}" in spark_pin
+
+
+def test_every_alarm_and_the_watcher_alert_through_one_topic(transformed):
+    resources = transformed["Resources"]
+    (topic,) = resources_of(transformed, "AWS::SNS::Topic")
+    alarms = resources_of(transformed, "AWS::CloudWatch::Alarm")
+    assert {name: a["Properties"]["AlarmActions"] for name, a in alarms.items()} == {
+        name: [{"Ref": topic}]
+        for name in ("DeadLetterAlarm", "TriggerErrorsAlarm", "WatcherErrorsAlarm")
+    }
+    watched = {
+        a["Properties"]["Dimensions"][0]["Value"]["Ref"]
+        for a in alarms.values()
+        if a["Properties"]["MetricName"] == "Errors"
+    }
+    assert watched == {"TriggerFunction", "WatcherFunction"}
+    (subscription,) = resources_of(transformed, "AWS::SNS::Subscription").values()
+    assert subscription["Condition"] == "HasAlertEmail"
+    assert subscription["Properties"]["Endpoint"] == {"Ref": "AlertEmail"}
+    variables = resources["WatcherFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["ALERTS_TOPIC_ARN"] == {"Ref": topic}
+    assert variables["MAX_ATTEMPTS"] == {"Ref": "MaxAttempts"}
+    trigger = resources["TriggerFunction"]["Properties"]["Environment"]["Variables"]
+    assert trigger["MAX_ATTEMPTS"] == {"Ref": "MaxAttempts"}  # the first attempt's tags
+
+
+def test_the_watcher_hears_every_end_of_this_applications_runs(transformed):
+    (rule,) = resources_of(transformed, "AWS::Events::Rule").values()
+    pattern = rule["Properties"]["EventPattern"]
+    assert pattern["source"] == ["aws.emr-serverless"]
+    assert pattern["detail-type"] == ["EMR Serverless Job Run State Change"]
+    assert pattern["detail"]["applicationId"] == [{"Ref": "FeaturesApplication"}]
+    assert set(pattern["detail"]["state"]) == {"SUCCESS", "FAILED", "CANCELLED"}
+    (target,) = rule["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["WatcherFunction", "Arn"]}
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 3
+
+
+def test_the_watchers_role_reruns_this_application_alerts_its_topic_and_touches_manifests_only(
+    transformed,
+):
+    allowed = _allowed(transformed, "WatcherFunctionRole")
+    actions = {a for s in allowed for a in as_list(s["Action"])}
+    assert actions == {
+        "emr-serverless:StartJobRun",
+        "emr-serverless:GetJobRun",
+        "emr-serverless:TagResource",
+        "iam:PassRole",
+        "sns:Publish",
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:ListBucket",
+    }
+    for statement in allowed:
+        acts, resources = as_list(statement["Action"]), as_list(statement["Resource"])
+        if any(a.startswith("emr-serverless:") for a in acts):
+            assert all("FeaturesApplication" in str(r) for r in resources), statement
+        if "iam:PassRole" in acts:
+            assert resources == [{"Fn::GetAtt": ["JobRuntimeRole", "Arn"]}]
+            assert statement["Condition"] == {
+                "StringEquals": {"iam:PassedToService": "emr-serverless.amazonaws.com"}
+            }
+        if "sns:Publish" in acts:
+            assert resources == [{"Ref": "AlertsTopic"}]
+        if {"s3:GetObject", "s3:PutObject"} & set(acts):
+            assert _prefixes(resources) == {"manifests/*"}
+        if "s3:ListBucket" in acts:
+            assert statement["Condition"] == {"StringLike": {"s3:prefix": ["manifests/*"]}}
