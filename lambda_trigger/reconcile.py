@@ -1,0 +1,212 @@
+"""Every photo accounted for: which objects in ``raw/`` have no row in ``features`` or ``errors``.
+
+    python -m lambda_trigger.reconcile --stack NAME [--since DATE] [--submit]
+
+Lists ``raw/`` (every page; ``.jpg``, ``.jpeg``, ``.png`` in any letter case, the ``.Jpg`` the
+S3 notification filter misses included), reads only the ``path`` column of the ``features``
+and ``errors`` tables, and prints how many objects have a feature row, an error row, or
+neither. The photos with neither are written as a manifest (the Lambda's format); with
+``--submit`` that manifest is started as one job run, through the same request builder and
+receipts as a batch of uploads (so the watcher retries it, and a second ``--submit`` while it
+runs starts nothing).
+
+Memory stays flat in the number of objects: the listing is streamed in S3's key order and
+merged against the two tables' keys, which are held as sorted Arrow string arrays (compact
+buffers, not Python sets). Settings come from the stack's outputs, the Lambda's environment
+variable names, or flags, as for the backfill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from lambda_trigger import settings as config
+from lambda_trigger.backfill import FLAG_SETTINGS, merged_settings, stack_settings
+from lambda_trigger.events import IMAGE_SUFFIXES, S3Object
+from lambda_trigger.manifest import build_manifest
+
+EXIT_MISSING = 1  # photos without a row (and --submit not given)
+EXIT_CONFIG_ERROR = 2
+TABLES = ("features", "errors")
+KEYS_PER_CHUNK = 65_536  # Python strings made from the Arrow arrays at a time
+DEFAULT_OUT = "reconcile-missing.jsonl"
+
+
+@dataclass
+class Tally:
+    objects: int = 0
+    featurized: int = 0
+    errored: int = 0
+    missing: int = 0
+
+    def line(self) -> str:
+        return (
+            f"objects {self.objects}: featurized {self.featurized}, errored {self.errored}, "
+            f"missing {self.missing}"
+        )
+
+
+class _Cursor:
+    """A forward-only walk over ascending keys."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._keys = iter(keys)
+        self._current: str | None = next(self._keys, None)
+
+    def holds(self, key: str) -> bool:
+        """Whether ``key`` is in the sequence; keys asked for must ascend too."""
+        while self._current is not None and self._current < key:
+            self._current = next(self._keys, None)
+        return self._current == key
+
+
+def reconcile(
+    objects: Iterable[S3Object], featurized: Iterable[str], errored: Iterable[str], tally: Tally
+) -> Iterator[S3Object]:
+    """The objects whose key is in neither table; all three sequences ascend (S3's order)."""
+    features, errors = _Cursor(featurized), _Cursor(errored)
+    for obj in objects:
+        tally.objects += 1
+        if features.holds(obj.key):
+            tally.featurized += 1
+        elif errors.holds(obj.key):
+            tally.errored += 1
+        else:
+            tally.missing += 1
+            yield obj
+
+
+def is_photo(key: str) -> bool:
+    return not key.endswith("/") and key.lower().endswith(IMAGE_SUFFIXES)
+
+
+def listing(s3: Any, bucket: str, prefix: str, since: datetime | None) -> Iterator[S3Object]:
+    """Every photo under the prefix, page by page, in S3's (UTF-8 byte) key order."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            if not is_photo(item["Key"]) or (since and item["LastModified"] < since):
+                continue
+            yield S3Object(
+                bucket=bucket,
+                key=item["Key"],
+                size=item["Size"],
+                etag=item.get("ETag", "").strip('"') or None,
+                sequencer="",
+                event_name="reconcile",
+            )
+
+
+def _filesystem(s3: Any) -> Any:
+    """pyarrow's S3 client pointed where boto3 points (an endpoint such as moto's, or AWS)."""
+    import pyarrow.fs as pafs
+
+    endpoint = urlsplit(s3.meta.endpoint_url)
+    options: dict[str, Any] = {"region": s3.meta.region_name}
+    if os.environ.get("AWS_ENDPOINT_URL") or not endpoint.netloc.endswith("amazonaws.com"):
+        options |= {"endpoint_override": endpoint.netloc, "scheme": endpoint.scheme}
+    return pafs.S3FileSystem(**options)
+
+
+def row_keys(filesystem: Any, output: config.S3Location, table: str, bucket: str) -> Any:
+    """Sorted, distinct keys of ``bucket`` in a table's ``path`` column (only that column)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
+
+    root = f"{output.bucket}/{output.prefix}{table}"
+    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
+        return pa.array([], pa.string())
+    dataset = ds.dataset(root, filesystem=filesystem, format="parquet", partitioning="hive")
+    paths = dataset.to_table(columns=["path"]).column("path").combine_chunks()
+    prefix = f"s3://{bucket}/"
+    paths = paths.filter(pc.starts_with(paths, prefix))
+    keys = pc.unique(pc.utf8_slice_codeunits(paths, len(prefix)))
+    return keys.take(pc.array_sort_indices(keys))
+
+
+def ascending(keys: Any) -> Iterator[str]:
+    for start in range(0, len(keys), KEYS_PER_CHUNK):
+        yield from keys.slice(start, KEYS_PER_CHUNK).to_pylist()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lambda_trigger.reconcile", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--stack", help="read the settings from this CloudFormation stack")
+    parser.add_argument("--region", help="AWS region (default: the AWS CLI's)")
+    parser.add_argument(
+        "--since", type=datetime.fromisoformat, help="only objects modified at or after (ISO date)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(DEFAULT_OUT), help="missing photos' manifest"
+    )
+    parser.add_argument("--submit", action="store_true", help="start one job run for the missing")
+    for flag, name in FLAG_SETTINGS.items():
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, help=f"overrides {name}")
+    parser.add_argument("--raw", dest="raw", help=f"overrides {config.RAW_URI}")
+    parser.add_argument("--manifests", dest="manifests", help=f"overrides {config.MANIFESTS_URI}")
+    return parser
+
+
+def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = dict(os.environ if env is None else env)
+    import boto3
+
+    session = boto3.session.Session(region_name=args.region)
+    stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
+    merged = {**env, **merged_settings(args, env, stack)}
+    for flag, name in (("raw", config.RAW_URI), ("manifests", config.MANIFESTS_URI)):
+        merged[name] = getattr(args, flag) or stack.get(name) or env.get(name, "")
+    try:
+        settings = config.from_environment(merged)
+    except config.SettingsError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    since = args.since.replace(tzinfo=args.since.tzinfo or UTC) if args.since else None
+    s3 = session.client("s3")
+    started = time.perf_counter()
+    filesystem = _filesystem(s3)
+    output = config.parse_s3_location(settings.deployment.output_uri)
+    keys = {t: row_keys(filesystem, output, t, settings.raw.bucket) for t in TABLES}
+    tally = Tally()
+    missing = list(
+        reconcile(
+            listing(s3, settings.raw.bucket, settings.raw.prefix, since),
+            ascending(keys["features"]),
+            ascending(keys["errors"]),
+            tally,
+        )
+    )
+    print(f"{settings.raw.uri}: {tally.line()} ({time.perf_counter() - started:.1f} s)")
+    if not missing:
+        return 0
+    manifest = build_manifest(missing)
+    args.out.write_bytes(manifest.body)
+    print(f"missing photos listed in {args.out} ({manifest.images})")
+    if not args.submit:
+        return EXIT_MISSING
+    from lambda_trigger.submit import submit_batch
+
+    submission = submit_batch(s3, session.client("emr-serverless"), settings, manifest)
+    verb = "already submitted as" if submission.already_submitted else "started"
+    print(
+        f"run {submission.run_id} {verb} job run {submission.job_run_id} "
+        f"(attempt {submission.attempt}): {submission.manifest_uri}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The reconcile command's core: a merge of S3's sorted listing against the tables' sorted keys,
+read from Parquet's path column only. (On loopback, end to end: test_nothing_lost.py.)"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from lambda_trigger.events import S3Object
+from lambda_trigger.reconcile import Tally, ascending, is_photo, reconcile, row_keys
+from lambda_trigger.settings import parse_s3_location
+
+
+def obj(key: str) -> S3Object:
+    return S3Object("b", key, 1, None, "", "reconcile")
+
+
+def test_objects_in_neither_table_are_missing_whatever_the_characters():
+    # S3 lists in UTF-8 byte order: " " < "-" < "." < "a" < "ä" (Python's str order agrees)
+    keys = sorted(
+        ["raw/a b.jpg", "raw/a-b.jpg", "raw/a.jpg", "raw/ä.jpg", "raw/z.PNG", "raw/Z.Jpg"]
+    )
+    featurized = ["raw/a b.jpg", "raw/old-and-gone.jpg", "raw/ä.jpg"]
+    errored = ["raw/a b.jpg", "raw/z.PNG"]  # a later feature row wins over an earlier error
+    tally = Tally()
+    missing = list(reconcile(map(obj, keys), sorted(featurized), sorted(errored), tally))
+    assert [m.key for m in missing] == ["raw/Z.Jpg", "raw/a-b.jpg", "raw/a.jpg"]
+    assert (tally.objects, tally.featurized, tally.errored, tally.missing) == (6, 2, 1, 3)
+
+
+def test_photos_are_images_in_any_letter_case_and_never_folder_markers():
+    assert [
+        is_photo(k) for k in ("a.Jpg", "b.JPEG", "c.png", "raw/Kiwi/", "d.txt", "e.jpg.txt")
+    ] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_row_keys_are_the_buckets_sorted_distinct_keys_from_the_path_column(tmp_path):
+    tables = tmp_path / "bucket" / "output"
+    rows = {
+        "features/run_id=b-1": ["s3://bucket/raw/b.jpg", "s3://bucket/raw/a.jpg"],
+        "features/run_id=batch-2": ["s3://bucket/raw/a.jpg", "s3://other/raw/c.jpg"],
+    }
+    for folder, paths in rows.items():
+        (tables / folder).mkdir(parents=True)
+        table = pa.table({"path": paths, "features": [[0.0] * 4] * len(paths)})
+        pq.write_table(table, tables / folder / "part-0.parquet")
+    filesystem = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    output = parse_s3_location("s3://bucket/output")
+    keys = row_keys(filesystem, output, "features", "bucket")
+    assert keys.to_pylist() == ["raw/a.jpg", "raw/b.jpg"]
+    assert list(ascending(keys)) == ["raw/a.jpg", "raw/b.jpg"]
+    assert row_keys(filesystem, output, "errors", "bucket").to_pylist() == []  # no table yet
