@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -33,6 +32,18 @@ from tests.loopback import CREDENTIALS, REGION, MotoServer  # noqa: E402
 BUCKET = "fruits-bench-123456789012-eu-west-1"
 ROWS_PER_FILE = 10_000
 FEATURE_DIM = 1280
+SAMPLE_SECONDS = 0.05
+
+
+def high_water_mib(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM: its own, not inherited at fork, as
+    getrusage's ru_maxrss of a child is)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    lines = [line for line in status.splitlines() if line.startswith("VmHWM:")]
+    return int(lines[0].split()[1]) / 1024 if lines else 0.0  # none once it has exited
 
 
 def key(index: int) -> str:
@@ -80,10 +91,12 @@ def main() -> int:
         s3 = boto3.client("s3", region_name=REGION)
         s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
         filled = fill(s3, args.objects)
+        print(f"filled raw/ with {args.objects:,} keys in {filled:.0f} s", flush=True)
         featurized = int(args.objects * args.featurized)
         errored = int(args.objects * args.errored)
         write_table(s3, "features", list(range(featurized)), with_features=True)
         write_table(s3, "errors", list(range(featurized, featurized + errored)), False)
+        print(f"tables written: {featurized:,} feature rows, {errored:,} error rows", flush=True)
         env = {
             **os.environ,
             "APPLICATION_ID": "00fbench",
@@ -95,22 +108,30 @@ def main() -> int:
             "LOGS_URI": f"s3://{BUCKET}/logs",
         }
         started = time.perf_counter()
-        result = subprocess.run(
+        process = subprocess.Popen(
             [sys.executable, "-m", "lambda_trigger.reconcile", "--out", os.devnull],
             cwd=ROOT,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
+        peak_mib = 0.0
+        while process.poll() is None:
+            peak_mib = max(peak_mib, high_water_mib(process.pid))
+            time.sleep(SAMPLE_SECONDS)
         wall = time.perf_counter() - started
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        result = subprocess.CompletedProcess(
+            process.args, process.returncode, *process.communicate()
+        )
+        print(result.stdout.strip() or result.stderr[-2000:])
+        print(
+            f"objects {args.objects:,}, features {featurized:,} rows, errors {errored:,} rows: "
+            f"reconcile {wall:.1f} s wall, peak RSS {peak_mib:.0f} MiB",
+            flush=True,
+        )
     finally:
-        server.stop()
-    print(result.stdout.strip() or result.stderr[-2000:])
-    print(
-        f"objects {args.objects:,} (filled in {filled:.0f} s), features {featurized:,} rows, "
-        f"errors {errored:,} rows: reconcile {wall:.1f} s wall, peak RSS {peak_mib:.0f} MiB"
-    )
+        server.process.kill()  # a server holding 100,000 objects is slow to stop politely
     return 0 if result.returncode in (0, 1) else result.returncode
 
 

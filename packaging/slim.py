@@ -5,16 +5,11 @@ static libraries, the installers (pip, setuptools, wheel) and console scripts ot
 the interpreter (also those ``pip install --target`` leaves in ``site-packages/bin``).
 packaging/pack.py runs it in the Dockerfile and in the local build alike, so the archive
 proved here is the archive shipped.
-
-    python packaging/slim.py VENV [--report slim.json]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
-import sys
 from pathlib import Path
 
 TEST_DIRS = {"tests"}  # not "testing": absl.testing is imported by TensorFlow itself
@@ -85,25 +80,3 @@ def installed(site: Path) -> dict[str, str]:
         if "Name" in fields and "Version" in fields:
             found[fields["Name"].lower().replace("_", "-")] = fields["Version"]
     return dict(sorted(found.items()))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("venv", type=Path)
-    parser.add_argument("--report", type=Path, help="write the sizes as JSON here")
-    args = parser.parse_args(argv)
-    result = slim(args.venv)
-    mib = 2**20
-    print(
-        f"slimmed {args.venv}: {result['bytes_before'] / mib:.0f} MiB -> "
-        f"{result['bytes_after'] / mib:.0f} MiB ({result['entries_removed']} entries removed)",
-        file=sys.stderr,
-    )
-    if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from emr_emulator import __main__ as emulator_cli
 from emr_emulator.run import run_job
 from emr_serverless_job import job
 from emr_serverless_job.config import parse_args
@@ -181,8 +182,11 @@ def test_photos_become_rows_when_run_as_emr_serverless_runs_the_deployed_artifac
 
 
 @pytest.mark.skipif(not Path(EMR_PYTHON).is_file(), reason=f"no {EMR_PYTHON} here")
-def test_an_archive_whose_python_link_is_broken_fails_the_run_as_it_would_on_emr(stack, tmp_path):
-    """venv-pack --python-prefix /usr, as packaging/Dockerfile ran it until now."""
+def test_an_archive_whose_python_link_is_broken_fails_the_run_as_it_would_on_emr(
+    stack, tmp_path, capsys
+):
+    """venv-pack --python-prefix /usr, as packaging/Dockerfile ran it until now; the run is
+    taken from the EMR Serverless API by the emulator's command line, as a user would."""
     import venv_pack
 
     venv = tmp_path / "venv"
@@ -199,8 +203,12 @@ def test_an_archive_whose_python_link_is_broken_fails_the_run_as_it_would_on_emr
     s3.upload_file(str(build.JOB_SOURCES / "main.py"), stack.bucket, f"artifacts/{ENTRY_POINT}")
     assert backfill.main(["--input", f"s3://{stack.bucket}/raw/"], env=stack.environment) == 0
     (run,) = job_runs(stack)
-    result = emulate(stack, run["jobRunId"])
-    assert result["state"] == "FAILED"
+    capsys.readouterr()
+    command = ["--application-id", stack.application_id, "--job-run-id", run["jobRunId"]]
+    assert emulator_cli.main(command) == emulator_cli.EXIT_FAILED
+    result = json.loads(capsys.readouterr().out)
+    assert result["state"] == "FAILED" and result["jobRunId"] == run["jobRunId"]
+    assert result["emulator"]["sparkVersion"] == "3.5.5" and not result["emulator"]["warnings"]
     assert 'Cannot run program "./environment/bin/python"' in result["stateDetails"]
     stderr = [u for u in result["emulator"]["logs"] if u.endswith("SPARK_DRIVER/stderr.gz")]
     assert any("error=2, No such file or directory" in line for line in log_lines(stack, stderr[0]))

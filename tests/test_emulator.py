@@ -3,6 +3,8 @@ The emulator running whole requests is tested in test_deploy_path.py."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from emr_emulator.mirror import Mirror
@@ -148,3 +150,23 @@ def test_the_mirror_uploads_what_a_run_wrote_and_deletes_what_it_removed(stack, 
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=stack.bucket)
     keys = sorted(item["Key"] for page in pages for item in page.get("Contents", []))
     assert keys == ["output/keep.json", "output/new/part-0.parquet", "raw/Empty/", "raw/Kiwi/a.jpg"]
+
+
+def test_the_command_refuses_a_request_it_cannot_run_before_running_anything(tmp_path, capsys):
+    from emr_emulator import __main__ as cli
+
+    request = tmp_path / "request.json"
+    request.write_text(
+        json.dumps(
+            {
+                "jobDriver": {
+                    "sparkSubmit": {
+                        "entryPoint": "s3://b/m.py",
+                        "sparkSubmitParameters": "--conf spark.archives",
+                    }
+                }
+            }
+        )
+    )
+    assert cli.main(["--request", str(request), "--region", "eu-west-1"]) == cli.EXIT_BAD_REQUEST
+    assert "is not KEY=VALUE" in capsys.readouterr().err
