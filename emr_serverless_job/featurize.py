@@ -1,7 +1,9 @@
 """The pandas UDF that turns image bytes into features on Spark's Python workers.
 
 The model is built once per Python worker process (workers are reused across tasks)
-and then fed whole Arrow batches; per-row work is limited to decoding.
+and then fed whole Arrow batches; per-row work is limited to decoding. When the PCA
+projection is known before the run (a manifest run reuses the backfill's), each batch is
+projected right after inference, so the features are never read a second time.
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from pyspark import Accumulator, SparkFiles, TaskContext
+from pyspark.broadcast import Broadcast
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from emr_serverless_job.images import decode_batch, preprocess
 from emr_serverless_job.model import Weights, onnx_featurizer, tensorflow_featurizer
+from emr_serverless_job.projection import Projection
 
 RESULT_TYPE = T.StructType(
     [
         T.StructField("features", T.ArrayType(T.FloatType(), containsNull=False)),
+        T.StructField("pca_features", T.ArrayType(T.FloatType(), containsNull=False)),
         T.StructField("width", T.IntegerType()),
         T.StructField("height", T.IntegerType()),
         T.StructField("error", T.StringType()),
@@ -113,19 +118,29 @@ def worker_featurizer(spec: FeaturizerSpec, counters: Counters) -> Featurizer:
 
 
 def featurize_batch(
-    contents: pd.Series, featurizer: Featurizer, image_size: int, batch_size: int
+    contents: pd.Series,
+    featurizer: Featurizer,
+    image_size: int,
+    batch_size: int,
+    projection: Projection | None = None,
 ) -> pd.DataFrame:
     """One Arrow batch of image bytes to one row of results per input, in order."""
     decoded = decode_batch(contents.tolist(), image_size)
     features: list[np.ndarray | None] = [None] * len(contents)
+    reduced: list[np.ndarray | None] = [None] * len(contents)
     inputs = preprocess(decoded.pixels)
     for start in range(0, len(inputs), batch_size):
         chunk = featurizer(inputs[start : start + batch_size])
+        projected = projection.project(chunk) if projection is not None else None
         for offset, vector in enumerate(chunk):
-            features[decoded.ok_rows[start + offset]] = vector
+            row = decoded.ok_rows[start + offset]
+            features[row] = vector
+            if projected is not None:
+                reduced[row] = projected[offset]
     return pd.DataFrame(
         {
             "features": features,
+            "pca_features": reduced,
             "width": pd.array(decoded.widths, dtype="Int32"),
             "height": pd.array(decoded.heights, dtype="Int32"),
             "error": decoded.errors,
@@ -150,14 +165,20 @@ def _log_rejections(paths: pd.Series, errors: list[str | None]) -> None:
             _worker_event("image_rejected", path=path, reason=error)
 
 
-def make_udf(spec: FeaturizerSpec, counters: Counters) -> Callable[..., object]:
-    """The iterator pandas UDF ``(path, content) -> struct<features, width, height, error>``."""
+def make_udf(
+    spec: FeaturizerSpec, counters: Counters, projection: Broadcast | None = None
+) -> Callable[..., object]:
+    """The iterator pandas UDF ``(path, content) -> struct<features, pca_features, width,
+    height, error>``; ``pca_features`` is null unless a (broadcast) projection is given."""
 
     @F.pandas_udf(RESULT_TYPE)
     def featurize(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         featurizer = worker_featurizer(spec, counters)
+        reduction = projection.value if projection is not None else None
         for paths, contents in batches:
-            result = featurize_batch(contents, featurizer, spec.image_size, spec.batch_size)
+            result = featurize_batch(
+                contents, featurizer, spec.image_size, spec.batch_size, reduction
+            )
             _log_rejections(paths, result["error"].tolist())
             counters.images.add(len(contents))
             yield result

@@ -47,6 +47,12 @@ def stat_many(spark: SparkSession, uris: list[str]) -> list[tuple[str, int] | No
         return list(pool.map(lambda uri: stat(spark, uri), uris))
 
 
+def delete(spark: SparkSession, uri: str) -> None:
+    """Remove a file or a folder and everything under it; nothing there is fine."""
+    path, fs = _path_and_fs(spark, uri)
+    fs.delete(path, True)
+
+
 def read_bytes(spark: SparkSession, uri: str) -> bytes:
     path, fs = _path_and_fs(spark, uri)
     stream = fs.open(path)

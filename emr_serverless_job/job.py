@@ -3,10 +3,12 @@
 Output layout under ``--output`` (each table partitioned by run id; a rerun with the
 same run id replaces its own folders and nothing else):
 
-    features/run_id=<id>/   path, label, sha256, size_bytes, width, height, features, pca_features
+    features/run_id=<id>/   path, label, sha256, size_bytes, width, height, features,
+                            pca_features, pca_model, featurized_at
     errors/run_id=<id>/     path, label, sha256, size_bytes, reason
     reports/run_id=<id>/report.json
-    pca_model/              (default --pca-model) scaler + PCA fitted by the last backfill
+    pca_model/              (default --pca-model) the PCA fitted by the last backfill:
+                            projection.npz (mean, scale, components) + featurizer.json
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from emr_serverless_job.featurize import (
     make_udf,
 )
 from emr_serverless_job.logs import event
-from emr_serverless_job.model import ModelError, file_sha256, read_onnx_model
+from emr_serverless_job.model import FP32, ModelError, file_sha256, read_onnx_model
 from emr_serverless_job.run_report import RANDOM_WEIGHTS_WARNING, RunReport
 
 # Per-file cost Spark assumes when packing small files into read partitions. Each
@@ -145,6 +147,7 @@ class Featurizer:
     model_sha256: str | None = None
     shipped_weights: str | None = None
     shipped_model: str | None = None
+    precision: str = FP32  # of the features: a PCA model is only reused at the same one
 
     @property
     def image_size(self) -> int:
@@ -177,6 +180,7 @@ def resolve_featurizer(config: JobConfig, spark: SparkSession) -> Featurizer:
             model=config.model,
             model_sha256=model_sha256,
             shipped_model=shipped,
+            precision=info.precision,
         )
     shipped_weights = distribute_weights(spark, config.weights)
     weights_sha256 = _weights_identity(shipped_weights)
@@ -191,10 +195,16 @@ def resolve_featurizer(config: JobConfig, spark: SparkSession) -> Featurizer:
 
 
 def _load_reduction(
-    config: JobConfig, spark: SparkSession, report: RunReport, weights: str
+    config: JobConfig, spark: SparkSession, report: RunReport, chosen: Featurizer
 ) -> reduce.Reduction | None:
     """A manifest run's saved reduction, checked against this run before any work is done."""
-    loaded = reduce.load(spark, config.pca_model, image_size=config.image_size, weights=weights)
+    loaded = reduce.load(
+        spark,
+        config.pca_model,
+        image_size=chosen.image_size,
+        weights=chosen.identity,
+        precision=chosen.precision,
+    )
     if loaded is None:
         report.pca["status"] = (
             f"no PCA model at {config.pca_model} yet: pca_features left empty; "
@@ -214,7 +224,7 @@ def _fit_reduction(
     ok: DataFrame,
     n_ok: int,
     report: RunReport,
-    weights: str,
+    chosen: Featurizer,
 ) -> reduce.Reduction | None:
     if n_ok < reduce.MIN_ROWS_TO_FIT:
         report.pca["status"] = (
@@ -227,8 +237,10 @@ def _fit_reduction(
         ok,
         k=config.pca_k,
         variance=config.pca_variance,
-        image_size=config.image_size,
-        weights=weights,
+        scaling=config.pca_scaling,
+        image_size=chosen.image_size,
+        weights=chosen.identity,
+        precision=chosen.precision,
         run_id=report.run_id,
         rows=n_ok,
     )
@@ -259,13 +271,10 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         image_size=chosen.image_size,
         batch_size=config.batch_size,
     )
-    weights_identity = chosen.identity
     if report.random_weights:
         report.warnings.append(RANDOM_WEIGHTS_WARNING)
         event("random_weights", logging.WARNING, message=RANDOM_WEIGHTS_WARNING)
-    preloaded = (
-        None if config.is_backfill else _load_reduction(config, spark, report, weights_identity)
-    )
+    preloaded = None if config.is_backfill else _load_reduction(config, spark, report, chosen)
 
     with timed(report, "list"):
         if config.input is not None:
@@ -284,7 +293,9 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         runtime=config.runtime,
         model_file=chosen.shipped_model,
     )
-    featurize = make_udf(spec, counters)
+    # A manifest run projects in the same pass that featurizes; a backfill fits first.
+    projection = spark.sparkContext.broadcast(preloaded.projection) if preloaded else None
+    featurize = make_udf(spec, counters, projection)
     decoded = (
         found.images.select(
             "path",
@@ -324,20 +335,27 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
 
         with timed(report, "pca"):
             reduction = (
-                _fit_reduction(config, spark, ok, n_ok, report, weights_identity)
+                _fit_reduction(config, spark, ok, n_ok, report, chosen)
                 if config.is_backfill
                 else preloaded
             )
         if reduction is not None:
             report.pca.update(
                 k=reduction.info.k,
+                scaling=reduction.info.scaling,
+                precision=reduction.info.precision,
                 explained_variance=round(reduction.info.explained_variance, 6),
                 component_variance=[round(v, 6) for v in reduction.info.component_variance],
                 model=config.pca_model,
             )
-            features_out = reduce.apply(reduction, ok)
-        else:
-            features_out = reduce.without_reduction(ok)
+        if reduction is None:
+            features_out = reduce.without_reduction(ok.drop("pca_features"))
+        elif config.is_backfill:
+            features_out = reduce.apply(spark, reduction, ok.drop("pca_features"))
+        else:  # projected by the featurizing pass already
+            features_out = ok.withColumn(
+                reduce.PCA_MODEL_COLUMN, F.lit(reduction.info.fitted_by_run)
+            )
 
         tables = {
             FEATURES_TABLE: _table_uri(config, FEATURES_TABLE, report.run_id),

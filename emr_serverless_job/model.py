@@ -22,6 +22,11 @@ FEATURE_DIM = 1280
 IMAGE_SIZES = (96, 128, 160, 192, 224)
 RANDOM_PREFIX = "random:"
 RUNTIMES = ("onnx", "tensorflow")
+# Precision of the features a model computes: Keras and an fp32 export agree to 1e-4 and
+# are interchangeable; an int8 export is a different (if close) function.
+FP32 = "fp32"
+INT8 = "int8"
+PRECISIONS = (FP32, INT8)
 
 # The exported model's input, and the metadata packaging/ writes into every .onnx file so
 # that a run can tell which weights and image size it was made from.
@@ -29,6 +34,8 @@ ONNX_INPUT = "images"
 META_IMAGE_SIZE = "image_size"
 META_WEIGHTS_SOURCE = "weights_source"
 META_WEIGHTS_SHA256 = "weights_sha256"
+META_PRECISION = "precision"
+META_CALIBRATION = "calibration_sha256"  # int8: fingerprint of the calibration photos
 
 WeightsKind = Literal["imagenet", "file", "random"]
 
@@ -147,6 +154,8 @@ class OnnxModelInfo:
     image_size: int
     weights_source: str  # e.g. "imagenet", a weights file name, "random:0"
     weights_sha256: str | None  # of the Keras weights it was exported from
+    precision: str = FP32
+    calibration_sha256: str | None = None
 
     @property
     def is_random(self) -> bool:
@@ -190,6 +199,8 @@ def read_onnx_model(path: str | Path) -> OnnxModelInfo:
         image_size=shape[1],
         weights_source=meta.get(META_WEIGHTS_SOURCE, "unknown (no export metadata)"),
         weights_sha256=meta.get(META_WEIGHTS_SHA256) or None,
+        precision=meta.get(META_PRECISION, FP32),
+        calibration_sha256=meta.get(META_CALIBRATION) or None,
     )
 
 

@@ -1,6 +1,7 @@
 """Mean and covariance of the feature vectors, computed in pieces and merged.
 
-PCA needs the features' mean, standard deviation and correlation. Spark ML's own
+PCA needs the features' mean and covariance (and standard deviations and correlation
+when it standardizes first). Spark ML's own
 ``StandardScaler`` + ``Correlation`` get them in three JVM passes, the covariance one a
 rank-one update per row, in pure-Java BLAS wherever Spark finds no native one: on
 5,000 images that was 9.8 s of a 39 s run. Here each partition's rows go through one
@@ -72,6 +73,12 @@ class Moments:
         if self.count < 2:
             return np.zeros(self.dimension)
         return np.sqrt(np.clip(np.diag(self.scatter), 0.0, None) / (self.count - 1))
+
+    def covariance(self) -> np.ndarray:
+        """Sample covariance (n - 1): what a centred PCA decomposes."""
+        if self.count < 2:
+            return np.zeros((self.dimension, self.dimension))
+        return self.scatter / (self.count - 1)
 
     def correlation(self) -> np.ndarray:
         """Pearson's matrix, i.e. the covariance of the standardized features. Constant

@@ -1,36 +1,34 @@
-"""StandardScaler + PCA over the 1280-d features, fitted once on a backfill and reused.
+"""PCA over the 1280-d features on Spark: fitted once on a backfill, saved, reused.
 
-A manifest run must project an image exactly as the backfill would have, so the
-fitted model is saved with a small metadata file naming what it was fitted on
-(image size, weights), and loading checks that the current run matches.
+The moments come from the Python workers, the projection (``projection.py``) is plain data
+stored as ``projection.npz`` and applied with one NumPy product per Arrow batch, in the
+same pass that featurizes when the model is known before the run starts (manifest runs).
+
+A manifest run must project an image exactly as the backfill would have, so the fitted
+reduction is saved with a metadata file naming what it was fitted on (image size,
+weights, precision), and loading checks that the current run matches.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.ml import PipelineModel
-from pyspark.ml.common import _py2java
-from pyspark.ml.feature import PCAModel, StandardScalerModel
-from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from emr_serverless_job import hadoopfs
 from emr_serverless_job.moments import Moments
+from emr_serverless_job.projection import Projection, fit_projection
 
-VECTOR_COL = "_features_vector"
-SCALED_COL = "_features_scaled"
-PCA_COL = "_features_pca"
 METADATA_FILE = "featurizer.json"
+PROJECTION_FILE = "projection.npz"
 MIN_ROWS_TO_FIT = 2
 PCA_MODEL_COLUMN = "pca_model"  # in the features table: the run that fitted the projection
 # Rows per NumPy product when computing moments: large enough for BLAS to run at speed,
@@ -45,7 +43,11 @@ class ReductionMismatch(ValueError):
 
 @dataclass(frozen=True)
 class ReductionInfo:
-    """What a fitted reduction is, for the run report and for checks when reloading it."""
+    """What a fitted reduction is, for the run report and for checks when reloading it.
+
+    Models saved before ``scaling`` and ``precision`` were recorded were standardized
+    and fitted on fp32 features, hence the defaults.
+    """
 
     k: int
     explained_variance: float
@@ -54,60 +56,14 @@ class ReductionInfo:
     weights: str
     fitted_by_run: str
     fitted_rows: int
+    scaling: str = "standard"
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
 class Reduction:
-    model: PipelineModel
+    projection: Projection
     info: ReductionInfo
-
-
-def choose_k(component_variance: Sequence[float], target: float) -> int:
-    """Fewest leading components whose explained-variance ratios reach ``target``.
-
-    When even all components fall short (rounding, or fewer components than asked),
-    all of them are kept.
-    """
-    if not component_variance:
-        raise ValueError("no components to choose from")
-    total = 0.0
-    for index, share in enumerate(component_variance, start=1):
-        total += share
-        if total >= target - 1e-12:
-            return index
-    return len(component_variance)
-
-
-def principal_axes(correlation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of the standardized features' covariance, largest first.
-
-    ``correlation`` is Pearson's matrix of the standardized features, i.e. their
-    covariance. Features with zero variance are all zeros once standardized, so they
-    contribute nothing: ``Moments.correlation`` gives them zero rows and columns, and
-    any NaN entries (NumPy's Pearson for them) count as zeros here.
-    Returns (components as columns, explained-variance ratios).
-    """
-    covariance = np.nan_to_num(correlation, nan=0.0)
-    values, vectors = np.linalg.eigh(covariance)
-    order = np.argsort(values)[::-1]
-    values = np.clip(values[order], 0.0, None)
-    total = values.sum()
-    ratios = values / total if total > 0 else values
-    return vectors[:, order], ratios
-
-
-def _pca_model(spark: SparkSession, components: np.ndarray, ratios: np.ndarray) -> PCAModel:
-    """A standard Spark ML PCAModel holding the given components (saved and loaded as usual)."""
-    context = spark.sparkContext
-    rows, columns = components.shape
-    matrix = DenseMatrix(rows, columns, components.flatten(order="F").tolist())
-    java_model = context._jvm.org.apache.spark.ml.feature.PCAModel(
-        f"PCAModel_{uuid.uuid4().hex[:12]}",
-        _py2java(context, matrix),
-        _py2java(context, DenseVector(ratios.tolist())),
-    )
-    java_model.set(java_model.k(), columns)  # normally copied from the estimator by fit()
-    return PCAModel(java_model).setInputCol(SCALED_COL).setOutputCol(PCA_COL)
 
 
 def fit(
@@ -116,35 +72,33 @@ def fit(
     *,
     k: int | None,
     variance: float,
+    scaling: str,
     image_size: int,
     weights: str,
+    precision: str,
     run_id: str,
     rows: int,
 ) -> Reduction:
-    """Fit scaler + PCA on a (cached) frame with a ``features`` array column.
+    """Fit PCA on a (cached) frame with a ``features`` array column.
 
-    The moments come from one pass on the Python workers (``moments``) and the
-    standardized covariance is decomposed on the driver with LAPACK's symmetric solver.
-    Spark's own PCA decomposes it with a general SVD that, on a rank-deficient covariance
-    (fewer images than 1280), returned a different spectrum or NaN depending only on how
-    rows were partitioned. The result is a standard Spark ML pipeline (scaler, PCA), saved
-    and applied as usual.
+    The moments come from one pass on the Python workers (``feature_moments``); the
+    (d x d) matrix is decomposed on the driver.
     """
-    moments = feature_moments(spark, features)
-    components, spectrum = principal_axes(moments.correlation())
-    chosen = choose_k(spectrum.tolist(), variance) if k is None else k
-    scaler = _scaler_model(spark, moments.mean, moments.std())
-    pca = _pca_model(spark, components[:, :chosen], spectrum[:chosen])
+    projection, spectrum = fit_projection(
+        feature_moments(spark, features), scaling=scaling, k=k, variance=variance
+    )
     info = ReductionInfo(
-        k=chosen,
-        explained_variance=float(spectrum[:chosen].sum()),
+        k=projection.k,
+        explained_variance=float(spectrum[: projection.k].sum()),
         component_variance=[float(v) for v in spectrum],
         image_size=image_size,
         weights=weights,
         fitted_by_run=run_id,
         fitted_rows=rows,
+        scaling=scaling,
+        precision=precision,
     )
-    return Reduction(model=PipelineModel(stages=[scaler, pca]), info=info)
+    return Reduction(projection=projection, info=info)
 
 
 def feature_moments(spark: SparkSession, features: DataFrame) -> Moments:
@@ -221,22 +175,10 @@ def _moments_batch(moments: Moments) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([pa.array([moments.to_bytes()], pa.binary())], ["moments"])
 
 
-def _scaler_model(spark: SparkSession, mean: np.ndarray, std: np.ndarray) -> StandardScalerModel:
-    """A standard Spark ML StandardScalerModel (centre, then unit variance) from given moments."""
-    context = spark.sparkContext
-    java_model = context._jvm.org.apache.spark.ml.feature.StandardScalerModel(
-        f"StandardScalerModel_{uuid.uuid4().hex[:12]}",
-        _py2java(context, DenseVector(std.tolist())),
-        _py2java(context, DenseVector(mean.tolist())),
-    )
-    scaler = StandardScalerModel(java_model).setInputCol(VECTOR_COL).setOutputCol(SCALED_COL)
-    scaler.set(scaler.withMean, True)
-    scaler.set(scaler.withStd, True)
-    return scaler
-
-
 def save(spark: SparkSession, reduction: Reduction, uri: str) -> None:
-    reduction.model.write().overwrite().save(uri)
+    """Replace whatever was saved at ``uri`` (a Spark ML pipeline from older runs too)."""
+    hadoopfs.delete(spark, uri)
+    hadoopfs.write_bytes(spark, f"{uri}/{PROJECTION_FILE}", reduction.projection.to_bytes())
     hadoopfs.write_bytes(
         spark, f"{uri}/{METADATA_FILE}", json.dumps(asdict(reduction.info), indent=2).encode()
     )
@@ -250,7 +192,9 @@ def saved_info(spark: SparkSession, uri: str) -> ReductionInfo | None:
     return ReductionInfo(**json.loads(hadoopfs.read_bytes(spark, metadata_uri)))
 
 
-def load(spark: SparkSession, uri: str, *, image_size: int, weights: str) -> Reduction | None:
+def load(
+    spark: SparkSession, uri: str, *, image_size: int, weights: str, precision: str
+) -> Reduction | None:
     """The saved reduction at ``uri``, or None when no backfill has saved one there yet."""
     info = saved_info(spark, uri)
     if info is None:
@@ -260,27 +204,63 @@ def load(spark: SparkSession, uri: str, *, image_size: int, weights: str) -> Red
             f"the PCA model at {uri} was fitted on {info.image_size} px features; "
             f"this run uses --image-size {image_size}"
         )
+    if info.precision != precision:
+        raise ReductionMismatch(
+            f"the PCA model at {uri} was fitted on {info.precision} features; this run's "
+            f"model computes {precision} features (use a model of the same precision, or "
+            "run a backfill to fit a new PCA model)"
+        )
     if info.weights != weights:
         raise ReductionMismatch(
             f"the PCA model at {uri} was fitted on features from weights {info.weights}; "
             f"this run uses {weights}"
         )
-    return Reduction(model=PipelineModel.load(uri), info=info)
+    projection_uri = f"{uri}/{PROJECTION_FILE}"
+    if hadoopfs.exists(spark, projection_uri):
+        projection = Projection.from_bytes(hadoopfs.read_bytes(spark, projection_uri))
+    else:
+        projection = _spark_ml_projection(uri)
+    return Reduction(projection=projection, info=info)
 
 
-def apply(reduction: Reduction, features: DataFrame) -> DataFrame:
-    """Add ``pca_features`` (float32 array of length k) and the id of the model that projected
-    them (``pca_model``: the run that fitted it) to a frame with ``features``.
+def _spark_ml_projection(uri: str) -> Projection:
+    """A model saved before the projection was stored plainly: a Spark ML pipeline of a
+    StandardScalerModel and a PCAModel. Read once, it projects exactly as it did."""
+    from pyspark.ml import PipelineModel
+
+    scaler, pca = PipelineModel.load(uri).stages
+    std = scaler.std.toArray()
+    scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
+    mean = scaler.mean.toArray() if scaler.getWithMean() else np.zeros_like(std)
+    return Projection(mean, scale, pca.pc.toArray())
+
+
+def projector(spark: SparkSession, projection: Projection) -> object:
+    """A scalar pandas UDF ``features -> pca_features`` (float32 array of length k).
+
+    The projection travels once per executor as a broadcast; each Arrow batch is one
+    NumPy product.
+    """
+    shipped = spark.sparkContext.broadcast(projection)
+
+    @F.pandas_udf("array<float>")
+    def project(vectors: pd.Series) -> pd.Series:
+        rows = np.stack(vectors.to_numpy()) if len(vectors) else np.empty((0, 0))
+        return pd.Series(list(shipped.value.project(rows)), index=vectors.index)
+
+    return project
+
+
+def apply(spark: SparkSession, reduction: Reduction, features: DataFrame) -> DataFrame:
+    """Add ``pca_features`` and the id of the model that projected them (``pca_model``: the
+    run that fitted it) to a frame with ``features``.
 
     Two backfills fit two PCA spaces; rows of one must never be compared with rows of the
     other, so every row names its space.
     """
-    with_vectors = features.withColumn(VECTOR_COL, array_to_vector("features"))
-    projected = reduction.model.transform(with_vectors)
-    return (
-        projected.withColumn("pca_features", vector_to_array(PCA_COL, dtype="float32"))
-        .withColumn(PCA_MODEL_COLUMN, F.lit(reduction.info.fitted_by_run))
-        .drop(VECTOR_COL, SCALED_COL, PCA_COL)
+    project = projector(spark, reduction.projection)
+    return features.withColumn("pca_features", project("features")).withColumn(
+        PCA_MODEL_COLUMN, F.lit(reduction.info.fitted_by_run)
     )
 
 

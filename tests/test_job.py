@@ -220,6 +220,60 @@ def test_pca_model_from_other_settings_stops_before_any_work(
     assert not (output / "features" / "run_id=mismatch").exists()
 
 
+def test_pca_model_of_other_precision_is_refused(spark, backfill):
+    from emr_serverless_job import reduce
+
+    report, output, _ = backfill
+    common = {"image_size": 96, "weights": "random:0"}
+    saved = reduce.load(spark, str(output / "pca_model"), precision="fp32", **common)
+    assert saved is not None and saved.info.scaling == "none" == report.pca["scaling"]
+    with pytest.raises(ReductionMismatch, match=r"fitted on fp32 features.*int8"):
+        reduce.load(spark, str(output / "pca_model"), precision="int8", **common)
+
+
+def test_spark_ml_pca_model_saved_by_earlier_versions_still_projects(spark, backfill, tmp_path):
+    """Before projection.npz, a backfill saved a Spark ML pipeline (StandardScaler + PCA) and a
+    featurizer.json without scaling or precision. Manifest runs must go on projecting into
+    that space exactly as Spark ML does."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import PCA, StandardScaler
+    from pyspark.ml.functions import array_to_vector, vector_to_array
+
+    from emr_serverless_job import reduce
+
+    _, output, _ = backfill
+    frame = read_table(spark, output, "features").select(
+        "features", array_to_vector("features").alias("v")
+    )
+    pipeline = Pipeline(
+        stages=[
+            StandardScaler(inputCol="v", outputCol="z", withMean=True, withStd=True),
+            PCA(k=3, inputCol="z", outputCol="p"),
+        ]
+    ).fit(frame)
+    legacy = tmp_path / "legacy_pca"
+    pipeline.save(str(legacy))
+    (legacy / reduce.METADATA_FILE).write_text(
+        json.dumps(
+            {
+                "k": 3,
+                "explained_variance": 0.5,
+                "component_variance": [0.3, 0.1, 0.1],
+                "image_size": 96,
+                "weights": "random:0",
+                "fitted_by_run": "backfill-old",
+                "fitted_rows": frame.count(),
+            }
+        )
+    )
+    loaded = reduce.load(spark, str(legacy), image_size=96, weights="random:0", precision="fp32")
+    assert loaded is not None and loaded.info.scaling == "standard"
+    rows = pipeline.transform(frame).select("features", vector_to_array("p").alias("p")).collect()
+    expected = np.array([r["p"] for r in rows])
+    projected = loaded.projection.project(np.array([r["features"] for r in rows]))
+    np.testing.assert_allclose(projected, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_oversized_files_are_errors_and_never_read(spark, tmp_path):
     folder = tmp_path / "in"
     write_image_set(folder, 2, classes=("Banana",), size=100)
@@ -276,10 +330,13 @@ def test_plots_are_drawn_from_an_output_folder(backfill, tmp_path):
     assert plots.main([str(tmp_path / "empty")]) == 2
 
 
-@pytest.mark.parametrize("partitions", [1, 3, 8])
-def test_pca_matches_numpy_whatever_the_partitioning(spark, backfill, partitions):
+@pytest.mark.parametrize(
+    ("partitions", "scaling"), [(1, "none"), (3, "standard"), (8, "none"), (8, "standard")]
+)
+def test_pca_matches_numpy_whatever_the_partitioning(spark, backfill, partitions, scaling):
     """Fewer images than dimensions (rank-deficient covariance): Spark's own PCA returned a
-    different spectrum, or NaN, depending on partitioning alone. The fit must not."""
+    different spectrum, or NaN, depending on partitioning alone. The fit must not; and the
+    projection applied on the workers is NumPy's PCA of the centred (or standardized) rows."""
     from emr_serverless_job import reduce
 
     _, output, _ = backfill
@@ -290,21 +347,30 @@ def test_pca_matches_numpy_whatever_the_partitioning(spark, backfill, partitions
         frame.cache(),
         k=5,
         variance=0.95,
+        scaling=scaling,
         image_size=96,
         weights="random:0",
+        precision="fp32",
         run_id="t",
         rows=len(x),
     )
-    std = x.std(axis=0, ddof=1)
-    z = np.where(std > 0, (x - x.mean(axis=0)) / np.where(std > 0, std, 1), 0.0)
-    singular = np.linalg.svd(z, compute_uv=False) ** 2
+    centred = x - x.mean(axis=0)
+    if scaling == "standard":
+        std = x.std(axis=0, ddof=1)
+        centred = np.where(std > 0, centred / np.where(std > 0, std, 1), 0.0)
+    singular = np.linalg.svd(centred, compute_uv=False) ** 2
     np.testing.assert_allclose(
         fitted.info.component_variance[:10], (singular / singular.sum())[:10], atol=1e-6
     )
+    assert fitted.info.scaling == scaling
     projected = np.array(
-        [r["pca_features"] for r in reduce.apply(fitted, frame).collect()], dtype=np.float64
+        [r["pca_features"] for r in reduce.apply(spark, fitted, frame).collect()],
+        dtype=np.float64,
     )
-    reference = z @ np.linalg.svd(z, full_matrices=False)[2][:5].T
+    reference = centred @ np.linalg.svd(centred, full_matrices=False)[2][:5].T
     for component in range(5):  # equal up to the sign of each axis
+        np.testing.assert_allclose(
+            np.abs(projected[:, component]), np.abs(reference[:, component]), rtol=1e-4, atol=1e-4
+        )
         correlation = np.corrcoef(projected[:, component], reference[:, component])[0, 1]
         assert abs(correlation) > 0.9999

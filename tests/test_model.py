@@ -10,6 +10,7 @@ import pytest
 
 from emr_serverless_job.featurize import featurize_batch
 from emr_serverless_job.model import FEATURE_DIM, Weights, tensorflow_featurizer
+from emr_serverless_job.projection import Projection
 from emr_serverless_job.synthetic import fruit_image
 
 SIZE = 96
@@ -47,6 +48,13 @@ def test_rows_keep_their_order_across_model_chunks():
     yellow, red = result["features"][0], result["features"][2]
     assert yellow[1] > red[1], "banana row got the banana's features, not its neighbour's"
     assert result["width"].tolist()[:3] == [100, pd.NA, 100]
+    assert result["pca_features"].isna().all(), "no projection given: nothing projected"
+
+    first_two = Projection(np.zeros(FEATURE_DIM), np.ones(FEATURE_DIM), np.eye(FEATURE_DIM)[:, :2])
+    projected = featurize_batch(pd.Series(contents), mean_colour, SIZE, 2, first_two)
+    assert projected["pca_features"][1] is None and projected["pca_features"][3] is None
+    for row in (0, 2, 4):
+        np.testing.assert_allclose(projected["pca_features"][row], result["features"][row][:2])
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
