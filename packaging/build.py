@@ -180,14 +180,27 @@ def archive_locally(dist: Path, arch: str, runtime: str, work: Path) -> dict[str
     }
 
 
-def export_model(dist: Path, image_size: int, parity_images: Path) -> dict[str, object]:
+def export_model(
+    dist: Path,
+    image_size: int,
+    parity_images: Path,
+    precision: str = "fp32",
+    calibration_images: Path | None = None,
+) -> dict[str, object]:
     """The .onnx next to the weights it came from; raises (no model shipped) on a mismatch."""
     from emr_serverless_job.model import Weights
 
     export_onnx = load_script("export_onnx")
     weights = Weights(kind="file", location=str(dist / WEIGHTS_FILE))
     try:
-        result = export_onnx.export(weights, image_size, dist / MODEL_FILE, parity_images)
+        result = export_onnx.export(
+            weights,
+            image_size,
+            dist / MODEL_FILE,
+            parity_images,
+            precision=precision,
+            calibration_images=calibration_images,
+        )
     except export_onnx.ParityError as error:
         (dist / MODEL_FILE).unlink(missing_ok=True)
         raise SystemExit(f"error: {error}") from error
@@ -198,6 +211,11 @@ def export_model(dist: Path, image_size: int, parity_images: Path) -> dict[str, 
         "opset": result.opset,
         "parity_max_abs_diff": result.parity_max_abs_diff,
         "parity_images": result.parity_images,
+        "precision": result.precision,
+        "calibration_sha256": result.calibration_sha256,
+        "calibration_images": result.calibration_images,
+        "int8_min_cosine": result.int8_min_cosine,
+        "int8_mean_cosine": result.int8_mean_cosine,
     }
 
 
@@ -209,12 +227,18 @@ def build(
     runtime: str = "onnx",
     image_size: int = 224,
     parity_images: Path = DEFAULT_PARITY_IMAGES,
+    precision: str = "fp32",
+    calibration_images: Path | None = None,
 ) -> dict[str, object]:
     dist.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(JOB_SOURCES / "main.py", dist / ENTRY_POINT)
     job_package(dist / JOB_PACKAGE)
     weights_source = fetch_weights(weights, dist / WEIGHTS_FILE)
-    model = export_model(dist, image_size, parity_images) if runtime == "onnx" else None
+    model = (
+        export_model(dist, image_size, parity_images, precision, calibration_images)
+        if runtime == "onnx"
+        else None
+    )
     if model is None:
         (dist / MODEL_FILE).unlink(missing_ok=True)
     previous = dist / MANIFEST
@@ -269,6 +293,20 @@ def main(argv: list[str] | None = None) -> int:
         help="real photos the export is checked on (default ../shared/data/fruits-sample)",
     )
     parser.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="of the exported model (default fp32; int8 only where the workers' CPUs have "
+        "int8 dot products without saturation: see README, Choosing the model's precision)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=Path,
+        default=None,
+        help="int8: a few hundred of your own photos that set the activation ranges "
+        "(default: --parity-images)",
+    )
+    parser.add_argument(
         "--archive",
         choices=("auto", "docker", "local", "keep"),
         default="auto",
@@ -283,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         args.runtime,
         args.image_size,
         args.parity_images,
+        args.precision,
+        args.calibration_images,
     )
     mib = 2**20
     archive = manifest["archive"]
@@ -300,7 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{MODEL_FILE}: {model['image_size']} px, opset {model['opset']}, ONNX Runtime vs "
             f"Keras max abs diff {model['parity_max_abs_diff']:.2g} on {model['parity_images']} "
-            "photos"
+            f"photos; {model['precision']}"
+            + (
+                f" (cosine to fp32 min {model['int8_min_cosine']:.4f})"
+                if model["precision"] == "int8"
+                else ""
+            )
         )
     return 0
 

@@ -13,6 +13,7 @@ import pytest
 from emr_serverless_job import job
 from emr_serverless_job.config import parse_args
 from emr_serverless_job.model import ModelError, Weights, read_onnx_model
+from emr_serverless_job.reduce import ReductionMismatch
 from tests.conftest import REAL_SAMPLE, REAL_WEIGHTS, needs_real_data
 from tests.test_packaging import load
 
@@ -97,6 +98,38 @@ def test_a_file_that_is_not_a_feature_model_is_refused(spark, image_folder, tmp_
     with pytest.raises(ModelError, match="not a readable ONNX model"):
         job.run(config, spark)
     assert not (tmp_path / "o").exists()
+
+
+def test_int8_export_is_gated_records_its_calibration_and_never_meets_an_fp32_pca(
+    spark, image_folder, random_model, tmp_path
+):
+    """The gate's threshold is a parameter here: whether int8 passes 0.98 depends on the CPU's
+    int8 kernels (README), and random-init features say nothing about quality anyway."""
+    folder, _ = image_folder
+    int8 = tmp_path / "int8.onnx"
+    exported = export_onnx.export(
+        Weights(kind="random", seed=0), SMALL, int8, folder, precision="int8", int8_min_cosine=-1
+    )
+    info = read_onnx_model(int8)
+    assert (info.precision, info.image_size, info.weights_source) == ("int8", SMALL, "random:0")
+    assert info.calibration_sha256 == exported.calibration_sha256
+    assert exported.calibration_sha256 == export_onnx.calibration_set(folder, SMALL)[1]
+    assert exported.calibration_images == len(export_onnx.calibration_set(folder, SMALL)[0])
+    batch = export_onnx.parity_batch(folder, SMALL)
+    with pytest.raises(export_onnx.ParityError, match=r"cosine .* the minimum is 1.01"):
+        export_onnx.check_int8(int8, random_model, batch, minimum=1.01)
+
+    output = tmp_path / "out"
+    job.run(
+        parse_args(["--input", str(folder), "--output", str(output), "--model", str(random_model)]),
+        spark,
+    )
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"uri": str(next(folder.rglob("*.jpg")))}) + "\n")
+    config = ["--manifest", str(manifest), "--output", str(output), "--run-id", "int8"]
+    with pytest.raises(ReductionMismatch, match=r"fitted on fp32 features; .* int8"):
+        job.run(parse_args([*config, "--model", str(int8)]), spark)
+    assert not (output / "features" / "run_id=int8").exists()
 
 
 @needs_real_data()
