@@ -94,12 +94,14 @@ def default_run_id(found: inputs.Inputs, is_backfill: bool) -> str:
 
 def configure_session(spark: SparkSession, config: JobConfig) -> None:
     conf = spark.conf
+    partitions = str(spark.sparkContext.defaultParallelism * PARTITIONS_PER_CORE)
     conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
     conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
-    conf.set(
-        "spark.sql.files.minPartitionNum",
-        str(spark.sparkContext.defaultParallelism * PARTITIONS_PER_CORE),
-    )
+    conf.set("spark.sql.files.minPartitionNum", partitions)
+    # A manifest names its files one by one, and Spark lists more than 32 paths in a job of
+    # one task per path (up to 10,000): 13 s for 1,200 local photos on 2 cores, 0.9 s in a
+    # few tasks per core.
+    conf.set("spark.sql.sources.parallelPartitionDiscovery.parallelism", partitions)
 
 
 def label_of(path: F.Column) -> F.Column:
