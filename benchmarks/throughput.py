@@ -6,6 +6,8 @@ on the model packaging/ exports, TensorFlow/Keras on the weights file):
        (same model, weights, image size and batch size; all cores to the runtime);
   job  the job end to end on local[N] over the same number of images, as a user runs
        it (`python -m emr_serverless_job`), from its run report;
+  seed the seed pattern (benchmarks/seed.py: Keras model.predict in a pandas UDF, Spark ML
+       StandardScaler + PCA) on the same photos, each whole process timed from outside;
 and the peak resident memory of the job's whole process tree (driver JVM and Python
 workers). Ratios, not single timings, are the result.
 
@@ -191,6 +193,49 @@ def job(runtime: str, size: int, count: int, batch_size: int, cores: int) -> dic
     }
 
 
+def seed(size: int, count: int, cores: int) -> dict:
+    """The seed pattern on the same photos, as a whole process (needs the real weights file,
+    or a random one saved once: the recipe loads a file)."""
+    folder = image_folder(count)
+    output = WORK / f"out-seed-{size}-{count}"
+    shutil.rmtree(output, ignore_errors=True)
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "seed.py"),
+        "--input",
+        str(folder),
+        "--output",
+        str(output),
+        "--weights",
+        seed_weights(),
+        "--image-size",
+        str(size),
+        "--k",
+        "64",
+        "--master",
+        f"local[{cores}]",
+    ]
+    seconds, peak, stdout = run_measured(command)
+    assert int(stdout.strip().splitlines()[-1]) == count, stdout
+    return {
+        "images": count,
+        "process_seconds": round(seconds, 1),
+        "peak_rss_mib": round(peak / 2**20),
+    }
+
+
+def seed_weights() -> str:
+    if REAL_WEIGHTS.exists():
+        return str(REAL_WEIGHTS)
+    path = WORK / "models" / "random0.weights.h5"
+    if not path.exists():
+        from emr_serverless_job.model import Weights, build_keras_model
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_keras_model(224, Weights(kind="random")).save_weights(path)
+    return str(path)
+
+
 def machine() -> dict:
     cpu = next(
         (
@@ -220,6 +265,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--memory-images", type=int, nargs=2, default=[2500, 5000])
     parser.add_argument("--memory-size", type=int, default=128)
+    parser.add_argument(
+        "--no-seed", action="store_true", help="skip the seed-pattern baseline (minutes per size)"
+    )
     parser.add_argument("--out", type=Path, default=WORK / "results.json")
     parser.add_argument("--raw-only", nargs=2, help=argparse.SUPPRESS)  # child: RUNTIME SIZE
     args = parser.parse_args()
@@ -231,6 +279,12 @@ def main() -> int:
 
     results: dict = {"machine": machine(), "batch_size": args.batch_size, "sizes": {}}
     for size in args.sizes:
+        baseline = None if args.no_seed else seed(size, args.images, cores)
+        if baseline:
+            results["sizes"].setdefault(size, {})["seed"] = baseline
+            print(
+                f"{size}px seed pattern: {baseline['process_seconds']} s whole process", flush=True
+            )
         for runtime in args.runtimes:
             if runtime == "onnx":
                 onnx_model(size)  # export (and parity-check) outside the measured processes
@@ -255,6 +309,11 @@ def main() -> int:
                 "job": measured_job,
                 "ratio": round(ratio, 3),
                 "whole_run_ratio": round(measured_job["run_images_per_second"] / raw_speed, 3),
+                "vs_seed": (
+                    round(baseline["process_seconds"] / measured_job["process_seconds"], 2)
+                    if baseline
+                    else None
+                ),
             }
             print(
                 f"{size}px {runtime}: raw {raw_speed:.1f} img/s (peak RSS "
@@ -262,7 +321,14 @@ def main() -> int:
                 f"{measured_job['featurize_images_per_second']:.1f} img/s (ratio {ratio:.2f}), "
                 f"whole run {measured_job['run_images_per_second']:.1f} img/s, "
                 f"{measured_job['vcpu_seconds_per_1000']} vCPU-s per 1,000 images, "
-                f"peak RSS {measured_job['peak_rss_mib']} MiB",
+                f"peak RSS {measured_job['peak_rss_mib']} MiB, whole process "
+                f"{measured_job['process_seconds']} s"
+                + (
+                    f" ({baseline['process_seconds'] / measured_job['process_seconds']:.2f}x "
+                    "the seed pattern)"
+                    if baseline
+                    else ""
+                ),
                 flush=True,
             )
     memory: dict = {}
