@@ -36,6 +36,8 @@ REAL_SAMPLE = SHARED / "data" / "fruits-sample"
 WORK = ROOT / "build" / "bench"
 RAW_SECONDS = 30.0
 SAMPLE_EVERY_S = 0.25
+PHONE_SIZE = (4032, 3024)  # a 12 MP phone photo
+PHONE_QUALITY = 90
 
 
 def image_folder(count: int) -> Path:
@@ -56,6 +58,37 @@ def image_folder(count: int) -> Path:
         from emr_serverless_job.synthetic import CLASSES, write_image_set
 
         write_image_set(folder, -(-count // len(CLASSES)))
+    marker.touch()
+    return folder
+
+
+def phone_folder(count: int) -> Path:
+    """``count`` phone-size JPEGs (4032x3024): the sample photos scaled up with sensor-like
+    noise, so that they compress like photos (2-4 MB), not like flat colour."""
+    import numpy as np
+    from PIL import Image
+
+    folder = WORK / f"phone-{count}"
+    marker = folder / ".complete"
+    if marker.exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    sources = sorted(REAL_SAMPLE.rglob("*.jpg")) if REAL_SAMPLE.exists() else []
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        if sources:
+            source = sources[index % len(sources)]
+            label, image = source.parent.name, Image.open(source).convert("RGB")
+        else:
+            from emr_serverless_job.synthetic import CLASSES, fruit_image
+
+            label = CLASSES[index % len(CLASSES)]
+            image = fruit_image(label, index)
+        large = np.asarray(image.resize(PHONE_SIZE, Image.Resampling.BICUBIC), dtype=np.int16)
+        noisy = np.clip(large + rng.normal(0, 6, large.shape), 0, 255).astype(np.uint8)
+        target = folder / label / f"{index:06d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noisy).save(target, quality=PHONE_QUALITY)
     marker.touch()
     return folder
 
@@ -158,9 +191,11 @@ def raw(runtime: str, size: int, batch_size: int, threads: int) -> dict:
     return {"images_per_second": images / (time.perf_counter() - start), "threads": threads}
 
 
-def job(runtime: str, size: int, count: int, batch_size: int, cores: int) -> dict:
-    folder = image_folder(count)
-    output = WORK / f"out-{runtime}-{size}-{count}"
+def job(
+    runtime: str, size: int, count: int, batch_size: int, cores: int, folder: Path | None = None
+) -> dict:
+    folder = folder or image_folder(count)
+    output = WORK / f"out-{runtime}-{size}-{folder.name}"
     shutil.rmtree(output, ignore_errors=True)
     env_master = f"local[{cores}]"
     command = [
@@ -193,11 +228,11 @@ def job(runtime: str, size: int, count: int, batch_size: int, cores: int) -> dic
     }
 
 
-def seed(size: int, count: int, cores: int) -> dict:
+def seed(size: int, count: int, cores: int, folder: Path | None = None) -> dict:
     """The seed pattern on the same photos, as a whole process (needs the real weights file,
     or a random one saved once: the recipe loads a file)."""
-    folder = image_folder(count)
-    output = WORK / f"out-seed-{size}-{count}"
+    folder = folder or image_folder(count)
+    output = WORK / f"out-seed-{size}-{folder.name}"
     shutil.rmtree(output, ignore_errors=True)
     command = [
         sys.executable,
@@ -266,6 +301,13 @@ def main() -> int:
     parser.add_argument("--memory-images", type=int, nargs=2, default=[2500, 5000])
     parser.add_argument("--memory-size", type=int, default=128)
     parser.add_argument(
+        "--phone-images",
+        type=int,
+        default=100,
+        help="phone-size photos (4032x3024 JPEG) for the seed-vs-job comparison where decoding "
+        "dominates (0: skip)",
+    )
+    parser.add_argument(
         "--no-seed", action="store_true", help="skip the seed-pattern baseline (minutes per size)"
     )
     parser.add_argument("--out", type=Path, default=WORK / "results.json")
@@ -329,6 +371,23 @@ def main() -> int:
                     if baseline
                     else ""
                 ),
+                flush=True,
+            )
+    if args.phone_images and not args.no_seed:
+        phones = phone_folder(args.phone_images)
+        for size in args.sizes:
+            baseline = seed(size, args.phone_images, cores, phones)
+            measured = job("onnx", size, args.phone_images, args.batch_size, cores, phones)
+            ratio = round(baseline["process_seconds"] / measured["process_seconds"], 2)
+            results.setdefault("phone", {})[size] = {
+                "seed": baseline,
+                "onnx": measured,
+                "vs_seed": ratio,
+            }
+            print(
+                f"{size}px phone photos ({args.phone_images} x {PHONE_SIZE[0]}x{PHONE_SIZE[1]}): "
+                f"seed {baseline['process_seconds']} s, job onnx {measured['process_seconds']} s "
+                f"whole process ({ratio}x)",
                 flush=True,
             )
     memory: dict = {}

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import posixpath
+import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from py4j.protocol import Py4JError, Py4JJavaError
 from pyspark.sql import DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from emr_serverless_job import hadoopfs
 from emr_serverless_job.images import IMAGE_GLOB, is_image_path
+from emr_serverless_job.logs import event
 
+NOT_FOUND = "listed in the manifest but not found"
+SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.DOTALL)
 REJECTED_SCHEMA = T.StructType(
     [
         T.StructField("path", T.StringType(), False),
@@ -99,6 +106,24 @@ def hadoop_path_string(uri: str) -> str:
     return f"{parts.scheme}:{authority}{unquote(parts.path)}"
 
 
+def spark_spelling(uri: str) -> str:
+    """A manifest URI (already decoded) as Spark's ``path`` column spells the file: what
+    Hadoop's ``Path(uri).toString()`` gives, without a JVM call: a scheme-less absolute path
+    becomes ``file:``, ``file:///`` becomes ``file:/``, repeated and trailing slashes go."""
+    match = SCHEME.match(uri)
+    scheme, rest = (match.group(1), match.group(2)) if match else ("file", uri)
+    authority = ""
+    if rest.startswith("//"):
+        authority, _, rest = rest[2:].partition("/")
+        rest = "/" + rest
+    path = re.sub(r"/{2,}", "/", rest)
+    if len(path) > 1:
+        path = path.rstrip("/")
+    if scheme == "file" or not authority:
+        return f"{scheme}:{posixpath.normpath(path) if path.startswith('/') else path}"
+    return f"{scheme}://{authority}{path}"
+
+
 def size_reason(size: int, max_bytes: int) -> str | None:
     """Why a file of this size is not read, or None when it is fine to read."""
     if size == 0:
@@ -118,21 +143,56 @@ def _empty_files_frame(spark: SparkSession) -> DataFrame:
     )
 
 
-def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
-    """Every .jpg/.jpeg/.png under ``location``, recursively, in any letter case.
+def _named_files(spark: SparkSession, uris: list[str]) -> DataFrame:
+    """``binaryFile`` over named files, skipping those that do not exist.
 
-    ``binaryFile`` evaluates ``length`` filters before opening a file, so oversized
-    files are never read into memory. Empty files are skipped by Spark's scan itself;
-    ``listed`` lets the job find them afterwards (see ``unscanned``).
+    ``spark.read.load(paths)`` first checks every path on the driver (one request per file
+    on S3, and a failure for one that is gone). Resolving the same data source with that
+    check off leaves the listing to Spark's file index, which runs it as a job on the
+    executors and skips a missing path with a warning: the driver makes no request per file.
+    ``DataSource`` is Spark's internal class behind ``DataFrameReader.load``; its constructor
+    has been stable across 3.x, and tests run the release's PySpark.
     """
-    if not hadoopfs.exists(spark, location):
-        raise InputError(f"--input: nothing at {location}")
-    files = (
-        _binary_files(spark)
-        .option("pathGlobFilter", IMAGE_GLOB)
-        .option("recursiveFileLookup", "true")
-        .load(location)
+    jvm = spark.sparkContext._jvm
+    python = jvm.org.apache.spark.api.python.PythonUtils
+    nothing = jvm.scala.Option.apply(None)
+    source = jvm.org.apache.spark.sql.execution.datasources.DataSource.apply(
+        spark._jsparkSession,
+        "binaryFile",
+        python.toSeq(uris),
+        nothing,  # schema: binaryFile's own
+        python.toSeq([]),  # partition columns
+        nothing,  # bucketing
+        python.toScalaMap({}),
+        nothing,  # catalog table
     )
+    relation = source.resolveRelation(False)  # checkFilesExist
+    return DataFrame(spark._jsparkSession.baseRelationToDataFrame(relation), spark)
+
+
+def _existing_files(spark: SparkSession, uris: list[str]) -> DataFrame:
+    """``_named_files``, or where a Spark build lacks that constructor, the public reader
+    over the files that a lookup on the driver finds (one request per file: slower, same
+    rows)."""
+    try:
+        return _named_files(spark, uris)
+    except Py4JJavaError:
+        raise
+    except Py4JError as error:
+        event(
+            "manifest_listing_fallback",
+            logging.WARNING,
+            reason=str(error).splitlines()[-1][:300],
+            files=len(uris),
+        )
+    statuses = hadoopfs.stat_many(spark, uris)
+    present = [uri for uri, status in zip(uris, statuses, strict=True) if status is not None]
+    return _binary_files(spark).load(present) if present else _empty_files_frame(spark)
+
+
+def _split_by_size(files: DataFrame, max_bytes: int) -> tuple[DataFrame, DataFrame]:
+    """(files to read, oversized ones as rejections). ``binaryFile`` evaluates ``length``
+    filters before opening a file, so oversized files are never read into memory."""
     limit = F.lit(max_bytes).cast("long")
     too_large = files.filter(F.col("length") > limit).select(
         "path",
@@ -143,9 +203,27 @@ def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
             F.lit(f" bytes (limit --max-file-bytes {max_bytes})"),
         ).alias("reason"),
     )
+    return files.filter(F.col("length") <= limit), too_large
+
+
+def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
+    """Every .jpg/.jpeg/.png under ``location``, recursively, in any letter case.
+
+    Empty files are skipped by Spark's scan itself; ``listed`` lets the job find them
+    afterwards (see ``unscanned``).
+    """
+    if not hadoopfs.exists(spark, location):
+        raise InputError(f"--input: nothing at {location}")
+    files = (
+        _binary_files(spark)
+        .option("pathGlobFilter", IMAGE_GLOB)
+        .option("recursiveFileLookup", "true")
+        .load(location)
+    )
+    images, too_large = _split_by_size(files, max_bytes)
     listed = [hadoop_path_string(uri) for uri in files.inputFiles()]
     return Inputs(
-        images=files.filter(F.col("length") <= limit),
+        images=images,
         rejected=too_large,
         fingerprint=content_digest(location.encode()),
         expected=len(listed),
@@ -156,8 +234,9 @@ def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
 def from_manifest(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
     """The images a manifest lists; bad lines, missing, empty and oversized files are rejected.
 
-    Each listed file is looked up once on the driver (a HEAD request on S3), so files
-    that cannot be read are decided before Spark opens anything.
+    Spark's file index lists the named files (on the executors, see ``_named_files``); a
+    file it did not find is a rejection, and sizes come from that listing, so the driver
+    reads the manifest and nothing else per file.
     """
     try:
         raw = hadoopfs.read_bytes(spark, location)
@@ -170,24 +249,26 @@ def from_manifest(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
     rows: list[tuple[str, int | None, str]] = [
         (what, None, reason) for what, reason in entries.problems
     ]
-    readable: list[str] = []
-    for uri, status in zip(entries.uris, hadoopfs.stat_many(spark, entries.uris), strict=True):
-        if status is None:
-            rows.append((uri, None, "listed in the manifest but not found"))
-            continue
-        path, size = status
-        reason = size_reason(size, max_bytes)
-        if reason is None:
-            readable.append(path)
-        else:
-            rows.append((path, size, reason))
-    images = _binary_files(spark).load(readable) if readable else _empty_files_frame(spark)
+    spelled: dict[str, str] = {}  # one URI per file, however the manifest spelled it
+    for uri in entries.uris:
+        spelled.setdefault(spark_spelling(uri), uri)
+    duplicates = entries.duplicates + len(entries.uris) - len(spelled)
+    files = _existing_files(spark, list(spelled.values())) if spelled else _empty_files_frame(spark)
+    listed = [hadoop_path_string(uri) for uri in files.inputFiles()] if spelled else []
+    found = set(listed)
+    unmatched = [uri for path, uri in spelled.items() if path not in found]
+    # Hadoop's own spelling of the few that did not match: missing, or spelled unusually.
+    rows += [
+        (uri, None, NOT_FOUND) for uri in unmatched if hadoopfs.qualified(spark, uri) not in found
+    ]
+    images, too_large = _split_by_size(files, max_bytes)
     return Inputs(
         images=images,
-        rejected=spark.createDataFrame(rows, REJECTED_SCHEMA),
+        rejected=spark.createDataFrame(rows, REJECTED_SCHEMA).unionByName(too_large),
         fingerprint=content_digest(raw),
-        expected=len(entries.uris) + len(entries.problems),
-        duplicates=entries.duplicates,
+        expected=len(spelled) + len(entries.problems),
+        duplicates=duplicates,
+        listed=listed,
     )
 
 

@@ -158,18 +158,24 @@ def test_manifest_run_projects_like_the_backfill(spark, backfill, image_folder, 
     report, output, _ = backfill
     folder, _ = image_folder
     chosen = [folder / "Banana" / "0_100.jpg", folder / "Pear Ø" / "1_100.jpg"]
+    empty = tmp_path / "Kiwi" / "empty.jpg"
+    empty.parent.mkdir()
+    empty.touch()
     manifest = write_manifest(
         tmp_path / "batch.jsonl",
         *({"uri": str(p), "size": p.stat().st_size} for p in chosen),
         {"uri": str(chosen[0])},  # duplicate delivery
+        {"uri": f"file://{chosen[1]}"},  # the same file, spelled another way
         {"uri": str(folder / "Kiwi" / "gone.jpg")},  # deleted before the run
+        {"uri": str(empty)},
         "{oops",
     )
     incremental = run_job(spark, "--manifest", str(manifest), "--output", str(output))
     digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
     assert incremental.run_id == f"batch-{digest[:16]}"
     assert incremental.pca["k"] == report.pca["k"] and "loaded" in incremental.pca["status"]
-    assert (incremental.features, incremental.errors, incremental.duplicates_skipped) == (2, 2, 1)
+    assert (incremental.features, incremental.errors, incremental.duplicates_skipped) == (2, 3, 2)
+    assert incremental.images_featurized == 2
     features = read_table(spark, output, "features")
     by_run = {
         (r["run_id"], Path(r["path"]).name, r["label"]): np.array(r["pca_features"])
@@ -182,8 +188,45 @@ def test_manifest_run_projects_like_the_backfill(spark, backfill, image_folder, 
         )
     errors = read_table(spark, output, "errors").filter(f"run_id = '{incremental.run_id}'")
     reasons = sorted(r["reason"] for r in errors.collect())
-    assert reasons[0] == "listed in the manifest but not found"
-    assert reasons[1].startswith("not valid JSON")
+    assert reasons[0] == "empty file (0 bytes)"
+    assert reasons[1] == "listed in the manifest but not found"
+    assert reasons[2].startswith("not valid JSON")
+
+
+def test_manifest_listing_falls_back_to_the_public_reader(
+    spark, image_folder, tmp_path, monkeypatch
+):
+    """Where a Spark build lacks the data source constructor the job uses, the manifest is
+    still read, with a lookup per file on the driver, into exactly the same rows."""
+    from py4j.protocol import Py4JError
+
+    from emr_serverless_job import inputs
+
+    folder, _ = image_folder
+    gone = folder / "Kiwi" / "gone.jpg"
+    chosen = sorted(folder.rglob("*.jpg"))[:3]
+    manifest = write_manifest(
+        tmp_path / "m.jsonl", *({"uri": str(p)} for p in chosen), {"uri": str(gone)}
+    )
+
+    def read() -> tuple:
+        found = inputs.from_manifest(spark, str(manifest), 1 << 30)
+        return (
+            sorted(r["path"] for r in found.images.select("path").collect()),
+            sorted((r["path"], r["reason"]) for r in found.rejected.collect()),
+            found.expected,
+            sorted(found.listed or []),
+        )
+
+    direct = read()
+
+    def unavailable(*_: object) -> None:
+        raise Py4JError("Method apply([...]) does not exist")
+
+    monkeypatch.setattr(inputs, "_named_files", unavailable)
+    assert read() == direct
+    assert direct[0] == [f"file:{p}" for p in chosen] == direct[3]
+    assert direct[1] == [(str(gone), inputs.NOT_FOUND)] and direct[2] == 4
 
 
 def test_manifest_before_any_backfill_keeps_features_without_pca(spark, image_folder, tmp_path):

@@ -1,10 +1,17 @@
-"""Manifest parsing and path spelling: pure functions, no Spark."""
+"""Manifest parsing and path spelling: pure functions (checked against Hadoop's own)."""
 
 from __future__ import annotations
 
 import json
 
-from emr_serverless_job.inputs import hadoop_path_string, parse_manifest, size_reason
+import pytest
+
+from emr_serverless_job.inputs import (
+    hadoop_path_string,
+    parse_manifest,
+    size_reason,
+    spark_spelling,
+)
 
 
 def lines(*objects) -> str:
@@ -45,3 +52,29 @@ def test_size_reasons():
     assert size_reason(0, 10) == "empty file (0 bytes)"
     assert "too large: 11 bytes" in size_reason(11, 10)
     assert size_reason(10, 10) is None
+
+
+SPELLINGS = [
+    "/tmp/Apple Braeburn/0_100.jpg",
+    "file:///tmp/Pear Ø/x.jpg",
+    "file:/tmp//double//slash.jpg",
+    "/tmp/a/./b/../c.jpg",
+    "s3://bucket/raw/Apple Braeburn/0_100.jpg",
+    "s3://bucket/raw/100%.jpg",
+    "s3://bucket/raw/what?.jpg",
+    "s3://bucket/raw/a#b.jpg",
+    "s3://bucket/raw/a+b=c&d.jpg",
+    "s3a://bucket//raw//x.png",
+]
+
+
+@pytest.mark.parametrize("uri", SPELLINGS)
+def test_manifest_uris_are_spelled_as_hadoop_spells_them(spark, uri):
+    """The job matches manifest entries to Spark's listing by this spelling; Hadoop's
+    Path (qualified against the local file system for scheme-less paths) is the truth."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    if path.toUri().getScheme() is None:
+        conf = spark.sparkContext._jsc.hadoopConfiguration()
+        path = path.getFileSystem(conf).makeQualified(path)
+    assert spark_spelling(uri) == path.toString()
