@@ -24,6 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from emr_serverless_job import hadoopfs
+from emr_serverless_job.model import FP32
 from emr_serverless_job.moments import Moments
 from emr_serverless_job.projection import Projection, fit_projection
 
@@ -57,7 +58,7 @@ class ReductionInfo:
     fitted_by_run: str
     fitted_rows: int
     scaling: str = "standard"
-    precision: str = "fp32"
+    precision: str = FP32
 
 
 @dataclass(frozen=True)
