@@ -350,14 +350,10 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
                 component_variance=[round(v, 6) for v in reduction.info.component_variance],
                 model=config.pca_model,
             )
-        if reduction is None:
-            features_out = reduce.without_reduction(ok.drop("pca_features"))
-        elif config.is_backfill:
+        if config.is_backfill and reduction is not None:
             features_out = reduce.apply(spark, reduction, ok.drop("pca_features"))
-        else:  # projected by the featurizing pass already
-            features_out = ok.withColumn(
-                reduce.PCA_MODEL_COLUMN, F.lit(reduction.info.fitted_by_run)
-            )
+        else:  # projected by the featurizing pass already (null when there is no model)
+            features_out = reduce.in_space(ok, reduction)
 
         tables = {
             FEATURES_TABLE: _table_uri(config, FEATURES_TABLE, report.run_id),

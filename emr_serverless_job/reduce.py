@@ -253,20 +253,17 @@ def projector(spark: SparkSession, projection: Projection) -> object:
 
 
 def apply(spark: SparkSession, reduction: Reduction, features: DataFrame) -> DataFrame:
-    """Add ``pca_features`` and the id of the model that projected them (``pca_model``: the
-    run that fitted it) to a frame with ``features``.
+    """Project ``features`` into ``pca_features`` on the workers, and name the space."""
+    project = projector(spark, reduction.projection)
+    return in_space(features.withColumn("pca_features", project("features")), reduction)
+
+
+def in_space(features: DataFrame, reduction: Reduction | None) -> DataFrame:
+    """Add the id of the model that projected ``pca_features`` (``pca_model``: the run that
+    fitted it; null when there was no model and ``pca_features`` are null too).
 
     Two backfills fit two PCA spaces; rows of one must never be compared with rows of the
     other, so every row names its space.
     """
-    project = projector(spark, reduction.projection)
-    return features.withColumn("pca_features", project("features")).withColumn(
-        PCA_MODEL_COLUMN, F.lit(reduction.info.fitted_by_run)
-    )
-
-
-def without_reduction(features: DataFrame) -> DataFrame:
-    """The same columns as ``apply`` with null PCA features, for runs with no model yet."""
-    return features.withColumn("pca_features", F.lit(None).cast("array<float>")).withColumn(
-        PCA_MODEL_COLUMN, F.lit(None).cast("string")
-    )
+    model = F.lit(reduction.info.fitted_by_run if reduction is not None else None)
+    return features.withColumn(PCA_MODEL_COLUMN, model.cast("string"))
