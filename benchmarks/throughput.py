@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,26 +41,37 @@ PHONE_SIZE = (4032, 3024)  # a 12 MP phone photo
 PHONE_QUALITY = 90
 
 
+def sample_photos() -> list[Path]:
+    return sorted(REAL_SAMPLE.rglob("*.jpg")) if REAL_SAMPLE.exists() else []
+
+
+def cached_folder(name: str, fill: Callable[[Path], None]) -> Path:
+    """A generated photo folder under build/bench, rebuilt only if no build of it finished."""
+    folder = WORK / name
+    marker = folder / ".complete"
+    if not marker.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        fill(folder)
+        marker.touch()
+    return folder
+
+
 def image_folder(count: int) -> Path:
     """``count`` photos in label folders: copies of the real sample where present."""
-    folder = WORK / f"images-{count}"
-    marker = folder / ".complete"
-    if marker.exists():
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    sources = sorted(REAL_SAMPLE.rglob("*.jpg")) if REAL_SAMPLE.exists() else []
-    if sources:
-        for index in range(count):
+
+    def fill(folder: Path) -> None:
+        sources = sample_photos()
+        if not sources:
+            from emr_serverless_job.synthetic import CLASSES, write_image_set
+
+            write_image_set(folder, -(-count // len(CLASSES)))
+        for index in range(count if sources else 0):
             source = sources[index % len(sources)]
             target = folder / source.parent.name / f"{index:06d}_{source.name}"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
-    else:
-        from emr_serverless_job.synthetic import CLASSES, write_image_set
 
-        write_image_set(folder, -(-count // len(CLASSES)))
-    marker.touch()
-    return folder
+    return cached_folder(f"images-{count}", fill)
 
 
 def phone_folder(count: int) -> Path:
@@ -68,29 +80,25 @@ def phone_folder(count: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    folder = WORK / f"phone-{count}"
-    marker = folder / ".complete"
-    if marker.exists():
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    sources = sorted(REAL_SAMPLE.rglob("*.jpg")) if REAL_SAMPLE.exists() else []
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        if sources:
-            source = sources[index % len(sources)]
-            label, image = source.parent.name, Image.open(source).convert("RGB")
-        else:
-            from emr_serverless_job.synthetic import CLASSES, fruit_image
+    def fill(folder: Path) -> None:
+        sources = sample_photos()
+        rng = np.random.default_rng(0)
+        for index in range(count):
+            if sources:
+                source = sources[index % len(sources)]
+                label, image = source.parent.name, Image.open(source).convert("RGB")
+            else:
+                from emr_serverless_job.synthetic import CLASSES, fruit_image
 
-            label = CLASSES[index % len(CLASSES)]
-            image = fruit_image(label, index)
-        large = np.asarray(image.resize(PHONE_SIZE, Image.Resampling.BICUBIC), dtype=np.int16)
-        noisy = np.clip(large + rng.normal(0, 6, large.shape), 0, 255).astype(np.uint8)
-        target = folder / label / f"{index:06d}.jpg"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(noisy).save(target, quality=PHONE_QUALITY)
-    marker.touch()
-    return folder
+                label = CLASSES[index % len(CLASSES)]
+                image = fruit_image(label, index)
+            large = np.asarray(image.resize(PHONE_SIZE, Image.Resampling.BICUBIC), np.int16)
+            noisy = np.clip(large + rng.normal(0, 6, large.shape), 0, 255).astype(np.uint8)
+            target = folder / label / f"{index:06d}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(noisy).save(target, quality=PHONE_QUALITY)
+
+    return cached_folder(f"phone-{count}", fill)
 
 
 def weights() -> str:
