@@ -132,11 +132,9 @@ def calibration_set(
     """The calibration photos, preprocessed, and their fingerprint: sha256 over each used
     photo's path (relative to ``folder``) and content, so the same set gives the same id."""
     digest = hashlib.sha256()
-    contents, names = [], []
-    for path in photo_paths(folder):
-        data = path.read_bytes()
-        contents.append(data)
-        names.append(path.relative_to(folder).as_posix())
+    paths = photo_paths(folder)[: limit * 2]  # room for broken ones, as parity_batch allows
+    contents = [path.read_bytes() for path in paths]
+    names = [path.relative_to(folder).as_posix() for path in paths]
     decoded = decode_batch(contents, image_size)
     used = decoded.ok_rows[:limit]
     if not used:
