@@ -200,18 +200,27 @@ def raw(runtime: str, size: int, batch_size: int, threads: int) -> dict:
 
 
 def job(
-    runtime: str, size: int, count: int, batch_size: int, cores: int, folder: Path | None = None
+    runtime: str,
+    size: int,
+    count: int,
+    batch_size: int,
+    cores: int,
+    folder: Path | None = None,
+    manifest: Path | None = None,
+    output: Path | None = None,
 ) -> dict:
+    """The job over a folder (a backfill) or, given one, a manifest of its photos."""
     folder = folder or image_folder(count)
-    output = WORK / f"out-{runtime}-{size}-{folder.name}"
-    shutil.rmtree(output, ignore_errors=True)
+    if output is None:
+        output = WORK / f"out-{runtime}-{size}-{folder.name}"
+        shutil.rmtree(output, ignore_errors=True)
+    source = ["--manifest", str(manifest)] if manifest else ["--input", str(folder)]
     env_master = f"local[{cores}]"
     command = [
         sys.executable,
         "-m",
         "emr_serverless_job",
-        "--input",
-        str(folder),
+        *source,
         "--output",
         str(output),
         *featurizer_flags(runtime, size),
@@ -221,8 +230,11 @@ def job(
         "64",
     ]
     os.environ["SPARK_MASTER"] = env_master
+    started = time.time()
     seconds, peak, _ = run_measured(command)
-    (report_path,) = output.glob("reports/run_id=*/report.json")
+    (report_path,) = (
+        p for p in output.glob("reports/run_id=*/report.json") if p.stat().st_mtime >= started
+    )
     report = json.loads(report_path.read_text())
     assert report["features"] == count, report
     return {
@@ -233,6 +245,26 @@ def job(
         "timings_s": report["timings_s"],
         "process_seconds": round(seconds, 1),
         "peak_rss_mib": round(peak / 2**20),
+    }
+
+
+def manifest_vs_backfill(size: int, count: int, batch_size: int, cores: int) -> dict:
+    """A backfill of ``count`` photos, then a manifest run of the same photos (sizes given,
+    as the trigger writes them) into the backfill's PCA space, each a whole process."""
+    folder = image_folder(count)
+    output = WORK / f"out-manifest-{size}-{folder.name}"
+    shutil.rmtree(output, ignore_errors=True)
+    backfill = job("onnx", size, count, batch_size, cores, folder, output=output)
+    manifest = WORK / f"manifest-{folder.name}.jsonl"
+    photos = sorted(p for p in folder.rglob("*.jpg"))
+    manifest.write_text(
+        "".join(json.dumps({"uri": str(p), "size": p.stat().st_size}) + "\n" for p in photos)
+    )
+    run = job("onnx", size, count, batch_size, cores, folder, manifest=manifest, output=output)
+    return {
+        "backfill": backfill,
+        "manifest": run,
+        "manifest_vs_backfill": round(run["process_seconds"] / backfill["process_seconds"], 2),
     }
 
 
@@ -314,6 +346,12 @@ def main() -> int:
         default=100,
         help="phone-size photos (4032x3024 JPEG) for the seed-vs-job comparison where decoding "
         "dominates (0: skip)",
+    )
+    parser.add_argument(
+        "--manifest-images",
+        type=int,
+        default=2000,
+        help="photos for the manifest-run-vs-backfill comparison at 128 px (0: skip)",
     )
     parser.add_argument(
         "--no-seed", action="store_true", help="skip the seed-pattern baseline (minutes per size)"
@@ -398,6 +436,18 @@ def main() -> int:
                 f"whole process ({ratio}x)",
                 flush=True,
             )
+    if args.manifest_images:
+        compared = manifest_vs_backfill(128, args.manifest_images, args.batch_size, cores)
+        results["manifest"] = compared
+        backfill = compared["backfill"]
+        print(
+            f"128px {args.manifest_images} photos: backfill {backfill['process_seconds']} s "
+            f"(list {backfill['timings_s']['list']} s), manifest run "
+            f"{compared['manifest']['process_seconds']} s (list "
+            f"{compared['manifest']['timings_s']['list']} s): "
+            f"{compared['manifest_vs_backfill']}x the backfill",
+            flush=True,
+        )
     memory: dict = {}
     for runtime in args.runtimes:
         for count in args.memory_images:

@@ -25,12 +25,6 @@ def exists(spark: SparkSession, uri: str) -> bool:
     return bool(fs.exists(path))
 
 
-def qualified(spark: SparkSession, uri: str) -> str:
-    """The URI as Spark writes it in ``path`` columns (scheme and authority added); no I/O."""
-    path, fs = _path_and_fs(spark, uri)
-    return str(fs.makeQualified(path).toString())
-
-
 def stat(spark: SparkSession, uri: str) -> tuple[str, int] | None:
     """(qualified path as Spark writes it in ``path`` columns, length), or None if absent."""
     path, fs = _path_and_fs(spark, uri)

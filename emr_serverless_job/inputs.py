@@ -9,22 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
+import os
 import posixpath
 import re
+import statistics
+import tempfile
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
-from py4j.protocol import Py4JError, Py4JJavaError
 from pyspark.sql import DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from emr_serverless_job import hadoopfs
 from emr_serverless_job.images import IMAGE_GLOB, is_image_path
-from emr_serverless_job.logs import event
 
 NOT_FOUND = "listed in the manifest but not found"
+DELETED = "deleted while the run was reading"
+HIDDEN_NAME = "file name starts with '_' or '.', which Spark never reads: rename the file"
+# Spark's streaming file sink log, which a manifest's file list is written as.
+SINK_LOG_FOLDER = "_spark_metadata"
+SINK_LOG_VERSION = "v1"
+# Packing size for a manifest entry without "size", when none of the others has one either.
+ASSUMED_SIZE_BYTES = 1 << 20
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.DOTALL)
 REJECTED_SCHEMA = T.StructType(
     [
@@ -46,6 +53,7 @@ class ManifestEntries:
     uris: list[str]
     problems: list[tuple[str, str]] = field(default_factory=list)  # (what, reason)
     duplicates: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes, where a line said
 
 
 @dataclass(frozen=True)
@@ -55,16 +63,19 @@ class Inputs:
     fingerprint: str  # stable digest of what was asked for; names the default run id
     expected: int = 0  # inputs named up front: files listed, or manifest entries
     duplicates: int = 0
-    listed: list[str] | None = None  # folder runs: every listed file, as ``path`` spells it
+    listed: list[str] | None = None  # every file named or listed, as ``path`` spells it
+    gone_reason: str = DELETED  # why a listed file without a row has none, when it is gone
 
 
 def parse_manifest(text: str) -> ManifestEntries:
     """JSON Lines of ``{"uri": ...}`` (size and etag optional) to image URIs.
 
     Blank lines are skipped; a line that is not a JSON object with a string ``uri``,
-    or whose URI is not an image, becomes a problem with its line number.
+    or whose URI is not an image, becomes a problem with its line number. A ``size`` that
+    is not a whole number of bytes is ignored: it only helps pack files into tasks.
     """
     uris: list[str] = []
+    sizes: dict[str, int] = {}
     seen: set[str] = set()
     problems: list[tuple[str, str]] = []
     duplicates = 0
@@ -88,7 +99,10 @@ def parse_manifest(text: str) -> ManifestEntries:
             continue
         seen.add(uri)
         uris.append(uri)
-    return ManifestEntries(uris=uris, problems=problems, duplicates=duplicates)
+        size = entry.get("size")
+        if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+            sizes[uri] = size
+    return ManifestEntries(uris=uris, problems=problems, duplicates=duplicates, sizes=sizes)
 
 
 def content_digest(data: bytes) -> str:
@@ -124,6 +138,12 @@ def spark_spelling(uri: str) -> str:
     return f"{scheme}://{authority}{path}"
 
 
+def is_hidden_name(path: str) -> bool:
+    """Hadoop's hidden files, which Spark's file sources skip wherever they are named."""
+    name = path.rsplit("/", 1)[-1]
+    return name.startswith(".") or (name.startswith("_") and "=" not in name)
+
+
 def size_reason(size: int, max_bytes: int) -> str | None:
     """Why a file of this size is not read, or None when it is fine to read."""
     if size == 0:
@@ -143,51 +163,71 @@ def _empty_files_frame(spark: SparkSession) -> DataFrame:
     )
 
 
-def _named_files(spark: SparkSession, uris: list[str]) -> DataFrame:
-    """``binaryFile`` over named files, skipping those that do not exist.
+def sink_log_uri(uri: str) -> str:
+    """A manifest URI (already decoded) as the escaped URI a Spark file log stores, which
+    Hadoop turns back into ``Path(URI)``: the spelling of ``spark_spelling``, its path
+    percent-encoded (spaces, ``%``, ``#``, ``?``, non-ASCII)."""
+    spelled = spark_spelling(uri)
+    match = SCHEME.match(spelled)
+    assert match is not None  # spark_spelling always names a scheme
+    scheme, rest = match.group(1), match.group(2)
+    authority = ""
+    if rest.startswith("//"):
+        host, _, path = rest[2:].partition("/")
+        authority, rest = f"//{host}", "/" + path
+    return f"{scheme}:{authority}{quote(rest, safe='/')}"
 
-    ``spark.read.load(paths)`` first checks every path on the driver (one request per file
-    on S3, and a failure for one that is gone). Resolving the same data source with that
-    check off leaves the listing to Spark's file index, which runs it as a job on the
-    executors and skips a missing path with a warning: the driver makes no request per file.
-    ``DataSource`` is Spark's internal class behind ``DataFrameReader.load``; its constructor
-    has been stable across 3.x, and tests run the release's PySpark.
-    """
-    jvm = spark.sparkContext._jvm
-    python = jvm.org.apache.spark.api.python.PythonUtils
-    nothing = jvm.scala.Option.apply(None)
-    source = jvm.org.apache.spark.sql.execution.datasources.DataSource.apply(
-        spark._jsparkSession,
-        "binaryFile",
-        python.toSeq(uris),
-        nothing,  # schema: binaryFile's own
-        python.toSeq([]),  # partition columns
-        nothing,  # bucketing
-        python.toScalaMap({}),
-        nothing,  # catalog table
+
+def _sink_log_line(uri: str, size: int) -> str:
+    """One file of a ``_spark_metadata`` log, in the fields Spark's file sink writes."""
+    return json.dumps(
+        {
+            "path": sink_log_uri(uri),
+            "size": size,
+            "isDir": False,
+            "modificationTime": 0,
+            "blockReplication": 1,
+            "blockSize": ASSUMED_SIZE_BYTES,
+            "action": "add",
+        }
     )
-    relation = source.resolveRelation(False)  # checkFilesExist
-    return DataFrame(spark._jsparkSession.baseRelationToDataFrame(relation), spark)
 
 
-def _existing_files(spark: SparkSession, uris: list[str]) -> DataFrame:
-    """``_named_files``, or where a Spark build lacks that constructor, the public reader
-    over the files that a lookup on the driver finds (one request per file: slower, same
-    rows)."""
-    try:
-        return _named_files(spark, uris)
-    except Py4JJavaError:
-        raise
-    except Py4JError as error:
-        event(
-            "manifest_listing_fallback",
-            logging.WARNING,
-            reason=str(error).splitlines()[-1][:300],
-            files=len(uris),
+def _manifest_files(spark: SparkSession, sizes: dict[str, int | None]) -> DataFrame:
+    """``binaryFile`` over exactly the files a manifest names, without looking them up.
+
+    ``spark.read.load(paths)`` checks every path on the driver (a request per file on S3)
+    and then lists them in a Spark job. A folder holding a ``_spark_metadata`` log (what
+    Spark's own streaming file sink writes) is read as exactly the files the log names,
+    with their sizes from the log and no listing, so the driver writes that log for the
+    manifest in a local scratch folder and reads it back: no request per file, no job.
+    Sizes only pack files into tasks (the reader takes each file's real length when it
+    opens it); a missing file is skipped by the scan and becomes a rejection afterwards
+    (``unscanned``). The log is read once, when the relation is resolved, so the scratch
+    folder goes at once. ``recursiveFileLookup`` stops Spark from taking ``key=value``
+    folders of the bucket for partition columns.
+    """
+    known = [size for size in sizes.values() if size is not None]
+    typical = int(statistics.median(known)) if known else ASSUMED_SIZE_BYTES
+    lines = [_sink_log_line(uri, typical if size is None else size) for uri, size in sizes.items()]
+    with tempfile.TemporaryDirectory(prefix="manifest-index-") as scratch:
+        log = os.path.join(scratch, SINK_LOG_FOLDER)
+        os.mkdir(log)
+        with open(os.path.join(log, "0"), "w", encoding="utf-8") as out:
+            out.write("\n".join([SINK_LOG_VERSION, *lines]) + "\n")
+        files = (
+            _binary_files(spark)
+            .option("recursiveFileLookup", "true")
+            .option("ignoreMissingFiles", "true")
+            .load(f"file://{scratch}")
         )
-    statuses = hadoopfs.stat_many(spark, uris)
-    present = [uri for uri, status in zip(uris, statuses, strict=True) if status is not None]
-    return _binary_files(spark).load(present) if present else _empty_files_frame(spark)
+        taken = len(files._jdf.inputFiles())
+    if taken != len(sizes):
+        raise RuntimeError(
+            f"Spark took {taken} of the manifest's {len(sizes)} files from its file log; "
+            "is spark.sql.streaming.fileStreamSink.ignoreMetadata set?"
+        )
+    return files
 
 
 def _split_by_size(files: DataFrame, max_bytes: int) -> tuple[DataFrame, DataFrame]:
@@ -234,9 +274,9 @@ def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
 def from_manifest(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
     """The images a manifest lists; bad lines, missing, empty and oversized files are rejected.
 
-    Spark's file index lists the named files (on the executors, see ``_named_files``); a
-    file it did not find is a rejection, and sizes come from that listing, so the driver
-    reads the manifest and nothing else per file.
+    The driver reads the manifest and nothing else: no request and no Spark job per file
+    (see ``_manifest_files``). Files that are gone, empty or skipped surface after the read,
+    as inputs with no row (``unscanned``).
     """
     try:
         raw = hadoopfs.read_bytes(spark, location)
@@ -249,42 +289,42 @@ def from_manifest(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
     rows: list[tuple[str, int | None, str]] = [
         (what, None, reason) for what, reason in entries.problems
     ]
-    spelled: dict[str, str] = {}  # one URI per file, however the manifest spelled it
+    sizes: dict[str, int | None] = {}  # one entry per file, however the manifest spelled it
     for uri in entries.uris:
-        spelled.setdefault(spark_spelling(uri), uri)
-    duplicates = entries.duplicates + len(entries.uris) - len(spelled)
-    files = _existing_files(spark, list(spelled.values())) if spelled else _empty_files_frame(spark)
-    listed = [hadoop_path_string(uri) for uri in files.inputFiles()] if spelled else []
-    found = set(listed)
-    unmatched = [uri for path, uri in spelled.items() if path not in found]
-    # Hadoop's own spelling of the few that did not match: missing, or spelled unusually.
-    rows += [
-        (uri, None, NOT_FOUND) for uri in unmatched if hadoopfs.qualified(spark, uri) not in found
-    ]
+        sizes.setdefault(spark_spelling(uri), entries.sizes.get(uri))
+    duplicates = entries.duplicates + len(entries.uris) - len(sizes)
+    files = _manifest_files(spark, sizes) if sizes else _empty_files_frame(spark)
     images, too_large = _split_by_size(files, max_bytes)
     return Inputs(
         images=images,
         rejected=spark.createDataFrame(rows, REJECTED_SCHEMA).unionByName(too_large),
         fingerprint=content_digest(raw),
-        expected=len(spelled) + len(entries.problems),
+        expected=len(sizes) + len(entries.problems),
         duplicates=duplicates,
-        listed=listed,
+        listed=list(sizes),
+        gone_reason=NOT_FOUND,
     )
 
 
-def unscanned(spark: SparkSession, listed: list[str], seen: DataFrame) -> DataFrame:
+def unscanned(
+    spark: SparkSession, listed: list[str], seen: DataFrame, gone_reason: str = DELETED
+) -> DataFrame:
     """Listed files that Spark's scan produced no row for, as rejections with a reason.
 
-    Spark skips zero-length files while scanning; they are still inputs and must be
-    accounted for. Only called when counts show a gap, so the lookups here are few.
+    Spark skips zero-length files while scanning, and missing ones where a manifest named
+    them; they are still inputs and must be accounted for. Only called when counts show a
+    gap, so the lookups here are few.
     """
     listed_frame = spark.createDataFrame([(path,) for path in listed], "path string")
     missing = [row["path"] for row in listed_frame.join(seen, "path", "left_anti").collect()]
     rows: list[tuple[str, int | None, str]] = []
     for path, status in zip(missing, hadoopfs.stat_many(spark, missing), strict=True):
         if status is None:
-            rows.append((path, None, "deleted while the run was reading"))
+            rows.append((path, None, gone_reason))
         else:
             size = status[1]
-            rows.append((path, size, size_reason(size, 1 << 62) or "skipped by Spark's scan"))
+            reason = size_reason(size, 1 << 62) or (
+                HIDDEN_NAME if is_hidden_name(path) else "skipped by Spark's scan"
+            )
+            rows.append((path, size, reason))
     return spark.createDataFrame(rows, REJECTED_SCHEMA)

@@ -318,7 +318,9 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         n_rejected = rejected.count()
         if found.listed is not None and n_read + n_rejected < found.expected:
             seen = decoded.select("path").unionByName(rejected.select("path"))
-            rejected = rejected.unionByName(inputs.unscanned(spark, found.listed, seen))
+            rejected = rejected.unionByName(
+                inputs.unscanned(spark, found.listed, seen, found.gone_reason)
+            )
         errors = (
             decoded.filter(F.col("error").isNotNull())
             .select("path", "label", "sha256", "size_bytes", F.col("error").alias("reason"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emr_serverless_job import featurize, job
+from emr_serverless_job import featurize, inputs, job
 from emr_serverless_job.config import parse_args
 from emr_serverless_job.model import FEATURE_DIM
 from emr_serverless_job.reduce import ReductionMismatch
@@ -161,6 +161,8 @@ def test_manifest_run_projects_like_the_backfill(spark, backfill, image_folder, 
     empty = tmp_path / "Kiwi" / "empty.jpg"
     empty.parent.mkdir()
     empty.touch()
+    hidden = tmp_path / "Kiwi" / "_IMG_0001.jpg"
+    hidden.write_bytes(chosen[0].read_bytes())
     manifest = write_manifest(
         tmp_path / "batch.jsonl",
         *({"uri": str(p), "size": p.stat().st_size} for p in chosen),
@@ -168,14 +170,16 @@ def test_manifest_run_projects_like_the_backfill(spark, backfill, image_folder, 
         {"uri": f"file://{chosen[1]}"},  # the same file, spelled another way
         {"uri": str(folder / "Kiwi" / "gone.jpg")},  # deleted before the run
         {"uri": str(empty)},
+        {"uri": str(hidden)},
         "{oops",
     )
     incremental = run_job(spark, "--manifest", str(manifest), "--output", str(output))
     digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
     assert incremental.run_id == f"batch-{digest[:16]}"
     assert incremental.pca["k"] == report.pca["k"] and "loaded" in incremental.pca["status"]
-    assert (incremental.features, incremental.errors, incremental.duplicates_skipped) == (2, 3, 2)
-    assert incremental.images_featurized == 2
+    assert (incremental.features, incremental.errors, incremental.duplicates_skipped) == (2, 4, 2)
+    # The empty file's line gave no size, so the scan reads it and the decoder rejects it.
+    assert incremental.images_featurized == 3
     features = read_table(spark, output, "features")
     by_run = {
         (r["run_id"], Path(r["path"]).name, r["label"]): np.array(r["pca_features"])
@@ -189,44 +193,54 @@ def test_manifest_run_projects_like_the_backfill(spark, backfill, image_folder, 
     errors = read_table(spark, output, "errors").filter(f"run_id = '{incremental.run_id}'")
     reasons = sorted(r["reason"] for r in errors.collect())
     assert reasons[0] == "empty file (0 bytes)"
-    assert reasons[1] == "listed in the manifest but not found"
-    assert reasons[2].startswith("not valid JSON")
+    assert reasons[1] == inputs.HIDDEN_NAME
+    assert reasons[2] == "listed in the manifest but not found"
+    assert reasons[3].startswith("not valid JSON")
 
 
-def test_manifest_listing_falls_back_to_the_public_reader(
+def test_manifest_files_are_read_without_a_lookup_or_a_job_per_file(
     spark, image_folder, tmp_path, monkeypatch
 ):
-    """Where a Spark build lacks the data source constructor the job uses, the manifest is
-    still read, with a lookup per file on the driver, into exactly the same rows."""
-    from py4j.protocol import Py4JError
-
-    from emr_serverless_job import inputs
+    """More than 32 named files (where Spark would list them in a job), awkward spellings,
+    a ``key=value`` folder, sizes wrong or absent, a duplicate and a missing file: the
+    driver stats nothing and runs no job; the scan reads every present file at its real
+    length and skips the missing one, which stays listed for the reconciliation."""
+    from emr_serverless_job import hadoopfs
 
     folder, _ = image_folder
-    gone = folder / "Kiwi" / "gone.jpg"
-    chosen = sorted(folder.rglob("*.jpg"))[:3]
+    source = (folder / "Kiwi" / "0_100.jpg").read_bytes()
+    copies = []
+    for number in range(36):
+        target = tmp_path / ("day=2026-11-23" if number % 2 else "Pear Ø") / f"{number} 100%#.jpg"
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(source)
+        copies.append(target)
+    gone = tmp_path / "Kiwi" / "gone.jpg"
+    lines = [
+        {"uri": str(path), **({"size": 7} if n % 3 == 0 else {})} for n, path in enumerate(copies)
+    ]
     manifest = write_manifest(
-        tmp_path / "m.jsonl", *({"uri": str(p)} for p in chosen), {"uri": str(gone)}
+        tmp_path / "m.jsonl", *lines, {"uri": f"file://{copies[0]}"}, {"uri": str(gone)}
     )
 
-    def read() -> tuple:
+    def no_lookups(*_: object) -> None:
+        raise AssertionError("the driver looked a manifest file up")
+
+    monkeypatch.setattr(hadoopfs, "stat", no_lookups)
+    spark.sparkContext.setJobGroup("manifest-list", "from_manifest")
+    try:
         found = inputs.from_manifest(spark, str(manifest), 1 << 30)
-        return (
-            sorted(r["path"] for r in found.images.select("path").collect()),
-            sorted((r["path"], r["reason"]) for r in found.rejected.collect()),
-            found.expected,
-            sorted(found.listed or []),
-        )
-
-    direct = read()
-
-    def unavailable(*_: object) -> None:
-        raise Py4JError("Method apply([...]) does not exist")
-
-    monkeypatch.setattr(inputs, "_named_files", unavailable)
-    assert read() == direct
-    assert direct[0] == [f"file:{p}" for p in chosen] == direct[3]
-    assert direct[1] == [(str(gone), inputs.NOT_FOUND)] and direct[2] == 4
+        jobs = list(spark.sparkContext.statusTracker().getJobIdsForGroup("manifest-list"))
+    finally:
+        spark.sparkContext.setJobGroup("", "")
+    assert jobs == []
+    assert found.listed == [f"file:{path}" for path in copies] + [f"file:{gone}"]
+    assert found.expected == 37 and found.duplicates == 1 and found.gone_reason == inputs.NOT_FOUND
+    assert found.images.columns == ["path", "modificationTime", "length", "content"]
+    rows = found.images.select("path", "length").collect()
+    assert sorted(r["path"] for r in rows) == sorted(f"file:{path}" for path in copies)
+    assert {r["length"] for r in rows} == {len(source)}
+    assert found.rejected.count() == 0
 
 
 def test_manifest_before_any_backfill_keeps_features_without_pca(spark, image_folder, tmp_path):

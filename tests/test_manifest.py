@@ -8,7 +8,9 @@ import pytest
 
 from emr_serverless_job.inputs import (
     hadoop_path_string,
+    is_hidden_name,
     parse_manifest,
+    sink_log_uri,
     size_reason,
     spark_spelling,
 )
@@ -29,6 +31,18 @@ def test_uris_in_order_without_duplicates():
     assert entries.uris == ["s3://b/raw/Apple Braeburn/1.jpg", "s3://b/raw/Kiwi/2.PNG"]
     assert entries.duplicates == 1
     assert entries.problems == []
+    assert entries.sizes == {"s3://b/raw/Apple Braeburn/1.jpg": 10}
+
+
+def test_sizes_that_are_not_byte_counts_are_ignored():
+    text = lines(
+        {"uri": "s3://b/1.jpg", "size": "10"},
+        {"uri": "s3://b/2.jpg", "size": -1},
+        {"uri": "s3://b/3.jpg", "size": True},
+        {"uri": "s3://b/4.jpg", "size": 0},
+    )
+    entries = parse_manifest(text)
+    assert entries.sizes == {"s3://b/4.jpg": 0} and len(entries.uris) == 4
 
 
 def test_bad_lines_become_problems_with_line_numbers():
@@ -46,6 +60,12 @@ def test_listed_uris_are_spelled_like_spark_path_columns():
     assert hadoop_path_string("file:///tmp/Pear%20%C3%98/x.jpg") == "file:/tmp/Pear Ø/x.jpg"
     assert hadoop_path_string("file:///tmp/Pear Ø/100%25.jpg") == "file:/tmp/Pear Ø/100%.jpg"
     assert hadoop_path_string("s3://bucket/raw/a%2Bb.jpg") == "s3://bucket/raw/a+b.jpg"
+
+
+def test_hidden_names_as_spark_skips_them():
+    assert is_hidden_name("s3://b/raw/Kiwi/_IMG_1.jpg") and is_hidden_name("file:/t/.x.jpg")
+    assert not is_hidden_name("s3://b/raw/_Kiwi/IMG_1.jpg")
+    assert not is_hidden_name("s3://b/raw/_a=1.jpg")  # Spark reads "_" names holding "="
 
 
 def test_size_reasons():
@@ -78,3 +98,13 @@ def test_manifest_uris_are_spelled_as_hadoop_spells_them(spark, uri):
         conf = spark.sparkContext._jsc.hadoopConfiguration()
         path = path.getFileSystem(conf).makeQualified(path)
     assert spark_spelling(uri) == path.toString()
+
+
+@pytest.mark.parametrize("uri", SPELLINGS)
+def test_file_log_uris_come_back_as_spark_spells_the_file(spark, uri):
+    """A manifest's files reach Spark as escaped URIs in a file log, which Spark reads
+    with ``new Path(new URI(...))``; the rows' ``path`` must be the spelling the job
+    matches them by."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(sink_log_uri(uri)))
+    assert path.toString() == spark_spelling(uri)
