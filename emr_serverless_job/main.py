@@ -21,21 +21,37 @@ from emr_serverless_job.config import ConfigError, JobConfig, parse_args
 LOCAL_DRIVER_MEMORY = "4g"
 EXIT_CONFIG_ERROR = 2
 EXIT_RUN_FAILED = 1
+# The JVMs only move bytes here (the model runs in Python), and in a run of minutes the
+# optimising C2 compiler cost more than it saved: 25 of the 52 JVM CPU-seconds of a 5,000
+# photo run on 2 cores, while the workers waited for cores (BENCHMARKS.md, "JIT"). The
+# trigger passes the same option to EMR's driver and executors (lambda_trigger.request).
+JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+
+
+def local_builder(master: str, driver_memory: str) -> object:
+    """A session builder for a JVM this Python process starts (local runs and tests)."""
+    from pyspark.sql import SparkSession
+
+    return (
+        SparkSession.builder.master(master)
+        .config("spark.driver.memory", driver_memory)
+        .config("spark.driver.extraJavaOptions", JVM_OPTIONS)
+        .config("spark.executor.extraJavaOptions", JVM_OPTIONS)
+        .config("spark.sql.session.timeZone", "UTC")
+    )
 
 
 def spark_session(app_name: str) -> object:
     """The session spark-submit prepared, or a local one when started by plain Python."""
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(app_name)
-    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # launched by spark-submit, as on EMR
+        builder = SparkSession.builder
+    else:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = (
-            builder.master(os.environ.get("SPARK_MASTER", "local[*]"))
-            .config("spark.driver.memory", LOCAL_DRIVER_MEMORY)
-            .config("spark.sql.session.timeZone", "UTC")
-        )
-    spark = builder.getOrCreate()
+        master = os.environ.get("SPARK_MASTER", "local[*]")
+        builder = local_builder(master, LOCAL_DRIVER_MEMORY)
+    spark = builder.appName(app_name).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
 

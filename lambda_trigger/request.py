@@ -53,6 +53,8 @@ EXECUTOR_CORES = 4
 DEFAULT_MAX_EXECUTORS = 3
 EXECUTOR_MEMORY = {"onnx": "6g", "tensorflow": "7g"}
 EXECUTOR_MEMORY_OVERHEAD = {"onnx": "4g", "tensorflow": "7g"}
+# C1 compiler only, as emr_serverless_job.main gives local runs (the reason is there).
+JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,9 @@ def spark_submit_parameters(deployment: Deployment) -> str:
         "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON": VENV_PYTHON,
         "spark.emr-serverless.driverEnv.PYSPARK_PYTHON": VENV_PYTHON,
         "spark.executorEnv.PYSPARK_PYTHON": VENV_PYTHON,
+        # Added to whatever JVM options EMR sets (extraJavaOptions would replace them).
+        "spark.emr-serverless.driverEnv.JAVA_TOOL_OPTIONS": JVM_OPTIONS,
+        "spark.executorEnv.JAVA_TOOL_OPTIONS": JVM_OPTIONS,
         "spark.driver.cores": str(DRIVER_CORES),
         "spark.driver.memory": DRIVER_MEMORY,
         "spark.driver.memoryOverhead": DRIVER_MEMORY_OVERHEAD,

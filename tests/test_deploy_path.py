@@ -165,6 +165,7 @@ def test_photos_become_rows_when_run_as_emr_serverless_runs_the_deployed_artifac
         )
         assert report["spark"]["driver_python"].endswith("/driver/environment/bin/python")
         assert report["spark"]["driver_python_resolved"] == EMR_PYTHON
+        assert report["spark"]["driver_jit_max_tier"] == 1  # the request's JVM options
         events = worker_events(stack, run)
         assert events and {e["python_resolved"] for e in events} == {EMR_PYTHON}
         folders = {Path(e["python"]).parents[2] for e in events}

@@ -50,6 +50,7 @@ def test_the_requests_confs_pass_unchanged_and_driver_env_becomes_the_drivers_en
     assert run.driver_env == {
         "PYSPARK_DRIVER_PYTHON": "./environment/bin/python",
         "PYSPARK_PYTHON": "./environment/bin/python",
+        "JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1",
     }
     assert run.conf["spark.executorEnv.PYSPARK_PYTHON"] == "./environment/bin/python"
     assert run.conf["spark.executor.cores"] == "4"

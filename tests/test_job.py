@@ -39,6 +39,7 @@ def backfill(spark, image_folder, tmp_path_factory):
 def test_every_input_is_a_feature_or_an_error(spark, backfill):
     report, output, expected = backfill
     assert report.inputs == expected.images
+    assert report.spark["driver_jit_max_tier"] == 1  # main.local_builder's JVM options
     assert report.errors == expected.broken
     assert report.features == expected.images - expected.broken
     features = read_table(spark, output, "features").collect()

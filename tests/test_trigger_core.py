@@ -270,6 +270,13 @@ def test_request_runs_the_entry_point_in_the_venv_archive():
         "spark.executorEnv.PYSPARK_PYTHON",
     ):
         assert conf[key] == "./environment/bin/python"
+    from emr_serverless_job.main import JVM_OPTIONS
+
+    for key in (
+        "spark.emr-serverless.driverEnv.JAVA_TOOL_OPTIONS",
+        "spark.executorEnv.JAVA_TOOL_OPTIONS",
+    ):
+        assert conf[key] == JVM_OPTIONS
     logs = request["configurationOverrides"]["monitoringConfiguration"]
     assert logs["s3MonitoringConfiguration"]["logUri"] == f"s3://{BUCKET}/logs/"
 
