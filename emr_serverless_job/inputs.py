@@ -32,6 +32,7 @@ SINK_LOG_FOLDER = "_spark_metadata"
 SINK_LOG_VERSION = "v1"
 # Packing size for a manifest entry without "size", when none of the others has one either.
 ASSUMED_SIZE_BYTES = 1 << 20
+SINK_LOG_BLOCK_BYTES = 128 << 20  # a field of the log; binaryFile never splits a file
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.DOTALL)
 REJECTED_SCHEMA = T.StructType(
     [
@@ -167,10 +168,7 @@ def sink_log_uri(uri: str) -> str:
     """A manifest URI (already decoded) as the escaped URI a Spark file log stores, which
     Hadoop turns back into ``Path(URI)``: the spelling of ``spark_spelling``, its path
     percent-encoded (spaces, ``%``, ``#``, ``?``, non-ASCII)."""
-    spelled = spark_spelling(uri)
-    match = SCHEME.match(spelled)
-    assert match is not None  # spark_spelling always names a scheme
-    scheme, rest = match.group(1), match.group(2)
+    scheme, _, rest = spark_spelling(uri).partition(":")
     authority = ""
     if rest.startswith("//"):
         host, _, path = rest[2:].partition("/")
@@ -187,7 +185,7 @@ def _sink_log_line(uri: str, size: int) -> str:
             "isDir": False,
             "modificationTime": 0,
             "blockReplication": 1,
-            "blockSize": ASSUMED_SIZE_BYTES,
+            "blockSize": SINK_LOG_BLOCK_BYTES,
             "action": "add",
         }
     )

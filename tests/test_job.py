@@ -244,6 +244,19 @@ def test_manifest_files_are_read_without_a_lookup_or_a_job_per_file(
     assert found.rejected.count() == 0
 
 
+def test_a_session_that_ignores_file_logs_stops_the_manifest_run(spark, image_folder, tmp_path):
+    """Were Spark to list the scratch folder instead of reading its log, every file would
+    look missing; the run stops before it writes anything instead."""
+    folder, _ = image_folder
+    manifest = write_manifest(tmp_path / "m.jsonl", {"uri": str(folder / "Kiwi" / "0_100.jpg")})
+    spark.conf.set("spark.sql.streaming.fileStreamSink.ignoreMetadata", "true")
+    try:
+        with pytest.raises(RuntimeError, match="took 0 of the manifest's 1 files"):
+            inputs.from_manifest(spark, str(manifest), 1 << 30)
+    finally:
+        spark.conf.unset("spark.sql.streaming.fileStreamSink.ignoreMetadata")
+
+
 def test_manifest_before_any_backfill_keeps_features_without_pca(spark, image_folder, tmp_path):
     folder, _ = image_folder
     manifest = write_manifest(tmp_path / "m.jsonl", {"uri": str(folder / "Kiwi" / "0_100.jpg")})
