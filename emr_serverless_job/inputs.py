@@ -164,11 +164,11 @@ def _empty_files_frame(spark: SparkSession) -> DataFrame:
     )
 
 
-def sink_log_uri(uri: str) -> str:
-    """A manifest URI (already decoded) as the escaped URI a Spark file log stores, which
-    Hadoop turns back into ``Path(URI)``: the spelling of ``spark_spelling``, its path
-    percent-encoded (spaces, ``%``, ``#``, ``?``, non-ASCII)."""
-    scheme, _, rest = spark_spelling(uri).partition(":")
+def sink_log_uri(spelled: str) -> str:
+    """A file as ``spark_spelling`` spells it, as the escaped URI a Spark file log stores
+    and Hadoop turns back into ``Path(URI)``: the path percent-encoded (spaces, ``%``,
+    ``#``, ``?``, non-ASCII)."""
+    scheme, _, rest = spelled.partition(":")
     authority = ""
     if rest.startswith("//"):
         host, _, path = rest[2:].partition("/")
@@ -176,11 +176,11 @@ def sink_log_uri(uri: str) -> str:
     return f"{scheme}:{authority}{quote(rest, safe='/')}"
 
 
-def _sink_log_line(uri: str, size: int) -> str:
+def _sink_log_line(spelled: str, size: int) -> str:
     """One file of a ``_spark_metadata`` log, in the fields Spark's file sink writes."""
     return json.dumps(
         {
-            "path": sink_log_uri(uri),
+            "path": sink_log_uri(spelled),
             "size": size,
             "isDir": False,
             "modificationTime": 0,
@@ -192,7 +192,8 @@ def _sink_log_line(uri: str, size: int) -> str:
 
 
 def _manifest_files(spark: SparkSession, sizes: dict[str, int | None]) -> DataFrame:
-    """``binaryFile`` over exactly the files a manifest names, without looking them up.
+    """``binaryFile`` over exactly the files a manifest names (keyed by ``spark_spelling``),
+    without looking them up.
 
     ``spark.read.load(paths)`` checks every path on the driver (a request per file on S3)
     and then lists them in a Spark job. A folder holding a ``_spark_metadata`` log (what
@@ -207,7 +208,10 @@ def _manifest_files(spark: SparkSession, sizes: dict[str, int | None]) -> DataFr
     """
     known = [size for size in sizes.values() if size is not None]
     typical = int(statistics.median(known)) if known else ASSUMED_SIZE_BYTES
-    lines = [_sink_log_line(uri, typical if size is None else size) for uri, size in sizes.items()]
+    lines = [
+        _sink_log_line(spelled, typical if size is None else size)
+        for spelled, size in sizes.items()
+    ]
     with tempfile.TemporaryDirectory(prefix="manifest-index-") as scratch:
         log = os.path.join(scratch, SINK_LOG_FOLDER)
         os.mkdir(log)

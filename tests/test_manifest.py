@@ -106,5 +106,5 @@ def test_file_log_uris_come_back_as_spark_spells_the_file(spark, uri):
     with ``new Path(new URI(...))``; the rows' ``path`` must be the spelling the job
     matches them by."""
     jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(sink_log_uri(uri)))
+    path = jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(sink_log_uri(spark_spelling(uri))))
     assert path.toString() == spark_spelling(uri)
