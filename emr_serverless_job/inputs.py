@@ -309,7 +309,7 @@ def from_manifest(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
 
 
 def unscanned(
-    spark: SparkSession, listed: list[str], seen: DataFrame, gone_reason: str = DELETED
+    spark: SparkSession, listed: list[str], seen: DataFrame, gone_reason: str
 ) -> DataFrame:
     """Listed files that Spark's scan produced no row for, as rejections with a reason.
 
