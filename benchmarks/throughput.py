@@ -39,6 +39,8 @@ RAW_SECONDS = 30.0
 SAMPLE_EVERY_S = 0.25
 PHONE_SIZE = (4032, 3024)  # a 12 MP phone photo
 PHONE_QUALITY = 90
+DEPLOYED_PRECISION = "int8"  # packaging/build.py's default
+PRECISION = DEPLOYED_PRECISION  # of the job's and raw's model: --precision
 
 
 def sample_photos() -> list[Path]:
@@ -105,9 +107,11 @@ def weights() -> str:
     return str(REAL_WEIGHTS) if REAL_WEIGHTS.exists() else "random:0"
 
 
-def onnx_model(size: int) -> Path:
-    """The model packaging/ would ship at this size, parity-checked, cached between runs."""
-    path = WORK / "models" / f"mobilenet_v2_{size}.onnx"
+def onnx_model(size: int, precision: str = DEPLOYED_PRECISION) -> Path:
+    """The model packaging/ would ship at this size and precision, checked as the build
+    checks it (int8 needs the real photos to calibrate), cached between runs; the export's
+    figures are kept next to it (``.json``)."""
+    path = WORK / "models" / f"mobilenet_v2_{size}_{precision}.onnx"
     if path.exists():
         return path
     from emr_serverless_job.model import Weights
@@ -116,15 +120,29 @@ def onnx_model(size: int) -> Path:
     export_onnx = load("export_onnx")
     source = Weights.parse(weights())
     if REAL_SAMPLE.exists():
-        export_onnx.export(source, size, path, REAL_SAMPLE)
-    else:
+        exported = export_onnx.export(source, size, path, REAL_SAMPLE, precision=precision)
+        figures = {
+            "parity_max_abs_diff": exported.parity_max_abs_diff,
+            "int8_min_cosine": exported.int8_min_cosine,
+            "int8_mean_cosine": exported.int8_mean_cosine,
+            "int8_seven_bit_convs": exported.int8_seven_bit_convs,
+        }
+        path.with_suffix(".json").write_text(json.dumps(figures))
+    elif precision == "fp32":
         export_onnx.convert(source, size, path)
+    else:
+        raise SystemExit(f"an int8 model is calibrated on real photos: {REAL_SAMPLE} is absent")
     return path
+
+
+def export_figures(size: int, precision: str) -> dict:
+    figures = onnx_model(size, precision).with_suffix(".json")
+    return json.loads(figures.read_text()) if figures.exists() else {}
 
 
 def featurizer_flags(runtime: str, size: int) -> list[str]:
     if runtime == "onnx":
-        return ["--model", str(onnx_model(size))]
+        return ["--model", str(onnx_model(size, PRECISION))]
     return ["--runtime", "tensorflow", "--weights", weights(), "--image-size", str(size)]
 
 
@@ -178,14 +196,14 @@ def run_measured(command: list[str]) -> tuple[float, int, str]:
     return time.perf_counter() - start, peak, stdout
 
 
-def raw(runtime: str, size: int, batch_size: int, threads: int) -> dict:
+def raw(runtime: str, size: int, batch_size: int, threads: int, precision: str) -> dict:
     """Runs in its own process: a runtime's thread pools are fixed once per process."""
     import numpy as np
 
     from emr_serverless_job.model import Weights, onnx_featurizer, tensorflow_featurizer
 
     if runtime == "onnx":
-        featurize = onnx_featurizer(onnx_model(size), threads=threads)
+        featurize = onnx_featurizer(onnx_model(size, precision), threads=threads)
     else:
         featurize = tensorflow_featurizer(size, Weights.parse(weights()), threads=threads)
     batch = np.random.default_rng(0).uniform(-1, 1, (batch_size, size, size, 3))
@@ -197,6 +215,26 @@ def raw(runtime: str, size: int, batch_size: int, threads: int) -> dict:
         featurize(batch)
         images += batch_size
     return {"images_per_second": images / (time.perf_counter() - start), "threads": threads}
+
+
+def measure_raw(runtime: str, size: int, batch_size: int, precision: str) -> tuple[dict, int]:
+    """``raw`` in a child process of its own; (figures, peak RSS in bytes)."""
+    if runtime == "onnx":
+        onnx_model(size, precision)  # export (and check) outside the measured process
+    _, peak, out = run_measured(
+        [
+            sys.executable,
+            __file__,
+            "--raw-only",
+            runtime,
+            str(size),
+            "--batch-size",
+            str(batch_size),
+            "--precision",
+            precision,
+        ]
+    )
+    return json.loads(out.strip().splitlines()[-1]), peak
 
 
 def job(
@@ -357,12 +395,20 @@ def main() -> int:
         "--no-seed", action="store_true", help="skip the seed-pattern baseline (minutes per size)"
     )
     parser.add_argument("--out", type=Path, default=WORK / "results.json")
+    parser.add_argument(
+        "--precision",
+        choices=("int8", "fp32"),
+        default=DEPLOYED_PRECISION,
+        help=f"of the onnx model the job and raw run (default {DEPLOYED_PRECISION}, as deployed)",
+    )
     parser.add_argument("--raw-only", nargs=2, help=argparse.SUPPRESS)  # child: RUNTIME SIZE
     args = parser.parse_args()
+    global PRECISION
+    PRECISION = args.precision
     cores = os.cpu_count() or 1
     if args.raw_only:
         runtime, size = args.raw_only[0], int(args.raw_only[1])
-        print(json.dumps(raw(runtime, size, args.batch_size, cores)))
+        print(json.dumps(raw(runtime, size, args.batch_size, cores, args.precision)))
         return 0
 
     results: dict = {"machine": machine(), "batch_size": args.batch_size, "sizes": {}}
@@ -374,26 +420,14 @@ def main() -> int:
                 f"{size}px seed pattern: {baseline['process_seconds']} s whole process", flush=True
             )
         for runtime in args.runtimes:
-            if runtime == "onnx":
-                onnx_model(size)  # export (and parity-check) outside the measured processes
-            _, raw_peak, out = run_measured(
-                [
-                    sys.executable,
-                    __file__,
-                    "--raw-only",
-                    runtime,
-                    str(size),
-                    "--batch-size",
-                    str(args.batch_size),
-                ]
-            )
-            measured_raw = json.loads(out.strip().splitlines()[-1])
+            measured_raw, raw_peak = measure_raw(runtime, size, args.batch_size, PRECISION)
             measured_job = job(runtime, size, args.images, args.batch_size, cores)
             raw_speed = measured_raw["images_per_second"]
             ratio = measured_job["featurize_images_per_second"] / raw_speed
             results["sizes"].setdefault(size, {})[runtime] = {
                 "raw": measured_raw,
                 "raw_peak_rss_mib": round(raw_peak / 2**20),
+                "precision": PRECISION if runtime == "onnx" else "fp32",
                 "job": measured_job,
                 "ratio": round(ratio, 3),
                 "whole_run_ratio": round(measured_job["run_images_per_second"] / raw_speed, 3),
@@ -403,6 +437,17 @@ def main() -> int:
                     else None
                 ),
             }
+            if runtime == "onnx" and PRECISION != "fp32":
+                fp32_raw, _ = measure_raw(runtime, size, args.batch_size, "fp32")
+                results["sizes"][size][runtime].update(
+                    raw_fp32=fp32_raw, export=export_figures(size, PRECISION)
+                )
+                print(
+                    f"{size}px {PRECISION} vs fp32 raw: {raw_speed:.1f} vs "
+                    f"{fp32_raw['images_per_second']:.1f} img/s; export "
+                    f"{export_figures(size, PRECISION)}",
+                    flush=True,
+                )
             print(
                 f"{size}px {runtime}: raw {raw_speed:.1f} img/s (peak RSS "
                 f"{round(raw_peak / 2**20)} MiB), job featurize "

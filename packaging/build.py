@@ -184,7 +184,7 @@ def export_model(
     dist: Path,
     image_size: int,
     parity_images: Path,
-    precision: str = "fp32",
+    precision: str = "int8",
     calibration_images: Path | None = None,
 ) -> dict[str, object]:
     """The .onnx next to the weights it came from; raises (no model shipped) on a mismatch."""
@@ -216,6 +216,7 @@ def export_model(
         "calibration_images": result.calibration_images,
         "int8_min_cosine": result.int8_min_cosine,
         "int8_mean_cosine": result.int8_mean_cosine,
+        "int8_seven_bit_convs": result.int8_seven_bit_convs,
     }
 
 
@@ -227,7 +228,7 @@ def build(
     runtime: str = "onnx",
     image_size: int = 224,
     parity_images: Path = DEFAULT_PARITY_IMAGES,
-    precision: str = "fp32",
+    precision: str = "int8",
     calibration_images: Path | None = None,
 ) -> dict[str, object]:
     dist.mkdir(parents=True, exist_ok=True)
@@ -295,9 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--precision",
         choices=("fp32", "int8"),
-        default="fp32",
-        help="of the exported model (default fp32; int8 only where the workers' CPUs have "
-        "int8 dot products without saturation: see README, Choosing the model's precision)",
+        default="int8",
+        help="of the exported model (default int8: 1.6x the fp32 speed, gated on cosine to "
+        "fp32; fp32 keeps features comparable with older runs: see README, The model's precision)",
     )
     parser.add_argument(
         "--calibration-images",

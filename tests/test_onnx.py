@@ -4,6 +4,9 @@ taken from the model, and a mismatched or unusable model refused before any work
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +103,40 @@ def test_a_file_that_is_not_a_feature_model_is_refused(spark, image_folder, tmp_
     assert not (tmp_path / "o").exists()
 
 
+def conv_weight_ranges(path: Path) -> list[int]:
+    """The largest |q| of each quantized convolution's int8 weights in a QDQ model."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    return [
+        int(np.abs(initializers[node.input[0]].astype(np.int16)).max())
+        for node in graph.node
+        if node.op_type == "DequantizeLinear"
+        and node.input[0] in initializers
+        and initializers[node.input[0]].dtype == np.int8
+        and initializers[node.input[0]].ndim == 4
+    ]
+
+
+def test_seven_bit_weights_go_where_the_conv_input_can_be_negative():
+    """image -> conv a -> relu -> conv b -> add(a, b) -> conv c: a and c see signed inputs."""
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("Conv", ["image", "wa"], ["a"]),
+        helper.make_node("Clip", ["a"], ["a6"]),
+        helper.make_node("Conv", ["a6", "wb"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["sum"]),
+        helper.make_node("Conv", ["sum", "wc"], ["c"]),
+        helper.make_node("Relu", ["c"], ["c1"]),
+        helper.make_node("Conv", ["c1", "wd"], ["d"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [], [])
+    assert export_onnx.signed_input_convs(graph) == ["wa", "wc"]
+
+
 def test_int8_export_is_gated_records_its_calibration_and_never_meets_an_fp32_pca(
     spark, image_folder, random_model, tmp_path
 ):
@@ -115,6 +152,12 @@ def test_int8_export_is_gated_records_its_calibration_and_never_meets_an_fp32_pc
     assert info.calibration_sha256 == exported.calibration_sha256
     assert exported.calibration_sha256 == export_onnx.calibration_set(folder, SMALL)[1]
     assert exported.calibration_images == len(export_onnx.calibration_set(folder, SMALL)[0])
+    # 7-bit weights exactly where a convolution's input is signed (MobileNetV2: the image,
+    # the 16 block inputs, the last 1x1 conv), 8-bit everywhere else.
+    largest = conv_weight_ranges(int8)
+    assert exported.int8_seven_bit_convs == 18
+    assert sum(1 for q in largest if q <= 64) == 18
+    assert all(q == 127 for q in largest if q > 64) and len(largest) == 52
     batch = export_onnx.parity_batch(folder, SMALL)
     with pytest.raises(export_onnx.ParityError, match=r"cosine .* the minimum is 1.01"):
         export_onnx.check_int8(int8, random_model, batch, minimum=1.01)
@@ -130,6 +173,25 @@ def test_int8_export_is_gated_records_its_calibration_and_never_meets_an_fp32_pc
     with pytest.raises(ReductionMismatch, match=r"fitted on fp32 features; .* int8"):
         job.run(parse_args([*config, "--model", str(int8)]), spark)
     assert not (output / "features" / "run_id=int8").exists()
+
+
+def test_the_model_is_built_while_the_driver_lists_and_featurize_reuses_it(
+    random_model, image_folder, tmp_path
+):
+    """A fresh session with one core has exactly one Python worker, so every model build is
+    counted: the warm-up job builds it, and the featurize tasks (on the same worker) do not.
+    A warm-up that reached other workers than the UDF's would show as a second build."""
+    folder, _ = image_folder
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "emr_serverless_job", "--input", str(folder)]
+    command += ["--output", str(output), "--model", str(random_model)]
+    environment = {**os.environ, "SPARK_MASTER": "local[1]"}
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (report,) = [json.loads(p.read_text()) for p in output.glob("reports/*/report.json")]
+    assert "error" not in report["warmup"], report["warmup"]
+    assert report["warmup"]["workers"] == 1
+    assert report["warmup"]["models_built"] == 1 == report["models_built"]
 
 
 @needs_real_data()

@@ -12,6 +12,7 @@ that reuses it.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from PIL import Image
 
 from emr_serverless_job import job
 from emr_serverless_job.config import parse_args
+from lambda_trigger.request import MODEL_FILE
 
 from .conftest import REAL_SAMPLE, REAL_WEIGHTS, needs_real_data
 
@@ -68,20 +70,19 @@ def pca_rows(spark, output: Path, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def separation(spark, weights: str, tmp_path: Path) -> tuple[float, float, dict]:
-    """(leave-one-out accuracy on the backfill, accuracy on zoomed-out photos, report)."""
+def separation(spark, model: list[str], tmp_path: Path) -> tuple[float, float, dict]:
+    """(leave-one-out accuracy on the backfill, accuracy on zoomed-out photos, report);
+    ``model`` is the flags that choose it (``--weights ...`` or ``--model ...``)."""
     output = tmp_path / "out"
     backfill = job.run(
-        parse_args(["--input", str(REAL_SAMPLE), "--output", str(output), "--weights", weights]),
-        spark,
+        parse_args(["--input", str(REAL_SAMPLE), "--output", str(output), *model]), spark
     )
     manifest = tmp_path / "zoomed.jsonl"
     manifest.write_text(
         "".join(json.dumps({"uri": str(p)}) + "\n" for p in zoomed_out_copies(tmp_path / "zoomed"))
     )
     batch = job.run(
-        parse_args(["--manifest", str(manifest), "--output", str(output), "--weights", weights]),
-        spark,
+        parse_args(["--manifest", str(manifest), "--output", str(output), *model]), spark
     )
     x, y = pca_rows(spark, output, backfill.run_id)
     zx, zy = pca_rows(spark, output, batch.run_id)
@@ -93,7 +94,7 @@ def separation(spark, weights: str, tmp_path: Path) -> tuple[float, float, dict]
 
 
 def test_real_weights_give_features_that_separate_and_generalise(spark, tmp_path):
-    loo, zoomed, reports = separation(spark, str(REAL_WEIGHTS), tmp_path)
+    loo, zoomed, reports = separation(spark, ["--weights", str(REAL_WEIGHTS)], tmp_path)
     assert reports["backfill"].inputs == 100 and reports["backfill"].errors == 0
     assert not reports["backfill"].random_weights
     assert reports["backfill"].weights_sha256.startswith("6575f302")
@@ -101,8 +102,20 @@ def test_real_weights_give_features_that_separate_and_generalise(spark, tmp_path
     assert zoomed >= ZOOMED_MIN, f"zoomed-out photos recognised {zoomed:.2f}"
 
 
+def test_the_deployed_model_separates_and_generalises_as_well(spark, onnx_dist, tmp_path):
+    """The model ``./dev package`` ships by default (int8 ONNX), through the same check."""
+    model = tmp_path / "real-data-deployed.onnx"  # Spark ships files by name, once a session
+    shutil.copyfile(onnx_dist / MODEL_FILE, model)
+    loo, zoomed, reports = separation(spark, ["--model", str(model)], tmp_path)
+    assert reports["backfill"].inputs == 100 and reports["backfill"].errors == 0
+    assert reports["backfill"].pca["precision"] == "int8"
+    assert reports["batch"].pca["precision"] == "int8"
+    assert loo >= LOO_MIN, f"leave-one-out nearest-centroid accuracy {loo:.2f}"
+    assert zoomed >= ZOOMED_MIN, f"zoomed-out photos recognised {zoomed:.2f}"
+
+
 def test_random_weights_do_not_pass_the_same_check(spark, tmp_path):
-    loo, zoomed, reports = separation(spark, "random:0", tmp_path)
+    loo, zoomed, reports = separation(spark, ["--weights", "random:0"], tmp_path)
     assert reports["backfill"].random_weights
     assert not (loo >= LOO_MIN and zoomed >= ZOOMED_MIN), (
         f"random weights passed: loo {loo:.2f}, zoomed {zoomed:.2f}"
