@@ -27,7 +27,7 @@ from pyspark import SparkFiles, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from emr_serverless_job import hadoopfs, inputs, reduce, warmup
+from emr_serverless_job import hadoopfs, inputs, reduce
 from emr_serverless_job.config import JobConfig
 from emr_serverless_job.featurize import (
     Counters,
@@ -289,15 +289,6 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
     if report.random_weights:
         report.warnings.append(RANDOM_WEIGHTS_WARNING)
         event("random_weights", logging.WARNING, message=RANDOM_WEIGHTS_WARNING)
-    spec = FeaturizerSpec(
-        image_size=chosen.image_size,
-        weights=config.weights,
-        batch_size=config.batch_size,
-        weights_file=chosen.shipped_weights,
-        runtime=config.runtime,
-        model_file=chosen.shipped_model,
-    )
-    warming = warmup.start(spark, spec)
     preloaded = None if config.is_backfill else _load_reduction(config, spark, report, chosen)
 
     with timed(report, "list"):
@@ -309,6 +300,14 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
     report.duplicates_skipped = found.duplicates
 
     counters = Counters.create(spark)
+    spec = FeaturizerSpec(
+        image_size=chosen.image_size,
+        weights=config.weights,
+        batch_size=config.batch_size,
+        weights_file=chosen.shipped_weights,
+        runtime=config.runtime,
+        model_file=chosen.shipped_model,
+    )
     # A manifest run projects in the same pass that featurizes; a backfill fits first.
     projection = spark.sparkContext.broadcast(preloaded.projection) if preloaded else None
     featurize = make_udf(spec, counters, projection)
@@ -327,7 +326,6 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
     try:
         with timed(report, "featurize"):
             n_read = decoded.count()
-        report.warmup = warming.finish()
         ok = decoded.filter(F.col("error").isNull()).drop("error")
         rejected = found.rejected.persist(StorageLevel.MEMORY_AND_DISK)
         n_rejected = rejected.count()
@@ -389,7 +387,7 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         _log_error_sample(errors, report.run_id)
         # Read after every stage has run: any recomputation of the UDF would show here.
         report.images_featurized = counters.images.value
-        report.models_built = counters.models_built.value + int(report.warmup["models_built"])
+        report.models_built = counters.models_built.value
     finally:
         decoded.unpersist()
         if errors is not None:

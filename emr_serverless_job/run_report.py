@@ -35,9 +35,6 @@ class RunReport:
     duplicates_skipped: int = 0
     images_featurized: int = 0  # rows through the model UDF: equals images read, exactly once
     models_built: int = 0  # model builds across Python workers: at most one per worker
-    # The job that starts the workers and builds the model while the driver lists inputs:
-    # workers, models_built (of the total above), seconds, error (warmup.py).
-    warmup: dict[str, object] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     images_per_second: float = 0.0
     pca: dict[str, object] = field(default_factory=dict)

@@ -4,9 +4,6 @@ taken from the model, and a mismatched or unusable model refused before any work
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,25 +170,6 @@ def test_int8_export_is_gated_records_its_calibration_and_never_meets_an_fp32_pc
     with pytest.raises(ReductionMismatch, match=r"fitted on fp32 features; .* int8"):
         job.run(parse_args([*config, "--model", str(int8)]), spark)
     assert not (output / "features" / "run_id=int8").exists()
-
-
-def test_the_model_is_built_while_the_driver_lists_and_featurize_reuses_it(
-    random_model, image_folder, tmp_path
-):
-    """A fresh session with one core has exactly one Python worker, so every model build is
-    counted: the warm-up job builds it, and the featurize tasks (on the same worker) do not.
-    A warm-up that reached other workers than the UDF's would show as a second build."""
-    folder, _ = image_folder
-    output = tmp_path / "out"
-    command = [sys.executable, "-m", "emr_serverless_job", "--input", str(folder)]
-    command += ["--output", str(output), "--model", str(random_model)]
-    environment = {**os.environ, "SPARK_MASTER": "local[1]"}
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (report,) = [json.loads(p.read_text()) for p in output.glob("reports/*/report.json")]
-    assert "error" not in report["warmup"], report["warmup"]
-    assert report["warmup"]["workers"] == 1
-    assert report["warmup"]["models_built"] == 1 == report["models_built"]
 
 
 @needs_real_data()
