@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from emr_serverless_job.model import file_sha256
+from emr_serverless_job.model import file_sha256, read_onnx_model
 from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE, WEIGHTS_FILE
 from tests.conftest import REAL_SAMPLE, REAL_WEIGHTS, ROOT, build_dist, needs_real_data
 
@@ -240,6 +240,10 @@ def test_manifest_lists_every_artifact_with_its_checksum_and_the_tested_versions
         assert exported["image_size"] == 224 and exported["opset"] == 17
         assert exported["parity_max_abs_diff"] <= 1e-4 and exported["parity_images"] >= 16
         assert exported["weights_sha256"] == file_sha256(dist / WEIGHTS_FILE)
+        # The deployed default: int8, through the gate, calibrated on the parity photos.
+        assert exported["precision"] == "int8" and exported["int8_seven_bit_convs"] == 18
+        assert exported["int8_min_cosine"] >= 0.98 and exported["calibration_images"] == 100
+        assert read_onnx_model(dist / MODEL_FILE).precision == "int8"
 
 
 @needs_real_data()
