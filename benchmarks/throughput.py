@@ -439,13 +439,11 @@ def main() -> int:
             }
             if runtime == "onnx" and PRECISION != "fp32":
                 fp32_raw, _ = measure_raw(runtime, size, args.batch_size, "fp32")
-                results["sizes"][size][runtime].update(
-                    raw_fp32=fp32_raw, export=export_figures(size, PRECISION)
-                )
+                figures = export_figures(size, PRECISION)
+                results["sizes"][size][runtime].update(raw_fp32=fp32_raw, export=figures)
                 print(
                     f"{size}px {PRECISION} vs fp32 raw: {raw_speed:.1f} vs "
-                    f"{fp32_raw['images_per_second']:.1f} img/s; export "
-                    f"{export_figures(size, PRECISION)}",
+                    f"{fp32_raw['images_per_second']:.1f} img/s; export {figures}",
                     flush=True,
                 )
             print(

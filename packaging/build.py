@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "--precision",
         choices=("fp32", "int8"),
         default="int8",
-        help="of the exported model (default int8: 1.6x the fp32 speed, gated on cosine to "
+        help="of the exported model (default int8: 1.4-1.6x the fp32 speed, gated on cosine to "
         "fp32; fp32 keeps features comparable with older runs: see README, The model's precision)",
     )
     parser.add_argument(
