@@ -1,41 +1,53 @@
-"""The pandas UDF that turns image bytes into features on Spark's Python workers.
+"""The function that turns image bytes into features on Spark's Python workers.
 
-The model is built once per Python worker process (workers are reused across tasks)
-and then fed whole Arrow batches; per-row work is limited to decoding. When the PCA
-projection is known before the run (a manifest run reuses the backfill's), each batch is
-projected right after inference, so the features are never read a second time.
+It runs under ``mapInArrow``: each Arrow batch of (path, length, content) comes back as one
+Arrow batch of results, with the features written into the list column straight from the
+model's output matrix (``vectors.py``) and the content hashed with OpenSSL here rather than
+in the JVM. The model is built once per Python worker process (workers are reused across
+tasks); per-row work is limited to decoding and hashing. When the PCA projection is known
+before the run (a manifest run reuses the backfill's), each batch is projected right after
+inference, so the features are never read a second time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+import zipimport
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 from pyspark import Accumulator, SparkFiles, TaskContext
 from pyspark.broadcast import Broadcast
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from emr_serverless_job.images import decode_batch, preprocess
 from emr_serverless_job.model import Weights, onnx_featurizer, tensorflow_featurizer
 from emr_serverless_job.projection import Projection
+from emr_serverless_job.vectors import to_list_array
 
-RESULT_TYPE = T.StructType(
+# What the function reads: binaryFile's columns, with the file's size under its own name.
+INPUT_COLUMNS = ("path", "length", "content")
+RESULT_SCHEMA = T.StructType(
     [
-        T.StructField("features", T.ArrayType(T.FloatType(), containsNull=False)),
-        T.StructField("pca_features", T.ArrayType(T.FloatType(), containsNull=False)),
+        T.StructField("path", T.StringType(), False),
+        T.StructField("sha256", T.StringType()),
+        T.StructField("size_bytes", T.LongType()),
+        T.StructField("features", T.ArrayType(T.FloatType())),
+        T.StructField("pca_features", T.ArrayType(T.FloatType())),
         T.StructField("width", T.IntegerType()),
         T.StructField("height", T.IntegerType()),
         T.StructField("error", T.StringType()),
     ]
 )
+RESULT_ARROW_SCHEMA = to_arrow_schema(RESULT_SCHEMA)
 
 Featurizer = Callable[[np.ndarray], np.ndarray]
 
@@ -86,10 +98,36 @@ def _task_cpus() -> int:
     return max(1, context.cpus()) if context is not None else 1
 
 
+class _SettledZipImporter(zipimport.zipimporter):
+    """A zip archive's importer that keeps the directory it read.
+
+    Spark's Python worker calls ``importlib.invalidate_caches()`` before every task, and
+    each zip importer then parses its archive's whole directory again in pure Python:
+    pyspark.zip holds about 800 files and has an importer per package imported from it,
+    30-50 ms per task measured. The archives on a worker's path (pyspark, py4j, the job's
+    own ``--py-files``) do not change while it runs.
+    """
+
+    def invalidate_caches(self) -> None:
+        return None
+
+
+def settle_zip_imports() -> None:
+    """Make this process's zip importers, present and future, keep their directories."""
+    for path, finder in list(sys.path_importer_cache.items()):
+        if type(finder) is zipimport.zipimporter:
+            sys.path_importer_cache[path] = _SettledZipImporter(path)
+    sys.path_hooks[:] = [
+        _SettledZipImporter if hook is zipimport.zipimporter else hook for hook in sys.path_hooks
+    ]
+
+
 def worker_featurizer(spec: FeaturizerSpec, counters: Counters) -> Featurizer:
-    """This process's featurizer for ``spec``, built on first use only."""
+    """This process's featurizer for ``spec``, built on first use only (the first use
+    also settles the worker's zip importers, for every task it runs after this one)."""
     featurizer = _FEATURIZERS.get(spec)
     if featurizer is None:
+        settle_zip_imports()
         started = time.perf_counter()
         threads = _task_cpus()
         if spec.runtime == "onnx" and spec.model_file:
@@ -117,34 +155,63 @@ def worker_featurizer(spec: FeaturizerSpec, counters: Counters) -> Featurizer:
     return featurizer
 
 
+@dataclass(frozen=True)
+class FeaturizedBatch:
+    """One batch's outcome: the vectors of its decodable images (in input order) and,
+    for every input, its original size or the reason it has no vector."""
+
+    features: np.ndarray  # (n_ok, d) float32
+    pca_features: np.ndarray | None  # (n_ok, k) float32, when a projection was given
+    ok_rows: list[int]  # input positions of the rows above
+    widths: list[int | None]
+    heights: list[int | None]
+    errors: list[str | None]
+
+
 def featurize_batch(
-    contents: pd.Series,
+    contents: Sequence[bytes | None],
     featurizer: Featurizer,
     image_size: int,
     batch_size: int,
     projection: Projection | None = None,
-) -> pd.DataFrame:
-    """One Arrow batch of image bytes to one row of results per input, in order."""
-    decoded = decode_batch(contents.tolist(), image_size)
-    features: list[np.ndarray | None] = [None] * len(contents)
-    reduced: list[np.ndarray | None] = [None] * len(contents)
+) -> FeaturizedBatch:
+    """Decode a batch of image bytes and run the model over the decodable ones, at most
+    ``batch_size`` images per call."""
+    decoded = decode_batch(contents, image_size)
     inputs = preprocess(decoded.pixels)
-    for start in range(0, len(inputs), batch_size):
-        chunk = featurizer(inputs[start : start + batch_size])
-        projected = projection.project(chunk) if projection is not None else None
-        for offset, vector in enumerate(chunk):
-            row = decoded.ok_rows[start + offset]
-            features[row] = vector
-            if projected is not None:
-                reduced[row] = projected[offset]
-    return pd.DataFrame(
-        {
-            "features": features,
-            "pca_features": reduced,
-            "width": pd.array(decoded.widths, dtype="Int32"),
-            "height": pd.array(decoded.heights, dtype="Int32"),
-            "error": decoded.errors,
-        }
+    chunks = [
+        featurizer(inputs[start : start + batch_size])
+        for start in range(0, len(inputs), batch_size)
+    ]
+    features = np.concatenate(chunks) if chunks else np.empty((0, 0), dtype=np.float32)
+    return FeaturizedBatch(
+        features=features,
+        pca_features=projection.project(features) if projection is not None else None,
+        ok_rows=decoded.ok_rows,
+        widths=decoded.widths,
+        heights=decoded.heights,
+        errors=decoded.errors,
+    )
+
+
+def result_batch(
+    paths: pa.Array, sizes: pa.Array, contents: Sequence[bytes | None], out: FeaturizedBatch
+) -> pa.RecordBatch:
+    """The Arrow batch handed back to Spark, in ``RESULT_SCHEMA``: one row per input."""
+    count = len(contents)
+    digests = [None if data is None else hashlib.sha256(data).hexdigest() for data in contents]
+    return pa.RecordBatch.from_arrays(
+        [
+            paths,
+            pa.array(digests, pa.string()),
+            sizes,
+            to_list_array(out.features, out.ok_rows, count),
+            to_list_array(out.pca_features, out.ok_rows, count),
+            pa.array(out.widths, pa.int32()),
+            pa.array(out.heights, pa.int32()),
+            pa.array(out.errors, pa.string()),
+        ],
+        schema=RESULT_ARROW_SCHEMA,
     )
 
 
@@ -158,29 +225,29 @@ def _worker_event(name: str, **fields: object) -> None:
     sys.stderr.write(json.dumps({"event": name, **fields}, ensure_ascii=False) + "\n")
 
 
-def _log_rejections(paths: pd.Series, errors: list[str | None]) -> None:
+def _log_rejections(paths: Sequence[str], errors: list[str | None]) -> None:
     """One line per rejected image in the executor's log, next to the error table."""
     for path, error in zip(paths, errors, strict=True):
         if error is not None:
             _worker_event("image_rejected", path=path, reason=error)
 
 
-def make_udf(
+def make_function(
     spec: FeaturizerSpec, counters: Counters, projection: Broadcast | None = None
-) -> Callable[..., object]:
-    """The iterator pandas UDF ``(path, content) -> struct<features, pca_features, width,
-    height, error>``; ``pca_features`` is null unless a (broadcast) projection is given."""
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function ``INPUT_COLUMNS -> RESULT_SCHEMA``; ``pca_features`` is
+    null unless a (broadcast) projection is given."""
 
-    @F.pandas_udf(RESULT_TYPE)
-    def featurize(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+    def featurize(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         featurizer = worker_featurizer(spec, counters)
         reduction = projection.value if projection is not None else None
-        for paths, contents in batches:
-            result = featurize_batch(
-                contents, featurizer, spec.image_size, spec.batch_size, reduction
-            )
-            _log_rejections(paths, result["error"].tolist())
+        for batch in batches:
+            contents = batch.column("content").to_pylist()
+            out = featurize_batch(contents, featurizer, spec.image_size, spec.batch_size, reduction)
+            paths = batch.column("path")
+            if any(error is not None for error in out.errors):
+                _log_rejections(paths.to_pylist(), out.errors)
             counters.images.add(len(contents))
-            yield result
+            yield result_batch(paths, batch.column("length"), contents, out)
 
     return featurize

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -30,11 +31,13 @@ from pyspark.sql import functions as F
 from emr_serverless_job import hadoopfs, inputs, reduce
 from emr_serverless_job.config import JobConfig
 from emr_serverless_job.featurize import (
+    INPUT_COLUMNS,
+    RESULT_SCHEMA,
     Counters,
     FeaturizerSpec,
     distribute,
     distribute_weights,
-    make_udf,
+    make_function,
 )
 from emr_serverless_job.logs import event
 from emr_serverless_job.model import FP32, ModelError, file_sha256, read_onnx_model
@@ -310,45 +313,44 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
     )
     # A manifest run projects in the same pass that featurizes; a backfill fits first.
     projection = spark.sparkContext.broadcast(preloaded.projection) if preloaded else None
-    featurize = make_udf(spec, counters, projection)
+    featurize = make_function(spec, counters, projection)
     decoded = (
-        found.images.select(
+        found.images.select(*INPUT_COLUMNS)
+        .mapInArrow(featurize, RESULT_SCHEMA)
+        .select(
             "path",
             label_of(F.col("path")).alias("label"),
-            F.sha2("content", 256).alias("sha256"),
-            F.col("length").alias("size_bytes"),
-            featurize("path", "content").alias("result"),
+            *(name for name in RESULT_SCHEMA.names if name != "path"),
         )
-        .select("path", "label", "sha256", "size_bytes", "result.*")
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     errors: DataFrame | None = None
     try:
         with timed(report, "featurize"):
-            n_read = decoded.count()
+            outcomes = _count_by(decoded, "error")  # fills the cache: the one pass over images
+        n_ok = outcomes.pop(None, 0)
+        n_read = n_ok + outcomes.total()
         ok = decoded.filter(F.col("error").isNull()).drop("error")
         rejected = found.rejected.persist(StorageLevel.MEMORY_AND_DISK)
-        n_rejected = rejected.count()
-        if found.listed is not None and n_read + n_rejected < found.expected:
+        rejections = _count_by(rejected, "reason")
+        if found.listed is not None and n_read + rejections.total() < found.expected:
             seen = decoded.select("path").unionByName(rejected.select("path"))
             rejected = rejected.unionByName(
                 inputs.unscanned(spark, found.listed, seen, found.gone_reason)
             )
+            rejections = _count_by(rejected, "reason")
         errors = (
             decoded.filter(F.col("error").isNotNull())
             .select("path", "label", "sha256", "size_bytes", F.col("error").alias("reason"))
             .unionByName(_as_errors(rejected))
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
-        n_ok = ok.count()
+        report.errors_by_reason = dict(outcomes + rejections)
         report.features = n_ok
-        report.errors = errors.count()
+        report.errors = sum(report.errors_by_reason.values())
         report.inputs = n_ok + report.errors
         featurize_s = report.timings_s["featurize"]
         report.images_per_second = round(n_read / featurize_s, 2) if featurize_s else 0.0
-        report.errors_by_reason = {
-            row["reason"]: row["count"] for row in errors.groupBy("reason").count().collect()
-        }
 
         with timed(report, "pca"):
             reduction = (
@@ -421,6 +423,11 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
             f"({report.features} features + {report.errors} errors); see {report_uri}"
         )
     return report
+
+
+def _count_by(frame: DataFrame, column: str) -> Counter[str | None]:
+    """Rows per value of ``column`` in one Spark job (None counts the nulls)."""
+    return Counter({row[column]: row["count"] for row in frame.groupBy(column).count().collect()})
 
 
 def _log_error_sample(errors: DataFrame, run_id: str) -> None:

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -27,6 +26,7 @@ from emr_serverless_job import hadoopfs
 from emr_serverless_job.model import FP32
 from emr_serverless_job.moments import Moments
 from emr_serverless_job.projection import Projection, fit_projection
+from emr_serverless_job.vectors import to_matrix
 
 METADATA_FILE = "featurizer.json"
 PROJECTION_FILE = "projection.npz"
@@ -154,22 +154,13 @@ def _row_blocks(batches: Iterator[pa.RecordBatch]) -> Iterator[np.ndarray]:
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        block.append(_rows(batch.column(0)))
+        block.append(to_matrix(batch.column(0)))
         held += batch.num_rows
         if held >= MOMENTS_BLOCK_ROWS:
             yield np.concatenate(block)
             block, held = [], 0
     if block:
         yield np.concatenate(block)
-
-
-def _rows(vectors: pa.Array) -> np.ndarray:
-    """A list<float> Arrow column as an (n, d) matrix, without copying per row."""
-    lengths = pc.list_value_length(vectors)
-    if vectors.null_count or pc.min(lengths).as_py() != pc.max(lengths).as_py():
-        raise ValueError("feature vectors must all be present and of one length to fit PCA")
-    values = vectors.flatten().to_numpy()
-    return values.reshape(len(vectors), len(values) // len(vectors))
 
 
 def _moments_batch(moments: Moments) -> pa.RecordBatch:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import io
+import sys
+import zipfile
+import zipimport
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 import pytest
 
-from emr_serverless_job.featurize import featurize_batch
+from emr_serverless_job.featurize import (
+    RESULT_ARROW_SCHEMA,
+    featurize_batch,
+    result_batch,
+    settle_zip_imports,
+)
 from emr_serverless_job.model import FEATURE_DIM, Weights, tensorflow_featurizer
 from emr_serverless_job.projection import Projection
 from emr_serverless_job.synthetic import fruit_image
@@ -41,20 +51,42 @@ def test_rows_keep_their_order_across_model_chunks():
         return np.repeat(batch.mean(axis=(1, 2)), FEATURE_DIM // 3 + 1, axis=1)[:, :FEATURE_DIM]
 
     contents = [jpeg("Banana", 0), b"", jpeg("Cherry 3", 0), b"junk", jpeg("Kiwi", 0)]
-    result = featurize_batch(pd.Series(contents), mean_colour, SIZE, batch_size=2)
+    result = featurize_batch(contents, mean_colour, SIZE, batch_size=2)
     assert calls == [2, 1]
-    assert result["error"].isna().tolist() == [True, False, True, False, True]
-    assert result["features"][1] is None and result["features"][3] is None
-    yellow, red = result["features"][0], result["features"][2]
+    assert [error is None for error in result.errors] == [True, False, True, False, True]
+    assert result.ok_rows == [0, 2, 4] and result.features.shape == (3, FEATURE_DIM)
+    yellow, red = result.features[0], result.features[1]
     assert yellow[1] > red[1], "banana row got the banana's features, not its neighbour's"
-    assert result["width"].tolist()[:3] == [100, pd.NA, 100]
-    assert result["pca_features"].isna().all(), "no projection given: nothing projected"
+    assert result.widths[:3] == [100, None, 100]
+    assert result.pca_features is None, "no projection given: nothing projected"
 
     first_two = Projection(np.zeros(FEATURE_DIM), np.ones(FEATURE_DIM), np.eye(FEATURE_DIM)[:, :2])
-    projected = featurize_batch(pd.Series(contents), mean_colour, SIZE, 2, first_two)
-    assert projected["pca_features"][1] is None and projected["pca_features"][3] is None
-    for row in (0, 2, 4):
-        np.testing.assert_allclose(projected["pca_features"][row], result["features"][row][:2])
+    projected = featurize_batch(contents, mean_colour, SIZE, 2, first_two)
+    np.testing.assert_allclose(projected.pca_features, result.features[:, :2], rtol=1e-6)
+
+    paths = pa.array([f"file:/in/{row}.jpg" for row in range(len(contents))])
+    sizes = pa.array([len(data) for data in contents], pa.int64())
+    batch = result_batch(paths, sizes, contents, projected)
+    assert batch.schema == RESULT_ARROW_SCHEMA
+    rows = batch.to_pylist()
+    assert [row["features"] is None for row in rows] == [False, True, False, True, False]
+    np.testing.assert_array_equal(rows[4]["features"], result.features[2])
+    np.testing.assert_allclose(rows[2]["pca_features"], result.features[1][:2], rtol=1e-6)
+    assert rows[1]["pca_features"] is None and rows[1]["error"] == "empty file (0 bytes)"
+    assert rows[3]["sha256"] == hashlib.sha256(b"junk").hexdigest()
+    assert [row["size_bytes"] for row in rows] == [len(data) for data in contents]
+    assert rows[0]["width"] == 100 and rows[3]["width"] is None
+
+
+def test_a_batch_of_only_broken_images_still_has_a_row_each():
+    def never(batch: np.ndarray) -> np.ndarray:
+        raise AssertionError("the model must not run on an empty batch")
+
+    contents = [b"", b"junk"]
+    result = featurize_batch(contents, never, SIZE, batch_size=2)
+    batch = result_batch(pa.array(["a.jpg", "b.jpg"]), pa.array([0, 4]), contents, result)
+    assert batch.num_rows == 2 and batch.column("features").null_count == 2
+    assert all(row["error"] for row in batch.to_pylist())
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -76,3 +108,24 @@ def test_keras_featurizer_shape_and_determinism(random_featurizer):
     other = tensorflow_featurizer(SIZE, Weights(kind="random", seed=1), threads=2)(batch)
     assert cosine(first[0], other[0]) < 0.9, "the seed must matter"
     assert random_featurizer(batch[:0]).shape == (0, FEATURE_DIM)
+
+
+def test_settled_zip_importers_do_not_reread_their_archives(tmp_path, monkeypatch):
+    archive = tmp_path / "lib.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("settled_probe.py", "VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(archive))
+    monkeypatch.setattr(sys, "path_hooks", list(sys.path_hooks))
+    monkeypatch.setattr(sys, "path_importer_cache", dict(sys.path_importer_cache))
+    monkeypatch.delitem(sys.modules, "settled_probe", raising=False)
+    assert importlib.import_module("settled_probe").VALUE == 1
+    settle_zip_imports()
+    assert type(sys.path_importer_cache[str(archive)]).__name__ == "_SettledZipImporter"
+
+    def reread(path: str) -> dict:
+        raise AssertionError(f"{path} was read again")
+
+    monkeypatch.setattr(zipimport, "_read_directory", reread)
+    importlib.invalidate_caches()  # what Spark's worker does before every task
+    monkeypatch.delitem(sys.modules, "settled_probe")
+    assert importlib.import_module("settled_probe").VALUE == 1, "the archive still imports"
