@@ -26,6 +26,11 @@ EXIT_RUN_FAILED = 1
 # photo run on 2 cores, while the workers waited for cores (BENCHMARKS.md, "JIT"). The
 # trigger passes the same option to EMR's driver and executors (lambda_trigger.request).
 JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+# PySpark's Arrow code imports distutils in every Python worker. In a development venv,
+# setuptools' hook answers that import by loading setuptools (0.3-0.4 s per process);
+# the deployed archive has no setuptools (packaging/slim.py), so local runs and their
+# workers (which inherit this environment) take the standard library's, as EMR does.
+DISTUTILS_ENV = ("SETUPTOOLS_USE_DISTUTILS", "stdlib")
 
 
 def local_builder(master: str, driver_memory: str) -> object:
@@ -49,6 +54,7 @@ def spark_session(app_name: str) -> object:
         builder = SparkSession.builder
     else:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault(*DISTUTILS_ENV)
         master = os.environ.get("SPARK_MASTER", "local[*]")
         builder = local_builder(master, LOCAL_DRIVER_MEMORY)
     spark = builder.appName(app_name).getOrCreate()
