@@ -297,9 +297,12 @@ def from_manifest(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
     duplicates = entries.duplicates + len(entries.uris) - len(sizes)
     files = _manifest_files(spark, sizes) if sizes else _empty_files_frame(spark)
     images, too_large = _split_by_size(files, max_bytes)
+    rejected = too_large
+    if rows:  # a DataFrame of Python rows costs ~1 s the first time in a session: only then
+        rejected = spark.createDataFrame(rows, REJECTED_SCHEMA).unionByName(too_large)
     return Inputs(
         images=images,
-        rejected=spark.createDataFrame(rows, REJECTED_SCHEMA).unionByName(too_large),
+        rejected=rejected,
         fingerprint=content_digest(raw),
         expected=len(sizes) + len(entries.problems),
         duplicates=duplicates,
