@@ -37,11 +37,11 @@ from emr_serverless_job.vectors import to_list_array
 INPUT_COLUMNS = ("path", "length", "content")
 RESULT_SCHEMA = T.StructType(
     [
-        T.StructField("path", T.StringType(), False),
+        T.StructField("path", T.StringType()),
         T.StructField("sha256", T.StringType()),
         T.StructField("size_bytes", T.LongType()),
-        T.StructField("features", T.ArrayType(T.FloatType())),
-        T.StructField("pca_features", T.ArrayType(T.FloatType())),
+        T.StructField("features", T.ArrayType(T.FloatType(), containsNull=False)),
+        T.StructField("pca_features", T.ArrayType(T.FloatType(), containsNull=False)),
         T.StructField("width", T.IntegerType()),
         T.StructField("height", T.IntegerType()),
         T.StructField("error", T.StringType()),

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from emr_serverless_job import hadoopfs
 from emr_serverless_job.model import FP32
@@ -235,7 +236,7 @@ def projector(spark: SparkSession, projection: Projection) -> object:
     """
     shipped = spark.sparkContext.broadcast(projection)
 
-    @F.pandas_udf("array<float>")
+    @F.pandas_udf(T.ArrayType(T.FloatType(), containsNull=False))
     def project(vectors: pd.Series) -> pd.Series:
         rows = np.stack(vectors.to_numpy()) if len(vectors) else np.empty((0, 0))
         return pd.Series(list(shipped.value.project(rows)), index=vectors.index)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -181,6 +182,11 @@ def test_manifest_run_projects_like_the_backfill(spark, backfill, image_folder, 
     assert (incremental.features, incremental.errors, incremental.duplicates_skipped) == (2, 4, 2)
     # The empty file's line gave no size, so the scan reads it and the decoder rejects it.
     assert incremental.images_featurized == 3
+    schemas = {
+        run: pq.read_schema(next((output / "features" / f"run_id={run}").glob("*.parquet")))
+        for run in (report.run_id, incremental.run_id)
+    }
+    assert schemas[report.run_id] == schemas[incremental.run_id], "one table, one schema"
     features = read_table(spark, output, "features")
     by_run = {
         (r["run_id"], Path(r["path"]).name, r["label"]): np.array(r["pca_features"])
