@@ -96,6 +96,6 @@ def test_worker_side_rounds_read_arrow_batches_as_spark_sends_them():
     np.testing.assert_allclose(
         moments.scatter / 49, np.cov(reference, rowvar=False), rtol=1e-9, atol=1e-12
     )
-    ragged = pa.array([[1.0, 2.0], [1.0]], pa.list_(pa.float32()))
+    ragged = pa.RecordBatch.from_arrays([pa.array([[1.0, 2.0], [1.0]], column.type)], ["features"])
     with pytest.raises(ValueError, match="of one length"):
-        reduce._rows(ragged)
+        list(reduce._partition_moments(iter([ragged])))
