@@ -33,7 +33,7 @@ from emr_serverless_job.model import Weights, onnx_featurizer, tensorflow_featur
 from emr_serverless_job.projection import Projection
 from emr_serverless_job.vectors import to_list_array
 
-# What the function reads: binaryFile's columns, with the file's size under its own name.
+# What the function reads: binaryFile's columns (``length`` is the file's size in bytes).
 INPUT_COLUMNS = ("path", "length", "content")
 RESULT_SCHEMA = T.StructType(
     [
