@@ -31,7 +31,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from emr_serverless_job.images import decode_batch, preprocess
 from emr_serverless_job.model import Weights, onnx_featurizer, tensorflow_featurizer
 from emr_serverless_job.projection import Projection
-from emr_serverless_job.vectors import to_list_array
+from emr_serverless_job.vectors import VECTOR_TYPE, to_list_array
 
 # What the function reads: binaryFile's columns (``length`` is the file's size in bytes).
 INPUT_COLUMNS = ("path", "length", "content")
@@ -40,8 +40,8 @@ RESULT_SCHEMA = T.StructType(
         T.StructField("path", T.StringType()),
         T.StructField("sha256", T.StringType()),
         T.StructField("size_bytes", T.LongType()),
-        T.StructField("features", T.ArrayType(T.FloatType(), containsNull=False)),
-        T.StructField("pca_features", T.ArrayType(T.FloatType(), containsNull=False)),
+        T.StructField("features", VECTOR_TYPE),
+        T.StructField("pca_features", VECTOR_TYPE),
         T.StructField("width", T.IntegerType()),
         T.StructField("height", T.IntegerType()),
         T.StructField("error", T.StringType()),

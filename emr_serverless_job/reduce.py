@@ -17,17 +17,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from emr_serverless_job import hadoopfs
 from emr_serverless_job.model import FP32
 from emr_serverless_job.moments import Moments
 from emr_serverless_job.projection import Projection, fit_projection
-from emr_serverless_job.vectors import to_matrix
+from emr_serverless_job.vectors import VECTOR_TYPE, to_list_array, to_matrix
 
 METADATA_FILE = "featurizer.json"
 PROJECTION_FILE = "projection.npz"
@@ -228,26 +228,27 @@ def _spark_ml_projection(uri: str) -> Projection:
     return Projection(mean, scale, pca.pc.toArray())
 
 
-def projector(spark: SparkSession, projection: Projection) -> object:
-    """A scalar pandas UDF ``features -> pca_features`` (float32 array of length k).
-
-    The projection travels once per executor as a broadcast; each Arrow batch is one
-    NumPy product.
-    """
-    shipped = spark.sparkContext.broadcast(projection)
-
-    @F.pandas_udf(T.ArrayType(T.FloatType(), containsNull=False))
-    def project(vectors: pd.Series) -> pd.Series:
-        rows = np.stack(vectors.to_numpy()) if len(vectors) else np.empty((0, 0))
-        return pd.Series(list(shipped.value.project(rows)), index=vectors.index)
-
-    return project
-
-
 def apply(spark: SparkSession, reduction: Reduction, features: DataFrame) -> DataFrame:
-    """Project ``features`` into ``pca_features`` on the workers, and name the space."""
-    project = projector(spark, reduction.projection)
-    return in_space(features.withColumn("pca_features", project("features")), reduction)
+    """Project ``features`` into ``pca_features`` on the workers, and name the space.
+
+    A ``mapInArrow`` function, like the featurizing pass: each Arrow batch's vectors become
+    one matrix, one NumPy product and one list column (``vectors.py``), where a pandas UDF
+    would turn every projected cell into a Python list of Python floats. The projection
+    travels once per executor as a broadcast.
+    """
+    shipped = spark.sparkContext.broadcast(reduction.projection)
+    schema = T.StructType([*features.schema.fields, T.StructField("pca_features", VECTOR_TYPE)])
+    arrow_schema = to_arrow_schema(schema)
+
+    def project(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        projection: Projection = shipped.value
+        for batch in batches:
+            count = batch.num_rows
+            projected = projection.project(to_matrix(batch.column("features"))) if count else None
+            columns = [*batch.columns, to_list_array(projected, range(count), count)]
+            yield pa.RecordBatch.from_arrays(columns, schema=arrow_schema)
+
+    return in_space(features.mapInArrow(project, schema), reduction)
 
 
 def in_space(features: DataFrame, reduction: Reduction | None) -> DataFrame:

@@ -14,8 +14,12 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark.sql import types as T
 
 FLOAT_LIST = pa.list_(pa.float32())
+# The same column as Spark declares it, in every table and function result: elements are
+# never null, so every run's Parquet files share one schema.
+VECTOR_TYPE = T.ArrayType(T.FloatType(), containsNull=False)
 
 
 def to_matrix(vectors: pa.Array) -> np.ndarray:
