@@ -4,6 +4,9 @@ One run on one machine measures, at each image size and for each runtime (ONNX R
 on the model packaging/ exports, TensorFlow/Keras on the weights file):
   raw  the featurizer in a tight in-process loop on already-preprocessed batches
        (same model, weights, image size and batch size; all cores to the runtime);
+  function  the job's featurizing function itself (decode, model, hashes, Arrow result)
+       outside Spark, on the job's photos, one single-threaded process per core as
+       Spark's Python workers run it: what the featurize stage would do with no Spark;
   job  the job end to end on local[N] over the same number of images, as a user runs
        it (`python -m emr_serverless_job`), from its run report;
   seed the seed pattern (benchmarks/seed.py: Keras model.predict in a pandas UDF, Spark ML
@@ -217,6 +220,73 @@ def raw(runtime: str, size: int, batch_size: int, threads: int, precision: str) 
     return {"images_per_second": images / (time.perf_counter() - start), "threads": threads}
 
 
+def function(size: int, batch_size: int, processes: int, folder: Path) -> dict:
+    """Runs in its own process: the featurizing function on photo batches in ``processes``
+    forked workers (model threads 1, as each Spark task gets one core), for RAW_SECONDS."""
+    import multiprocessing
+
+    from emr_serverless_job.images import is_image_path
+
+    paths = sorted(p for p in folder.rglob("*") if is_image_path(p.name))
+    chunks = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
+    context = multiprocessing.get_context("fork")
+    with context.Pool(processes) as pool:
+        counts = pool.starmap(
+            _function_worker,
+            [
+                (onnx_model(size, PRECISION), size, batch_size, chunks[worker::processes])
+                for worker in range(processes)
+            ],
+        )
+    return {
+        "images_per_second": sum(images / seconds for images, seconds in counts),
+        "processes": processes,
+    }
+
+
+def _function_worker(
+    model: Path, size: int, batch_size: int, chunks: list[list[Path]]
+) -> tuple[int, float]:
+    """(images, seconds) of one worker looping over its share of the photos."""
+    import pyarrow as pa
+
+    from emr_serverless_job.featurize import featurize_batch, result_batch
+    from emr_serverless_job.model import onnx_featurizer
+
+    featurizer = onnx_featurizer(model, threads=1)
+    batches = []
+    for chunk in chunks:
+        contents = [path.read_bytes() for path in chunk]
+        names = pa.array([str(path) for path in chunk])
+        batches.append((names, pa.array([len(data) for data in contents], pa.int64()), contents))
+    images, start = 0, time.perf_counter()
+    while time.perf_counter() - start < RAW_SECONDS:
+        for names, sizes, contents in batches:
+            out = featurize_batch(contents, featurizer, size, batch_size)
+            result_batch(names, sizes, contents, out)
+            images += len(contents)
+    return images, time.perf_counter() - start
+
+
+def measure_function(size: int, batch_size: int, processes: int, count: int) -> dict:
+    """``function`` in a child process of its own, on the photos the job reads."""
+    onnx_model(size, PRECISION)  # export (and check) outside the measured process
+    _, _, out = run_measured(
+        [
+            sys.executable,
+            __file__,
+            "--function-only",
+            str(size),
+            str(count),
+            "--batch-size",
+            str(batch_size),
+            "--precision",
+            PRECISION,
+        ]
+    )
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def measure_raw(runtime: str, size: int, batch_size: int, precision: str) -> tuple[dict, int]:
     """``raw`` in a child process of its own; (figures, peak RSS in bytes)."""
     if runtime == "onnx":
@@ -402,6 +472,7 @@ def main() -> int:
         help=f"of the onnx model the job and raw run (default {DEPLOYED_PRECISION}, as deployed)",
     )
     parser.add_argument("--raw-only", nargs=2, help=argparse.SUPPRESS)  # child: RUNTIME SIZE
+    parser.add_argument("--function-only", nargs=2, type=int, help=argparse.SUPPRESS)  # SIZE N
     args = parser.parse_args()
     global PRECISION
     PRECISION = args.precision
@@ -409,6 +480,10 @@ def main() -> int:
     if args.raw_only:
         runtime, size = args.raw_only[0], int(args.raw_only[1])
         print(json.dumps(raw(runtime, size, args.batch_size, cores, args.precision)))
+        return 0
+    if args.function_only:
+        size, count = args.function_only
+        print(json.dumps(function(size, args.batch_size, cores, image_folder(count))))
         return 0
 
     results: dict = {"machine": machine(), "batch_size": args.batch_size, "sizes": {}}
@@ -437,6 +512,23 @@ def main() -> int:
                     else None
                 ),
             }
+            if runtime == "onnx":
+                measured_function = measure_function(size, args.batch_size, cores, args.images)
+                function_speed = measured_function["images_per_second"]
+                results["sizes"][size][runtime].update(
+                    function=measured_function,
+                    function_vs_raw=round(function_speed / raw_speed, 3),
+                    featurize_vs_function=round(
+                        measured_job["featurize_images_per_second"] / function_speed, 3
+                    ),
+                )
+                print(
+                    f"{size}px featurizing function outside Spark ({cores} processes): "
+                    f"{function_speed:.1f} img/s, {function_speed / raw_speed:.2f} of raw; "
+                    f"the job's featurize stage is "
+                    f"{measured_job['featurize_images_per_second'] / function_speed:.2f} of it",
+                    flush=True,
+                )
             if runtime == "onnx" and PRECISION != "fp32":
                 fp32_raw, _ = measure_raw(runtime, size, args.batch_size, "fp32")
                 figures = export_figures(size, PRECISION)
