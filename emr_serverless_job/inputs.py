@@ -248,6 +248,19 @@ def _split_by_size(files: DataFrame, max_bytes: int) -> tuple[DataFrame, DataFra
     return files.filter(F.col("length") <= limit), too_large
 
 
+def input_files(files: DataFrame) -> list[str]:
+    """The URIs of the files a file-source DataFrame reads, fetched from the JVM in one call.
+
+    ``DataFrame.inputFiles()`` returns a Java array that py4j reads one element per round
+    trip: 1.8 s for 5,000 local files and 8-13 s for 20,000, nearly all of a backfill's list
+    stage. Joined by Scala's ``mkString`` they cross as one string; a URI never holds a
+    line break (``java.net.URI`` escapes control characters).
+    """
+    jvm = files.sparkSession.sparkContext._jvm
+    joined = jvm.scala.Predef.genericWrapArray(files._jdf.inputFiles()).mkString("\n")
+    return joined.split("\n") if joined else []
+
+
 def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
     """Every .jpg/.jpeg/.png under ``location``, recursively, in any letter case.
 
@@ -263,7 +276,7 @@ def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
         .load(location)
     )
     images, too_large = _split_by_size(files, max_bytes)
-    listed = [hadoop_path_string(uri) for uri in files.inputFiles()]
+    listed = [hadoop_path_string(uri) for uri in input_files(files)]
     return Inputs(
         images=images,
         rejected=too_large,

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from emr_serverless_job.inputs import (
+    from_folder,
     hadoop_path_string,
     is_hidden_name,
     parse_manifest,
@@ -108,3 +109,18 @@ def test_file_log_uris_come_back_as_spark_spells_the_file(spark, uri):
     jvm = spark.sparkContext._jvm
     path = jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(sink_log_uri(spark_spelling(uri))))
     assert path.toString() == spark_spelling(uri)
+
+
+def test_a_folders_files_all_come_back_from_the_jvm_however_they_are_named(spark, tmp_path):
+    """A backfill's listing crosses from the JVM as one joined string (``input_files``):
+    names with a line break, a comma, spaces, '%', '#' or non-ASCII letters must still come
+    back one file each, spelled as the rows' ``path`` column spells them."""
+    names = ["plain.jpg", "two\nlines.jpg", "a, b.jpg", "100%.JPG", "Pear Ø.jpeg", "a#b.png"]
+    folder = tmp_path / "Kiwi Gold"
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_bytes(b"not decoded here")
+    (folder / "notes.txt").write_bytes(b"not an image")
+    found = from_folder(spark, str(tmp_path), max_bytes=1 << 20)
+    assert sorted(found.listed) == sorted(f"file:{folder / name}" for name in names)
+    assert found.expected == len(names)
