@@ -11,7 +11,6 @@ inference, so the features are never read a second time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from emr_serverless_job.images import decode_batch, preprocess
+from emr_serverless_job.inputs import content_digest
 from emr_serverless_job.model import Weights, onnx_featurizer, tensorflow_featurizer
 from emr_serverless_job.projection import Projection
 from emr_serverless_job.vectors import VECTOR_TYPE, to_list_array
@@ -199,7 +199,7 @@ def result_batch(
 ) -> pa.RecordBatch:
     """The Arrow batch handed back to Spark, in ``RESULT_SCHEMA``: one row per input."""
     count = len(contents)
-    digests = [None if data is None else hashlib.sha256(data).hexdigest() for data in contents]
+    digests = [None if data is None else content_digest(data) for data in contents]
     return pa.RecordBatch.from_arrays(
         [
             paths,

@@ -244,7 +244,7 @@ def apply(spark: SparkSession, reduction: Reduction, features: DataFrame) -> Dat
         projection: Projection = shipped.value
         for batch in batches:
             count = batch.num_rows
-            projected = projection.project(to_matrix(batch.column("features"))) if count else None
+            projected = projection.project(to_matrix(batch.column("features")))
             columns = [*batch.columns, to_list_array(projected, range(count), count)]
             yield pa.RecordBatch.from_arrays(columns, schema=arrow_schema)
 
