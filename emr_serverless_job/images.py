@@ -14,16 +14,62 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-# Hadoop glob matching the suffixes above in any letter case (Spark's pathGlobFilter).
-IMAGE_GLOB = "*.{[jJ][pP][gG],[jJ][pP][eE][gG],[pP][nN][gG]}"
+# Names a run reads, in any letter case: photos it decodes, and the formats phones send that
+# it does not (HEIC/HEIF), which are read too so that each gets an error row saying so
+# instead of no row at all. The suffix only selects files: the bytes decide the format.
+DECODED_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+UNDECODED_SUFFIXES = (".heic", ".heif")
+IMAGE_SUFFIXES = DECODED_SUFFIXES + UNDECODED_SUFFIXES
+# What Pillow may open, by content. Anything else (GIF, BMP, TIFF, EPS, which would start
+# Ghostscript, PDF...) is named and rejected: a float TIFF renamed .png decodes as black.
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP")
+# Decode memory is bounded from the header, before any pixel is decoded. 50 MP admits every
+# phone camera in use (48-50 MP sensors) and Pillow's own guard (89 MP) would admit a
+# 1 x 89,000,000 PNG of 173 KB that takes gigabytes to convert; a side or aspect ratio past
+# these is a strip, not a photo, and would be squashed to nothing. WebP cannot be decoded at
+# a reduced scale and Pillow holds two full RGBA copies of it, so its cap is half. Peak
+# memory per Python worker on the worst inputs: BENCHMARKS.md ("Decode memory").
+MAX_PIXELS = 50_000_000
+MAX_PIXELS_BY_FORMAT = {"WEBP": 25_000_000}
+MAX_SIDE = 16_384
+MAX_ASPECT_RATIO = 10.0
+# Magic numbers of formats that are not decoded, so a reason can name what a file really is.
+SIGNATURES = (
+    (0, b"GIF8", "GIF"),
+    (0, b"BM", "BMP"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (0, b"%!PS", "PostScript/EPS"),
+    (0, b"\xc5\xd0\xd3\xc6", "PostScript/EPS"),
+    (0, b"%PDF", "PDF"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (4, b"ftypheic", "HEIC"),
+    (4, b"ftypheix", "HEIC"),
+    (4, b"ftypmif1", "HEIF"),
+    (4, b"ftypmsf1", "HEIF"),
+    (4, b"ftypavif", "AVIF"),
+)
 # White, because Fruits-360 style photos are shot on white: transparent pixels become background.
 BACKGROUND = (255, 255, 255)
 EXIF_ORIENTATION = 0x0112
 UPRIGHT = 1
 ROTATING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # orientations that swap width and height
+# EXIF orientation -> the transposition that makes the image upright (ImageOps.exif_transpose's
+# table, applied here after the image has been shrunk rather than to the full-size image).
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# A decoded image is box-reduced while its shorter side stays at least this many times the
+# network input, so the bilinear resize that follows still has pixels to average.
+SHRINK_MARGIN = 2
 
 
 class ImageError(ValueError):
@@ -42,7 +88,48 @@ class DecodedBatch:
 
 
 def is_image_path(path: str) -> bool:
+    """Whether a run reads this name (each such file ends in a features or an error row)."""
     return path.lower().endswith(IMAGE_SUFFIXES)
+
+
+def sniffed_format(data: bytes) -> str | None:
+    """The format a file's first bytes announce, among those that are never decoded."""
+    for offset, magic, name in SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return name
+    return None
+
+
+def check_dimensions(width: int, height: int, image_format: str | None = None) -> None:
+    """Refuse, from the header alone, an image whose decoding memory is not bounded."""
+    if width <= 0 or height <= 0:
+        raise ImageError(f"image has no pixels ({width}x{height})")
+    limit = MAX_PIXELS_BY_FORMAT.get(image_format or "", MAX_PIXELS)
+    if width * height > limit:
+        raise ImageError(
+            f"image too large: {width}x{height} = {width * height / 1e6:.1f} MP "
+            f"(limit {limit / 1e6:.0f} MP{f' for {image_format}' if limit != MAX_PIXELS else ''})"
+        )
+    if max(width, height) > MAX_SIDE:
+        raise ImageError(f"image too large: {width}x{height} (limit {MAX_SIDE} px per side)")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ImageError(
+            f"extreme aspect ratio: {width}x{height} (at most {MAX_ASPECT_RATIO:g}:1 is a photo)"
+        )
+
+
+def _open(data: bytes) -> Image.Image:
+    """Open the bytes as one of ``PHOTO_FORMATS`` only, whatever the file is called."""
+    try:
+        return Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
+    except UnidentifiedImageError as error:
+        found = sniffed_format(data)
+        if found is not None:
+            raise ImageError(
+                f"unsupported format: the content is {found}, not JPEG, PNG or WebP "
+                "(convert the photo to JPEG)"
+            ) from error
+        raise ImageError("not a readable image (unknown or corrupt format)") from error
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -64,34 +151,50 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _shrunk(image: Image.Image, size: int) -> Image.Image:
+    """A decoded image much larger than the network input, box-reduced in its own mode
+    before any conversion copies it: a 50 MP RGBA PNG would otherwise be converted and
+    composited at full size (BENCHMARKS.md, "Decode memory"). JPEGs were already reduced by
+    ``draft`` and are left as they are; the final resize stays the same bilinear one."""
+    factor = min(image.size) // (SHRINK_MARGIN * size)
+    if factor < 2:
+        return image
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")  # reduce() takes 32-bit integers, not 16-bit
+    elif image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    return image.reduce(factor)
+
+
 def decode_image(data: bytes | None, size: int) -> tuple[np.ndarray, int, int]:
     """Decode, orient, convert to RGB and resize to ``size``x``size`` (uint8).
 
     Returns the pixels and the original width and height (after EXIF orientation).
     The resize squashes rather than crops, as Keras' ``load_img(target_size=...)`` does.
-    Pillow's decompression-bomb guard stays on; its warning threshold is treated as an
-    error so one huge upload cannot exhaust an executor's memory.
+    The size is checked from the header before decoding (``check_dimensions``), and
+    Pillow's decompression-bomb guard stays on as a second line.
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = _open(data)
             width, height = image.size
+            check_dimensions(width, height, image.format)
             orientation = image.getexif().get(EXIF_ORIENTATION, UPRIGHT)
             if orientation in ROTATING_ORIENTATIONS:
                 width, height = height, width
             image.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
-            if orientation == UPRIGHT:
-                image.load()  # exif_transpose would copy the whole image for nothing
-            else:
-                image = ImageOps.exif_transpose(image)
+            image.load()
+            image = _shrunk(image, size)
+            if orientation in TRANSPOSE:
+                image = image.transpose(TRANSPOSE[orientation])
             rgb = _to_rgb(image)
+    except ImageError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"image too large (decompression bomb guard): {error}") from error
-    except UnidentifiedImageError as error:
-        raise ImageError("not a readable image (unknown or corrupt format)") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageError(f"corrupt or truncated image: {error}") from error
     if rgb.size != (size, size):

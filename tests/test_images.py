@@ -93,12 +93,74 @@ def test_large_jpeg_is_resized_to_the_network_size():
         (None, "empty file"),
         (b"hello, not an image", "not a readable image"),
         (truncated_jpeg(), "truncated"),
-        (png_header_only(20_000, 20_000), "decompression bomb"),
+        (png_header_only(7_000, 7_200), "image too large: 7000x7200 = 50.4 MP"),
+        (png_header_only(89_000_000, 1), "image too large: 89000000x1"),
+        (png_header_only(16_000, 1_500), "extreme aspect ratio: 16000x1500"),
+        (png_header_only(17_000, 17_000), "image too large"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "the content is HEIC"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "the content is PostScript"),
     ],
 )
 def test_undecodable_inputs_raise_with_a_reason(data, reason):
     with pytest.raises(ImageError, match=reason):
         decode_image(data, SIZE)
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("GIF", "GIF"), ("BMP", "BMP"), ("TIFF", "TIFF")])
+def test_format_is_decided_by_content_not_by_suffix(fmt, name):
+    # GIVEN a picture Pillow could open, saved as a format that is not a photo format
+    data = encode(fruit_image("Kiwi", 0, 64), fmt)
+    # WHEN it is decoded (whatever its file was called) THEN it is refused, naming the format
+    with pytest.raises(ImageError, match=f"the content is {name}, not JPEG, PNG or WebP"):
+        decode_image(data, SIZE)
+
+
+def test_float_tiff_named_png_is_refused_not_decoded_black():
+    data = encode(Image.fromarray(np.full((40, 40), 0.5, dtype=np.float32)), "TIFF")
+    with pytest.raises(ImageError, match="TIFF"):
+        decode_image(data, SIZE)
+
+
+def test_webp_is_a_photo_format():
+    pixels, width, height = decode_image(encode(fruit_image("Kiwi", 0, 64), "WEBP"), SIZE)
+    assert pixels.shape == (SIZE, SIZE, 3) and (width, height) == (64, 64)
+
+
+def test_large_webp_has_a_lower_cap_than_png():
+    with pytest.raises(ImageError, match="limit 25 MP for WEBP"):
+        decode_image(encode(Image.new("RGB", (6_000, 6_000)), "WEBP", quality=1), SIZE)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "I;16"])
+def test_large_images_are_shrunk_before_conversion_and_stay_faithful(mode):
+    # GIVEN a large image whose left half is dark, in a mode that cannot be drafted
+    base = np.full((600, 800), 230, dtype=np.uint8)
+    base[:, :400] = 20
+    image = Image.fromarray(base).convert("RGB")
+    if mode == "I;16":
+        image = Image.fromarray(base.astype(np.uint16) * 256)
+    else:
+        image = image.convert(mode)
+    # WHEN decoded to a small input (box-reduced first, then resized)
+    pixels, width, height = decode_image(encode(image, "PNG"), SIZE)
+    # THEN the size is the original one and the picture is the same picture
+    assert (width, height) == (800, 600)
+    left, right = pixels[:, : SIZE // 2 - 2].mean(), pixels[:, SIZE // 2 + 2 :].mean()
+    assert left < 60 and right > 180, (left, right)
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
+def test_every_exif_orientation_matches_pillows_own_transpose(orientation):
+    from PIL import ImageOps
+
+    image = Image.fromarray(np.arange(48 * 80 * 3, dtype=np.uint8).reshape(48, 80, 3) * 7 % 251)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(image, "PNG", exif=exif)
+    pixels, _, _ = decode_image(data, 48)
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    expected = np.asarray(expected.resize((48, 48), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(pixels, expected)
 
 
 def test_batch_keeps_order_and_reasons():
@@ -126,7 +188,15 @@ def test_preprocess_matches_mobilenet_v2_range():
 
 @pytest.mark.parametrize(
     ("path", "expected"),
-    [("a/b.jpg", True), ("a/b.JPEG", True), ("x.Png", True), ("x.gif", False), ("jpg", False)],
+    [
+        ("a/b.jpg", True),
+        ("a/b.JPEG", True),
+        ("x.Png", True),
+        ("x.webp", True),
+        ("IMG_1.HEIC", True),
+        ("x.gif", False),
+        ("jpg", False),
+    ],
 )
 def test_image_suffixes_in_any_case(path, expected):
     assert is_image_path(path) is expected
