@@ -28,7 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emr_serverless_job.images import (  # noqa: E402
+from emr_serverless_job.images import (
     MAX_ASPECT_RATIO,
     MAX_PIXELS,
     MAX_PIXELS_BY_FORMAT,

@@ -137,10 +137,7 @@ def test_large_images_are_shrunk_before_conversion_and_stay_faithful(mode):
     base = np.full((600, 800), 230, dtype=np.uint8)
     base[:, :400] = 20
     image = Image.fromarray(base).convert("RGB")
-    if mode == "I;16":
-        image = Image.fromarray(base.astype(np.uint16) * 256)
-    else:
-        image = image.convert(mode)
+    image = Image.fromarray(base.astype(np.uint16) * 256) if mode == "I;16" else image.convert(mode)
     # WHEN decoded to a small input (box-reduced first, then resized)
     pixels, width, height = decode_image(encode(image, "PNG"), SIZE)
     # THEN the size is the original one and the picture is the same picture
