@@ -38,14 +38,115 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# A test-only route of the server: end a job run as EMR Serverless would (moto's runs never end).
+END_JOB_RUN_PATH = "/_loopback/emr-serverless/end-job-run"
+
+
+def _honour_client_tokens() -> None:
+    """Make moto's EMR Serverless keep StartJobRun's idempotency promise, as the service does.
+
+    moto ignores ``clientToken``. EMR Serverless documents it as "the client idempotency token
+    of the job run to start" (API reference, StartJobRun; botocore marks it
+    ``idempotencyToken``): a call that repeats a token already used on the same application
+    gets the first call's job run back and starts nothing. A repeat with other parameters is
+    refused with ``ConflictException`` (one of StartJobRun's documented errors; the AWS-wide
+    convention for a reused token, as EMR Serverless does not spell it out). Runs also get
+    their real start time (moto stamps midnight) and a cancelled run its end and duration, which
+    the watcher reads to tell an operator's cancellation from a timeout. Runs in the server's
+    process only, never in the product.
+    """
+    from moto.core.exceptions import JsonRESTError
+    from moto.core.utils import utcnow
+    from moto.emrserverless.models import EMRServerlessBackend
+
+    start, cancel = EMRServerlessBackend.start_job_run, EMRServerlessBackend.cancel_job_run
+
+    def start_job_run(self: Any, application_id: str, client_token: str, **request: Any) -> Any:
+        tokens = self.__dict__.setdefault("loopback_client_tokens", {})
+        if (application_id, client_token) in tokens:
+            first, asked = tokens[application_id, client_token]
+            if asked != request:
+                raise ConflictError(f"client token {client_token!r} was used with other parameters")
+            return first
+        job_run = start(self, application_id=application_id, client_token=client_token, **request)
+        job_run.created_at = job_run.updated_at = utcnow()
+        tokens[application_id, client_token] = (job_run, request)
+        return job_run
+
+    def cancel_job_run(self: Any, application_id: str, job_run_id: str) -> tuple[str, str]:
+        answer = cancel(self, application_id=application_id, job_run_id=job_run_id)
+        ended(self.get_job_run(application_id, job_run_id), "CANCELLED", "", None)
+        return answer
+
+    class ConflictError(JsonRESTError):
+        code = 409
+
+        def __init__(self, message: str) -> None:
+            super().__init__("ConflictException", message)
+
+    EMRServerlessBackend.start_job_run = start_job_run  # type: ignore[method-assign]
+    EMRServerlessBackend.cancel_job_run = cancel_job_run  # type: ignore[method-assign]
+
+
+def ended(job_run: Any, state: str, details: str, ran_seconds: int | None) -> None:
+    """A moto job run as the service leaves it at its end (``ran_seconds``: measured if None)."""
+    from moto.core.utils import utcnow
+
+    now = utcnow()
+    job_run.state, job_run.state_details = state, details
+    job_run.updated_at = job_run.ended_at = now
+    job_run.started_at = job_run.created_at
+    measured = int((now - job_run.created_at).total_seconds())
+    job_run.total_execution_duration_seconds = measured if ran_seconds is None else ran_seconds
+
+
+def _end_job_run_route(app: Any) -> Any:
+    """``END_JOB_RUN_PATH`` in front of moto's app: a run ends with the state, details and
+    duration the test asks for, as a run that failed or timed out on the service would."""
+
+    def route(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != END_JOB_RUN_PATH:
+            return app(environ, start_response)
+        from moto.emrserverless.models import emrserverless_backends
+
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        asked = json.loads(environ["wsgi.input"].read(length))
+        backend = emrserverless_backends[ACCOUNT][REGION]
+        job_run = backend.get_job_run(asked["applicationId"], asked["jobRunId"])
+        ended(job_run, asked["state"], asked.get("stateDetails", ""), asked.get("ranSeconds"))
+        start_response("204 No Content", [])
+        return [b""]
+
+    return route
+
+
+def serve(host: str, port: int) -> None:
+    """moto's server (as ``python -m moto.server``) with client tokens honoured, in this process."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import run_simple
+
+    _honour_client_tokens()
+    app = _end_job_run_route(DomainDispatcherApplication(create_backend_app))
+    run_simple(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+
+
 class MotoServer:
-    """``moto_server`` in its own process on 127.0.0.1: real HTTP for real boto3 clients."""
+    """A moto server in its own process on 127.0.0.1: real HTTP for real boto3 clients."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [
+                sys.executable,
+                "-c",
+                f"from tests.loopback import serve; serve('127.0.0.1', {self.port})",
+            ],
+            cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -336,3 +437,21 @@ def state_change(stack: Stack, job_run_id: str, state: str) -> dict[str, Any]:
         account=ACCOUNT,
         region=REGION,
     )
+
+
+def end_job_run(
+    stack: Stack, job_run_id: str, state: str, details: str = "", ran_seconds: int | None = None
+) -> None:
+    """The run ends on the server as on the service: GetJobRun then says so (moto's never end)."""
+    body = {
+        "applicationId": stack.application_id,
+        "jobRunId": job_run_id,
+        "state": state,
+        "stateDetails": details,
+        "ranSeconds": ran_seconds,
+    }
+    endpoint = stack.client("emr-serverless").meta.endpoint_url
+    request = urllib.request.Request(
+        f"{endpoint}{END_JOB_RUN_PATH}", data=json.dumps(body).encode(), method="POST"
+    )
+    urllib.request.urlopen(request, timeout=10)

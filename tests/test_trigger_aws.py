@@ -11,6 +11,7 @@ import uuid
 from urllib.parse import quote_plus
 
 import pytest
+from botocore.exceptions import ClientError
 
 from lambda_trigger import handler as trigger
 from lambda_trigger.settings import SettingsError
@@ -217,3 +218,56 @@ def test_5000_upload_events_make_one_manifest_per_batch_and_lose_none(stack):
 @pytest.mark.parametrize("field", ["APPLICATION_ID", "JOB_ROLE_ARN", "RAW_URI", "MANIFESTS_URI"])
 def test_template_environment_is_complete(stack, field):
     assert stack.environment[field]
+
+
+def start_request(stack, token: str, name: str = "run") -> dict:
+    return {
+        "applicationId": stack.application_id,
+        "executionRoleArn": stack.job_role_arn,
+        "jobDriver": {"sparkSubmit": {"entryPoint": f"s3://{stack.bucket}/artifacts/main.py"}},
+        "clientToken": token,
+        "name": name,
+    }
+
+
+def test_the_loopback_service_honours_client_tokens_as_emr_serverless_does(stack):
+    """The harness itself: what the design relies on, modelled on the moto server."""
+    emr = stack.client("emr-serverless")
+    # GIVEN a run started with a client token
+    first = emr.start_job_run(**start_request(stack, "token-1"))["jobRunId"]
+    # WHEN the same call is repeated: THEN the first run comes back and nothing starts
+    assert emr.start_job_run(**start_request(stack, "token-1"))["jobRunId"] == first
+    assert len(job_runs(stack)) == 1
+    # a new token is a new run; a used token with other parameters is refused
+    assert emr.start_job_run(**start_request(stack, "token-2"))["jobRunId"] != first
+    with pytest.raises(emr.exceptions.ConflictException):
+        emr.start_job_run(**start_request(stack, "token-1", name="other"))
+    # tokens belong to their application
+    other = emr.create_application(name="other", releaseLabel="emr-7.5.0", type="SPARK")
+    elsewhere = start_request(stack, "token-1") | {"applicationId": other["applicationId"]}
+    assert emr.start_job_run(**elsewhere)["jobRunId"] != first
+    assert len(job_runs(stack)) == 2
+
+
+def test_two_deliveries_of_a_batch_racing_each_other_start_one_run(stack):
+    # GIVEN a batch whose first delivery started its run but failed before writing the receipt
+    upload(stack, IMAGE_KEYS)
+    event, _ = queue_event(stack)
+    s3 = trigger.clients()[0]
+    failed: list = []
+
+    def receipt_write_fails_once(params, **kwargs):
+        if not failed and ".jobrun.json" in params["url"]:
+            failed.append(params["url"])
+            raise ClientError({"Error": {"Code": "InternalError", "Message": "injected"}}, "Put")
+
+    s3.meta.events.register("before-call.s3.PutObject", receipt_write_fails_once)
+    with pytest.raises(ClientError):
+        trigger.handler(event, FakeContext())
+    (run,) = job_runs(stack)
+    # WHEN the batch is delivered again before any receipt exists (as a racing delivery would)
+    assert trigger.handler(event, FakeContext()) == {"batchItemFailures": []}
+    # THEN the batch's client token gets the same run back: one run, named by the receipt
+    assert [r["jobRunId"] for r in job_runs(stack)] == [run["jobRunId"]]
+    body = s3.get_object(Bucket=stack.bucket, Key=f"manifests/{run['name']}.jobrun.json")["Body"]
+    assert json.loads(body.read())["job_run_id"] == run["jobRunId"] and len(failed) == 1
