@@ -20,6 +20,8 @@ MODEL_FILE = "mobilenet_v2.onnx"
 
 VENV_PYTHON = "./environment/bin/python"
 RUN_ID_DIGITS = 16
+CLIENT_TOKEN_LENGTH = 64  # StartJobRun's clientToken: 1-64 of [A-Za-z0-9._-]
+REPLACED_DIGITS = 12  # of the replaced job run id's digest, in a retry's client token
 PIPELINE_TAG = "fruits-features"
 # Tags every job run of this pipeline carries: the watcher reads them to know what it started.
 PIPELINE_KEY = "pipeline"
@@ -120,9 +122,24 @@ class Attempt:
             return cls()
 
 
-def client_token(run_id: str, attempt: Attempt) -> str:
-    """The first attempt's token is the run id (a redelivered batch starts nothing new)."""
-    return run_id if attempt.number == 1 else f"{run_id}-attempt-{attempt.number}"
+def client_token(run_id: str, attempt: Attempt, replaces: str = "") -> str:
+    """The StartJobRun token of ``attempt``: the same for the same submission, new for a new one.
+
+    The first attempt's token is the run id (a redelivered batch starts nothing new). A retry
+    by the watcher names the job run it ``replaces`` (a digest of its id, which EMR Serverless
+    never gives twice): a repeated end event maps to the same token, so to the same retry,
+    while two backfills of one prefix (same run id, each first run a fresh token) never share
+    a retry's token. Without ``replaces`` (a batch started again after it failed for good) the
+    attempt number alone, which keeps counting in the receipt, keeps tokens apart.
+    """
+    if attempt.number == 1 and not replaces:
+        return run_id
+    token = f"{run_id}-attempt-{attempt.number}"
+    if replaces:
+        token += "-" + hashlib.sha256(replaces.encode()).hexdigest()[:REPLACED_DIGITS]
+    if len(token) > CLIENT_TOKEN_LENGTH:
+        raise ValueError(f"client token {token!r} is longer than {CLIENT_TOKEN_LENGTH}")
+    return token
 
 
 def manifest_run_id(manifest: bytes) -> str:
@@ -230,11 +247,11 @@ def request_from_job_run(job_run: dict[str, Any]) -> dict[str, Any]:
 
 def resubmission(job_run: dict[str, Any], attempt: Attempt) -> dict[str, Any]:
     """The same run again (same manifest or input, same run id, so the job overwrites its own
-    partition), as ``attempt``, with that attempt's client token."""
+    partition), as ``attempt``, with the client token of the retry of this job run."""
     request = request_from_job_run(job_run)
     run_id = request["tags"][RUN_ID_KEY]
     return {
         **request,
-        "clientToken": client_token(run_id, attempt),
+        "clientToken": client_token(run_id, attempt, replaces=job_run.get("jobRunId", "")),
         "tags": {**request["tags"], **attempt.tags()},
     }

@@ -175,3 +175,27 @@ def test_print_request_writes_the_request_as_json_for_the_emulator(stack, capsys
     assert request["name"] == backfill_run_id(f"s3://{EXAMPLE_BUCKET}/raw/")
     assert launch(request).driver_env["PYSPARK_PYTHON"] == "./environment/bin/python"
     assert job_runs(stack) == []  # printed, not started
+
+
+def test_two_backfills_of_one_prefix_retry_as_two_runs(stack, capsys):
+    """Same prefix, same run id: each backfill's retry still has its own client token."""
+    from lambda_trigger import watcher
+    from tests.loopback import state_change
+
+    # GIVEN two backfills of the same prefix, each allowed one retry, whose runs both fail
+    raw = f"s3://{stack.bucket}/raw/"
+    firsts = []
+    for _ in range(2):
+        assert backfill.main(["--input", raw, "--retries", "1"], env=stack.environment) == 0
+        firsts.append(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(set(firsts)) == 2
+    # WHEN the watcher hears both failures
+    for job_run_id in firsts:
+        event = state_change(stack, job_run_id, "FAILED")
+        assert watcher.handler(event, FakeContext())["decision"] == "retry"
+    # THEN each is retried as a run of its own (on AWS a shared token would hand the second
+    # backfill the first one's retry: no rerun, and no alert when it failed)
+    runs = job_runs(stack)
+    retries = [r for r in runs if r["jobRunId"] not in firsts]
+    assert len(runs) == 4 and len(retries) == 2
+    assert all(r["tags"]["attempt"] == "2" and r["name"] == backfill_run_id(raw) for r in retries)

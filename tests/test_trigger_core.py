@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import botocore.session
 import pytest
@@ -333,3 +334,35 @@ def test_backfill_and_batch_requests_differ_only_where_they_mean_to():
         args[args.index("--run-id") + 1] = "ID"
         request["name"] = request["clientToken"] = request["tags"]["run-id"] = "ID"
     assert batch == backfill
+
+
+def test_client_tokens_are_one_per_submission_and_attempt_and_fit_the_api():
+    """A retry's token names the job run it replaces: the same end maps to the same retry, two
+    submissions of one run id (two backfills of a prefix) never share one."""
+    model = botocore.session.get_session().get_service_model("emr-serverless")
+    shape = model.operation_model("StartJobRun").input_shape.members["clientToken"]
+    run_id = rq.backfill_run_id("s3://b/raw/")
+    first = {"jobRunId": "00fexamplejobrun1", **_backfill_job_run(run_id)}
+    second = {**first, "jobRunId": "00fexamplejobrun2"}
+    tokens = [rq.resubmission(run, rq.Attempt(2, 3))["clientToken"] for run in (first, second)]
+    assert tokens[0] != tokens[1]
+    assert tokens[0] == rq.resubmission(first, rq.Attempt(2, 3))["clientToken"]
+    assert tokens[0].startswith(f"{run_id}-attempt-2-")
+    assert rq.client_token(run_id, rq.Attempt(1, 3)) == run_id  # a batch's first attempt
+    assert rq.client_token(run_id, rq.Attempt(4, 6)) == f"{run_id}-attempt-4"  # started again
+    longest = rq.client_token(run_id, rq.Attempt(999, 999), replaces="x" * 64)
+    assert len(longest) <= shape.metadata["max"]
+    assert all(re.fullmatch(shape.metadata["pattern"], t) for t in [*tokens, longest])
+
+
+def _backfill_job_run(run_id: str) -> dict:
+    """A GetJobRun ``jobRun`` of a backfill (the fields a resubmission repeats)."""
+    deployment = from_environment(ENV).deployment
+    request = rq.start_job_run_request(deployment, rq.for_backfill("s3://b/raw/"), "token")
+    return {
+        "applicationId": request["applicationId"],
+        "executionRole": request["executionRoleArn"],
+        "name": run_id,
+        "jobDriver": request["jobDriver"],
+        "tags": request["tags"],
+    }
