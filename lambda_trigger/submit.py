@@ -4,8 +4,9 @@ EMR Serverless deduplicates StartJobRun calls that carry the same client token, 
 covers two deliveries racing each other. The receipt next to the manifest (``receipts.py``),
 written only after the run started, covers a redelivery long after the first one: a batch
 whose run is in flight or succeeded is acknowledged without a second run, and the receipt
-says which run has it. A batch whose every attempt failed (the watcher marked it ``FAILED``)
-is started again, as the next attempts, so a re-upload of the same photos is never skipped.
+says which run has it. A batch whose every attempt failed (the watcher marked it ``FAILED``),
+or whose run an operator cancelled (``CANCELLED``), is started again, as the next attempts, so
+a re-upload of the same photos is never skipped.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def now_iso() -> str:
 
 
 def next_attempt(receipt: receipts.Receipt | None, max_attempts: int) -> Attempt:
-    """The first attempt of a new batch; after a batch failed for good, ``max_attempts`` more."""
+    """The first attempt of a new batch; after a batch failed for good (or was cancelled by an
+    operator), ``max_attempts`` more."""
     if receipt is None:
         return Attempt(1, max_attempts)
     done = int(receipt.get("attempt", 1))
@@ -49,7 +51,7 @@ def submit_batch(s3: Any, emr: Any, settings: Settings, manifest: Manifest) -> S
     manifest_uri = f"s3://{bucket}/{manifest_key}"
     receipt_key = settings.manifests.key(manifest.receipt_name)
     receipt = receipts.read(s3, bucket, receipt_key)
-    if receipt is not None and not receipts.failed_for_good(receipt):
+    if receipt is not None and not receipts.started_again(receipt):
         return Submission(
             run_id=manifest.run_id,
             job_run_id=str(receipt.get("job_run_id", "")),

@@ -1,11 +1,13 @@
 """The watcher Lambda: when one of this pipeline's job runs ends, record, retry or raise the alarm.
 
 EventBridge sends every SUCCESS, FAILED and CANCELLED state change of the application's job
-runs here (template.yaml: ``JobRunEndedRule``). A failed or cancelled run is resubmitted as
-it was (same manifest or prefix, same run id: the job overwrites its own partition) with the
-next attempt's client token, until its ``last-attempt`` tag; then one SNS message says it
-failed for good. The run's receipt records every attempt, so a repeated event does nothing
-and a redelivered batch knows whether to start again.
+runs here (template.yaml: ``JobRunEndedRule``). A failed run is resubmitted as it was (same
+manifest or prefix, same run id: the job overwrites its own partition) with the retry's client
+token, until its ``last-attempt`` tag; a run that timed out is resubmitted once, with twice its
+timeout; then one SNS message says it failed for good. A run an operator cancelled is recorded
+and left alone, and an event for a job run the service does not know is logged and dropped.
+The run's receipt records every attempt, so a repeated event does nothing (or publishes the
+alert a failed publish left unsent) and a redelivered batch knows whether to start again.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from lambda_trigger import receipts
 from lambda_trigger import settings as config
 from lambda_trigger.outcomes import (
+    TIMED_OUT,
+    End,
     Outcome,
     StateChange,
     alert,
     decide,
+    end_of,
+    longer_timeout,
     parse_state_change,
     source_of,
 )
@@ -41,6 +47,7 @@ METRIC_NAMES = {
     "record": "JobRunsSucceeded",
     "retry": "JobRunsRetried",
     "give_up": "RunsFailedForGood",
+    "leave": "JobRunsCancelledByOperator",
 }
 
 
@@ -76,27 +83,69 @@ def ledger(
     )
 
 
+def publish_alert(
+    s3: Any,
+    sns: Any,
+    settings: config.Settings,
+    key: str,
+    receipt: receipts.Receipt,
+    job_run: dict[str, Any],
+    end: End,
+) -> None:
+    """One alert that the run failed for good, and nothing written after it.
+
+    The receipt claims the alert before the publish, so an event repeated after a successful
+    publish (whatever fails later) finds it sent. A publish that fails gives the claim back
+    and raises: Lambda retries the event, which finds the alert due and publishes it.
+    """
+    bucket = settings.manifests.bucket
+    attempt = Attempt.from_tags(job_run["tags"]) or Attempt()
+    subject, message = alert(job_run, receipts.job_run_ids(receipt), attempt, end)
+    receipts.write(s3, bucket, key, receipts.with_alert(receipt, receipts.ALERT_SENT, now_iso()))
+    if not settings.alerts_topic_arn:
+        return
+    try:
+        sns.publish(TopicArn=settings.alerts_topic_arn, Subject=subject, Message=message)
+    except Exception:
+        logger.exception("alert not published", extra={"job_run_id": job_run["jobRunId"]})
+        unsent = receipts.with_alert(receipt, receipts.ALERT_UNSENT, now_iso())
+        receipts.write(s3, bucket, key, unsent)
+        raise
+
+
 def watch(change: StateChange, settings: config.Settings, s3: Any, emr: Any, sns: Any) -> Outcome:
     """Act on one ended job run; returns what was decided."""
-    job_run = emr.get_job_run(applicationId=change.application_id, jobRunId=change.job_run_id)[
-        "jobRun"
-    ]
-    outcome = decide(change.state, job_run.get("tags", {}))
+    context = {"job_run_id": change.job_run_id, "state": change.state}
+    try:
+        job_run = emr.get_job_run(applicationId=change.application_id, jobRunId=change.job_run_id)[
+            "jobRun"
+        ]
+    except emr.exceptions.ResourceNotFoundException as error:
+        # Not a run of this application (any more): nothing to retry, and raising would only
+        # make Lambda repeat the event twice and fire the watcher's error alarm.
+        logger.warning("unknown job run left alone", extra={**context, "error": str(error)})
+        return Outcome("ignore", None)
+    end = end_of(change.state, job_run)
+    tags = job_run.get("tags", {})
+    outcome = decide(end, tags)
     if outcome.decision == "ignore":
-        logger.info(
-            "job run ignored", extra={"job_run_id": change.job_run_id, "state": change.state}
-        )
+        logger.info("job run ignored", extra=context)
         return outcome
-    run_id = job_run["tags"][RUN_ID_KEY]
+    run_id = tags[RUN_ID_KEY]
     logger.set_correlation_id(run_id)
     bucket, key = settings.manifests.bucket, settings.manifests.key(f"{run_id}.jobrun.json")
-    ended_as = Attempt.from_tags(job_run["tags"]) or Attempt()
+    ended_as = Attempt.from_tags(tags) or Attempt()
     receipt = ledger(receipts.read(s3, bucket, key), job_run, ended_as)
     if receipts.ended(receipt, change.job_run_id) is not None:
-        logger.info(
-            "repeated event", extra={"job_run_id": change.job_run_id, "state": change.state}
-        )
+        if receipts.alert_due(receipt, change.job_run_id):
+            publish_alert(s3, sns, settings, key, receipt, job_run, end)
+            metrics.add_metric(name=METRIC_NAMES["give_up"], unit=MetricUnit.Count, value=1)
+            logger.error("run failed for good, alert published on a repeated event", extra=context)
+            return Outcome("give_up", ended_as)
+        logger.info("repeated event", extra=context)
         return Outcome("ignore", outcome.attempt)
+    if end == TIMED_OUT and receipts.any_ended(receipt, TIMED_OUT):
+        outcome = decide(end, tags, timed_out_before=True)
     details = job_run.get("stateDetails", "")
     receipt = receipts.finished(
         receipt,
@@ -105,9 +154,16 @@ def watch(change: StateChange, settings: config.Settings, s3: Any, emr: Any, sns
         details,
         now_iso(),
         final=outcome.decision != "retry",
+        end=end,
+        left=outcome.decision == "leave",
     )
+    context |= {"end": end, "details": details}
     if outcome.decision == "retry" and outcome.attempt is not None:
-        started = emr.start_job_run(**resubmission(job_run, outcome.attempt))["jobRunId"]
+        request = resubmission(job_run, outcome.attempt)
+        if end == TIMED_OUT:
+            timeout = longer_timeout(job_run, settings.deployment.timeout_minutes)
+            request["executionTimeoutMinutes"] = timeout
+        started = emr.start_job_run(**request)["jobRunId"]
         receipt = receipts.submitted(
             receipt,
             run_id=run_id,
@@ -118,27 +174,27 @@ def watch(change: StateChange, settings: config.Settings, s3: Any, emr: Any, sns
             attempt=outcome.attempt,
             at=now_iso(),
         )
+        receipts.write(s3, bucket, key, receipt)
         logger.warning(
             "job run resubmitted",
             extra={
+                **context,
                 "failed": change.job_run_id,
-                "state": change.state,
-                "details": details,
                 "job_run_id": started,
                 "attempt": outcome.attempt.number,
                 "last_attempt": outcome.attempt.last,
+                "execution_timeout_minutes": request.get("executionTimeoutMinutes"),
             },
         )
-    elif outcome.decision == "give_up" and outcome.attempt is not None:
-        subject, message = alert(job_run, receipts.job_run_ids(receipt), outcome.attempt)
-        if settings.alerts_topic_arn:
-            sns.publish(TopicArn=settings.alerts_topic_arn, Subject=subject, Message=message)
-        logger.error(
-            "run failed for good", extra={"job_run_id": change.job_run_id, "details": details}
-        )
+    elif outcome.decision == "give_up":
+        publish_alert(s3, sns, settings, key, receipt, job_run, end)
+        logger.error("run failed for good", extra=context)
+    elif outcome.decision == "leave":
+        receipts.write(s3, bucket, key, receipt)
+        logger.warning("job run cancelled by an operator, left alone", extra=context)
     else:
-        logger.info("job run succeeded", extra={"job_run_id": change.job_run_id})
-    receipts.write(s3, bucket, key, receipt)
+        receipts.write(s3, bucket, key, receipt)
+        logger.info("job run succeeded", extra=context)
     metrics.add_metric(name=METRIC_NAMES[outcome.decision], unit=MetricUnit.Count, value=1)
     return outcome
 
