@@ -39,6 +39,8 @@ EXIT_CONFIG_ERROR = 2
 TABLES = ("features", "errors")
 KEYS_PER_CHUNK = 65_536  # Python strings made from the Arrow arrays at a time
 DEFAULT_OUT = "reconcile-missing.jsonl"
+PARQUET_SUFFIX = ".parquet"
+HIDDEN_PREFIXES = ("_", ".")  # pyarrow's (and Hadoop's) hidden files and folders
 
 
 @dataclass
@@ -116,17 +118,44 @@ def _filesystem(s3: Any) -> Any:
     return pafs.S3FileSystem(**options)
 
 
+def is_table_file(relative: str) -> bool:
+    """Whether a file under a table's root (path relative to it) is one of its Parquet files.
+
+    Spark writes ``part-*.parquet``; beside them a table holds what readers must skip: EMRFS's
+    zero-byte ``<folder>_$folder$`` markers (``run_id=x_$folder$``, which pyarrow would open as
+    an empty Parquet file and fail on), ``_SUCCESS``, ``.crc`` checksums and ``_temporary/``
+    folders of a write in progress (hidden by their leading ``_`` or ``.``, as pyarrow's own
+    discovery hides them).
+    """
+    parts = relative.split("/")
+    hidden = any(part.startswith(HIDDEN_PREFIXES) for part in parts)
+    return not hidden and parts[-1].endswith(PARQUET_SUFFIX)
+
+
+def table_files(filesystem: Any, root: str) -> list[str]:
+    """The table's Parquet files under ``root`` (empty if there is no table yet)."""
+    import pyarrow.fs as pafs
+
+    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    listed = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    return sorted(
+        info.path
+        for info in listed
+        if info.type == pafs.FileType.File and is_table_file(info.path[len(root) + 1 :])
+    )
+
+
 def row_keys(filesystem: Any, output: config.S3Location, table: str, bucket: str) -> Any:
     """Sorted, distinct keys of ``bucket`` in a table's ``path`` column (only that column)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
-    import pyarrow.fs as pafs
 
-    root = f"{output.bucket}/{output.prefix}{table}"
-    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
+    files = table_files(filesystem, f"{output.bucket}/{output.prefix}{table}")
+    if not files:
         return pa.array([], pa.string())
-    dataset = ds.dataset(root, filesystem=filesystem, format="parquet", partitioning="hive")
+    dataset = ds.dataset(files, filesystem=filesystem, format="parquet")
     paths = dataset.to_table(columns=["path"]).column("path").combine_chunks()
     prefix = f"s3://{bucket}/"
     paths = paths.filter(pc.starts_with(paths, prefix))

@@ -3,12 +3,23 @@ read from Parquet's path column only. (On loopback, end to end: test_nothing_los
 
 from __future__ import annotations
 
+import io
+
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import pytest
 
 from lambda_trigger.events import S3Object
-from lambda_trigger.reconcile import Tally, ascending, is_photo, reconcile, row_keys
+from lambda_trigger.reconcile import (
+    Tally,
+    _filesystem,
+    ascending,
+    is_photo,
+    is_table_file,
+    reconcile,
+    row_keys,
+)
 from lambda_trigger.settings import parse_s3_location
 
 
@@ -58,3 +69,46 @@ def test_row_keys_are_the_buckets_sorted_distinct_keys_from_the_path_column(tmp_
     assert keys.to_pylist() == ["raw/a.jpg", "raw/b.jpg"]
     assert list(ascending(keys)) == ["raw/a.jpg", "raw/b.jpg"]
     assert row_keys(filesystem, output, "errors", "bucket").to_pylist() == []  # no table yet
+
+
+def test_only_a_tables_parquet_files_are_read():
+    assert [
+        is_table_file(name)
+        for name in (
+            "run_id=b-1/part-00000-1f.c000.snappy.parquet",
+            "run_id=b-1_$folder$",  # EMRFS's zero-byte folder marker
+            "run_id=b-1/_SUCCESS",
+            "run_id=b-1/.part-00000.snappy.parquet.crc",
+            "_temporary/0/part-00000.parquet",  # a write in progress
+            "run_id=b-1/notes.txt",
+        )
+    ] == [True, False, False, False, False, False]
+
+
+@pytest.mark.parametrize(
+    "stray",
+    [
+        {"output/features/run_id=x_$folder$": b"", "output/features_$folder$": b""},
+        {"output/features/run_id=x/README.txt": b"not parquet"},
+    ],
+    ids=["emrfs folder markers", "not parquet"],
+)
+def test_row_keys_skip_emrfs_folder_markers_and_other_objects_on_s3(stack, stray):
+    # GIVEN a features table on S3 as EMRFS leaves it: Parquet parts and a _SUCCESS file, with
+    # zero-byte `_$folder$` markers beside its folders, or an object that is not Parquet
+    s3 = stack.client("s3")
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"path": [f"s3://{stack.bucket}/raw/a.jpg"]}), buffer)
+    objects = {
+        "output/features/run_id=x/part-00000-1.c000.snappy.parquet": buffer.getvalue(),
+        "output/features/run_id=x/_SUCCESS": b"",
+        **stray,
+    }
+    for key, body in objects.items():
+        s3.put_object(Bucket=stack.bucket, Key=key, Body=body)
+    # WHEN reconcile reads the table's keys through pyarrow's S3 client
+    output = parse_s3_location(f"s3://{stack.bucket}/output")
+    keys = row_keys(_filesystem(s3), output, "features", stack.bucket)
+    # THEN it reads the Parquet part alone (pyarrow failed on the marker: "Parquet file size is
+    # 0 bytes")
+    assert keys.to_pylist() == ["raw/a.jpg"]
