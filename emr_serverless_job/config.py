@@ -46,6 +46,7 @@ class JobConfig:
     run_id: str | None
     batch_size: int
     max_file_bytes: int
+    erase: str | None = None  # an erasure manifest: remove these photos' rows (erase.py)
 
     @property
     def is_backfill(self) -> bool:
@@ -76,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--manifest",
         help='JSON Lines file of {"uri": ...} objects listing the images of one incremental batch.',
+    )
+    source.add_argument(
+        "--erase",
+        help='JSON Lines file of {"uri": ..., "erased_at": ISO-8601 UTC} objects: photos deleted '
+        "from raw/, whose rows are removed from every features and errors partition "
+        "(GDPR erasure; docs/erasure.md). The model flags are ignored.",
     )
     parser.add_argument(
         "--output", required=True, help="Folder or s3:// prefix under which tables and reports go."
@@ -212,6 +219,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         )
     _require_local(args.input, "--input", Path.is_dir, "folder")
     _require_local(args.manifest, "--manifest", Path.is_file, "file")
+    _require_local(args.erase, "--erase", Path.is_file, "file")
     output = normalize_location(args.output)
     return JobConfig(
         output=output,
@@ -232,4 +240,5 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         run_id=args.run_id,
         batch_size=args.batch_size,
         max_file_bytes=args.max_file_bytes,
+        erase=normalize_location(args.erase) if args.erase is not None else None,
     )
