@@ -1,4 +1,4 @@
-"""S3 event notifications, as S3 delivers them to SQS, to the objects a run should read.
+"""S3 event notifications, as S3 delivers them to SQS, to the objects a run should read or erase.
 
 S3 URL-encodes object keys in notifications the way HTML forms do: a space arrives as
 ``+``, a plus sign as ``%2B``, non-ASCII as UTF-8 ``%XX``. Reading the key as-is is the
@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import unquote_plus
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # any letter case, as the job's IMAGE_GLOB
 OBJECT_CREATED = "ObjectCreated:"
+# A deletion: ``ObjectRemoved:DeleteMarkerCreated`` (a DELETE without a version id in a
+# versioned bucket, as this stack's) or ``ObjectRemoved:Delete`` (an unversioned bucket, or a
+# version deleted by id). Every one erases the key's rows (docs/erasure.md): a version
+# deleted by id while the key still has a current one costs a re-featurization (reconcile
+# finds the photo without a row), never a photo's rows kept against its deletion.
+OBJECT_REMOVED = "ObjectRemoved:"
 TEST_EVENT = "s3:TestEvent"
 
 
@@ -28,10 +35,15 @@ class S3Object:
     etag: str | None
     sequencer: str  # orders events of the same key; "" when absent
     event_name: str
+    event_time: str = ""  # S3's eventTime (ISO-8601 UTC): when a removal happened
 
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def is_removal(self) -> bool:
+        return self.event_name.startswith(OBJECT_REMOVED)
 
 
 @dataclass(frozen=True)
@@ -73,8 +85,14 @@ def _parse_record(number: int, record: object) -> S3Object | Ignored:
     if not isinstance(bucket, str) or not isinstance(raw_key, str):
         raise MalformedMessage(f"record {number}: bucket and key must be strings")
     key = decode_key(raw_key)
-    if not event_name.startswith(OBJECT_CREATED):
-        return Ignored(what=f"s3://{bucket}/{key}", reason=f"not an object creation: {event_name}")
+    if not event_name.startswith((OBJECT_CREATED, OBJECT_REMOVED)):
+        return Ignored(
+            what=f"s3://{bucket}/{key}", reason=f"not an object creation or removal: {event_name}"
+        )
+    event_time = record.get("eventTime")  # type: ignore[union-attr]
+    if event_name.startswith(OBJECT_REMOVED) and not _is_utc_time(event_time):
+        # The erasure's time decides which rows go: a removal without one cannot be applied.
+        raise MalformedMessage(f"record {number}: {event_name} without an ISO-8601 eventTime")
     size = s3["object"].get("size")
     etag = s3["object"].get("eTag")
     return S3Object(
@@ -84,7 +102,18 @@ def _parse_record(number: int, record: object) -> S3Object | Ignored:
         etag=etag if isinstance(etag, str) else None,
         sequencer=str(s3["object"].get("sequencer", "")),
         event_name=event_name,
+        event_time=event_time if isinstance(event_time, str) else "",
     )
+
+
+def _is_utc_time(value: object) -> bool:
+    """S3 writes ``1970-01-01T00:00:00.000Z``; any ISO-8601 time with a zone will do."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def is_image_key(key: str) -> bool:

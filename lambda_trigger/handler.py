@@ -1,9 +1,12 @@
-"""The Lambda: a batch of S3 upload notifications from SQS becomes one manifest and one job run.
+"""The Lambda: a batch of S3 notifications from SQS becomes one manifest and one job run.
 
 Records are parsed one by one (a poisoned message fails alone and goes back to the queue,
 then to the dead-letter queue); the images of every good record go into one manifest, and
-one job run is started for it. If that submission fails, the invocation fails and SQS
-redelivers the whole batch, so no upload is acknowledged without a run that reads it.
+one job run is started for it. Deletions of images under ``raw/`` go into one erasure
+manifest and one erase run (docs/erasure.md), so a batch holding both starts one of each.
+If a submission fails, the invocation fails and SQS redelivers the whole batch (the run
+already started is recognised by its receipt), so no upload or deletion is acknowledged
+without a run that handles it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambda_trigger import settings as config
 from lambda_trigger.events import Ignored, S3Object, ignore_reason, parse_message
-from lambda_trigger.manifest import build_manifest
+from lambda_trigger.manifest import Manifest, build_erasure_manifest, build_manifest, split_batch
 from lambda_trigger.submit import submit_batch
 
 logger = Logger()
@@ -68,15 +71,17 @@ def record_handler(record: SQSRecord, batch: Batch, raw: config.S3Location) -> N
     batch.ignored.extend(ignored)
 
 
-def count(batch: Batch, failed: int) -> None:
-    metrics.add_metric(name="ImagesAccepted", unit=MetricUnit.Count, value=len(batch.images))
+def count(batch: Batch, creations: int, removals: int, failed: int) -> None:
+    metrics.add_metric(name="ImagesAccepted", unit=MetricUnit.Count, value=creations)
+    metrics.add_metric(name="ImagesRemoved", unit=MetricUnit.Count, value=removals)
     metrics.add_metric(name="ObjectsIgnored", unit=MetricUnit.Count, value=len(batch.ignored))
     metrics.add_metric(name="MessagesFailed", unit=MetricUnit.Count, value=failed)
 
 
-def start_run(batch: Batch, settings: config.Settings, messages: int, failed: int) -> None:
-    """One manifest and at most one job run for the batch's images; raises if either fails."""
-    manifest = build_manifest(batch.images)
+def start_run(
+    manifest: Manifest, batch: Batch, settings: config.Settings, messages: int, failed: int
+) -> None:
+    """The manifest and at most one job run for it; raises if either fails."""
     logger.set_correlation_id(manifest.run_id)
     s3, emr = clients()
     submission = submit_batch(s3, emr, settings, manifest)
@@ -91,6 +96,7 @@ def start_run(batch: Batch, settings: config.Settings, messages: int, failed: in
             "job_run_id": submission.job_run_id,
             "attempt": submission.attempt,
             "manifest": submission.manifest_uri,
+            "kind": "erase" if manifest.erasure else "featurize",
             "images": manifest.images,
             "duplicate_events": manifest.duplicates,
             "ignored": len(batch.ignored),
@@ -109,9 +115,14 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     with processor(records=records, handler=partial(record_handler, batch=batch, raw=settings.raw)):
         processor.process()
     failed = len(processor.fail_messages)
-    count(batch, failed)
-    if batch.images:
-        start_run(batch, settings, len(records), failed)
-    else:
+    creations, removals = split_batch(batch.images)
+    count(batch, len(creations), len(removals), failed)
+    # Erasure first: a deletion is a legal obligation, and a failure after it redelivers the
+    # batch, whose erase run the receipt then recognises.
+    if removals:
+        start_run(build_erasure_manifest(removals), batch, settings, len(records), failed)
+    if creations:
+        start_run(build_manifest(creations), batch, settings, len(records), failed)
+    if not (creations or removals):
         logger.info("no images in batch", extra={"messages": len(records), "failed": failed})
     return processor.response()

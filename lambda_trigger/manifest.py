@@ -1,7 +1,10 @@
-"""One batch of uploads as the job's manifest: JSON Lines, deterministic bytes.
+"""One batch of uploads as the job's manifest, its deletions as an erasure manifest: JSON
+Lines, deterministic bytes.
 
 The bytes depend only on the set of objects (sorted, one line per URI), so the same
 batch delivered twice gives the same manifest, the same run id and the same client token.
+An erasure manifest has the same shape plus ``erased_at``, the deletion's S3 ``eventTime``
+(what emr_serverless_job/erase.py reads).
 """
 
 from __future__ import annotations
@@ -11,7 +14,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lambda_trigger.events import S3Object
-from lambda_trigger.request import manifest_run_id
+from lambda_trigger.request import (
+    JobSource,
+    erasure_run_id,
+    for_erasure,
+    for_manifest,
+    manifest_run_id,
+)
+
+ERASED_AT_FIELD = "erased_at"  # emr_serverless_job.erase.ERASED_AT_FIELD
 
 
 @dataclass(frozen=True)
@@ -20,6 +31,11 @@ class Manifest:
     run_id: str
     images: int
     duplicates: int  # events for a URI already in the batch (re-uploads, redelivery)
+    erasure: bool = False  # an erasure manifest: its run is an erase run (--erase)
+
+    def source(self, uri: str) -> JobSource:
+        """What the job run reads, once the manifest is stored at ``uri``."""
+        return (for_erasure if self.erasure else for_manifest)(uri, self.body)
 
     @property
     def file_name(self) -> str:
@@ -35,8 +51,8 @@ def _sequence(obj: S3Object) -> tuple[int, str]:
     return (len(obj.sequencer), obj.sequencer)
 
 
-def build_manifest(objects: Iterable[S3Object]) -> Manifest:
-    """The latest event per URI, one line each, sorted; size and etag when S3 sent them."""
+def _latest(objects: Iterable[S3Object]) -> tuple[dict[str, S3Object], int]:
+    """The latest event per URI (by S3's sequencer), and how many events there were."""
     latest: dict[str, S3Object] = {}
     seen = 0
     for obj in objects:
@@ -44,6 +60,45 @@ def build_manifest(objects: Iterable[S3Object]) -> Manifest:
         current = latest.get(obj.uri)
         if current is None or _sequence(obj) >= _sequence(current):
             latest[obj.uri] = obj
+    return latest, seen
+
+
+def split_batch(objects: Iterable[S3Object]) -> tuple[list[S3Object], list[S3Object]]:
+    """(creations to featurize, removals to erase) of one batch.
+
+    A key is featurized when its latest event is a creation: one uploaded, then deleted
+    within the batch is only erased (its run would find nothing and write an error row that
+    names the deleted key). A key is erased when the batch holds any removal of it: deleted,
+    then uploaded again, its old rows go and the new upload is featurized (rows featurized
+    after the deletion's time stay)."""
+    events = list(objects)
+    latest, _ = _latest(events)
+    creations = [obj for obj in events if not obj.is_removal and not latest[obj.uri].is_removal]
+    removals = [obj for obj in events if obj.is_removal]
+    return creations, removals
+
+
+def build_erasure_manifest(removals: Iterable[S3Object]) -> Manifest:
+    """One line per deleted URI, sorted, with the latest deletion's time; its hash names the
+    erase run (``erase-<16 hex>``)."""
+    latest, seen = _latest(removals)
+    lines = [
+        json.dumps({"uri": uri, ERASED_AT_FIELD: latest[uri].event_time}, ensure_ascii=False)
+        for uri in sorted(latest)
+    ]
+    body = ("\n".join(lines) + "\n").encode() if lines else b""
+    return Manifest(
+        body=body,
+        run_id=erasure_run_id(body),
+        images=len(latest),
+        duplicates=seen - len(latest),
+        erasure=True,
+    )
+
+
+def build_manifest(objects: Iterable[S3Object]) -> Manifest:
+    """The latest event per URI, one line each, sorted; size and etag when S3 sent them."""
+    latest, seen = _latest(objects)
     lines = []
     for uri in sorted(latest):
         obj = latest[uri]

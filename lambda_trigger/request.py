@@ -57,6 +57,18 @@ EXECUTOR_MEMORY = {"onnx": "6g", "tensorflow": "7g"}
 EXECUTOR_MEMORY_OVERHEAD = {"onnx": "4g", "tensorflow": "7g"}
 # C1 compiler only, as emr_serverless_job.main gives local runs (the reason is there).
 JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+# An erase run (emr_serverless_job/erase.py) runs no model and no Python worker: it reads the
+# path columns and rewrites the few partitions that hold an erased photo, in the JVM. Its
+# executors need no Python memory overhead (a 4-vCPU worker of 8 GB instead of 10-14) and
+# two of them are plenty. The run id is ERASE_RUN_PREFIX + 16 hex of the manifest's sha256
+# (emr_serverless_job.erase.default_run_id; a test keeps the two equal).
+ERASE_RUN_PREFIX = "erase-"
+ERASE_SPARK_CONF = (
+    ("spark.executor.memory", "7g"),
+    ("spark.executor.memoryOverhead", "1g"),
+    ("spark.dynamicAllocation.maxExecutors", "2"),
+    ("spark.default.parallelism", str(2 * EXECUTOR_CORES)),
+)
 
 
 @dataclass(frozen=True)
@@ -83,10 +95,11 @@ class Deployment:
 class JobSource:
     """What one run reads: ``--input`` (a backfill) or ``--manifest`` (a batch of uploads)."""
 
-    flag: str  # "--input" or "--manifest"
+    flag: str  # "--input", "--manifest" or "--erase"
     uri: str
     run_id: str
     extra_args: tuple[str, ...] = ()
+    spark_conf: tuple[tuple[str, str], ...] = ()  # over the deployment's sizing
 
 
 @dataclass(frozen=True)
@@ -153,6 +166,21 @@ def backfill_run_id(input_uri: str) -> str:
     return f"backfill-{hashlib.sha256(normalized.encode()).hexdigest()[:RUN_ID_DIGITS]}"
 
 
+def erasure_run_id(manifest: bytes) -> str:
+    """An erase run's id: a redelivered batch of deletions names the same run."""
+    return f"{ERASE_RUN_PREFIX}{hashlib.sha256(manifest).hexdigest()[:RUN_ID_DIGITS]}"
+
+
+def for_erasure(manifest_uri: str, manifest: bytes) -> JobSource:
+    """An erase run of an erasure manifest, sized for the small job it is."""
+    return JobSource(
+        flag="--erase",
+        uri=manifest_uri,
+        run_id=erasure_run_id(manifest),
+        spark_conf=ERASE_SPARK_CONF,
+    )
+
+
 def for_manifest(manifest_uri: str, manifest: bytes) -> JobSource:
     return JobSource(flag="--manifest", uri=manifest_uri, run_id=manifest_run_id(manifest))
 
@@ -163,8 +191,11 @@ def for_backfill(input_uri: str, extra_args: tuple[str, ...] = ()) -> JobSource:
     )
 
 
-def spark_submit_parameters(deployment: Deployment) -> str:
-    """The venv archive as every process's Python, the job package, and executor sizing."""
+def spark_submit_parameters(
+    deployment: Deployment, overrides: tuple[tuple[str, str], ...] = ()
+) -> str:
+    """The venv archive as every process's Python, the job package, and executor sizing
+    (``overrides`` replace single settings: an erase run's smaller executors)."""
     parallelism = deployment.max_executors * EXECUTOR_CORES
     conf = {
         "spark.archives": f"{deployment.artifact(VENV_ARCHIVE)}#environment",
@@ -185,6 +216,9 @@ def spark_submit_parameters(deployment: Deployment) -> str:
         # would follow the few executors that exist when the job starts.
         "spark.default.parallelism": str(parallelism),
     }
+    conf.update(overrides)
+    cap = "spark.dynamicAllocation.maxExecutors"  # an override never exceeds the stack's cap
+    conf[cap] = str(min(int(conf[cap]), deployment.max_executors))
     parts = ["--py-files", deployment.artifact(JOB_PACKAGE)]
     for key, value in conf.items():
         parts += ["--conf", f"{key}={value}"]
@@ -223,7 +257,7 @@ def start_job_run_request(
             "sparkSubmit": {
                 "entryPoint": deployment.artifact(ENTRY_POINT),
                 "entryPointArguments": arguments,
-                "sparkSubmitParameters": spark_submit_parameters(deployment),
+                "sparkSubmitParameters": spark_submit_parameters(deployment, source.spark_conf),
             }
         },
         "configurationOverrides": {

@@ -17,7 +17,7 @@ from typing import Any
 
 from lambda_trigger import receipts
 from lambda_trigger.manifest import Manifest
-from lambda_trigger.request import Attempt, client_token, for_manifest, start_job_run_request
+from lambda_trigger.request import Attempt, client_token, start_job_run_request
 from lambda_trigger.settings import Settings
 
 
@@ -66,7 +66,7 @@ def submit_batch(s3: Any, emr: Any, settings: Settings, manifest: Manifest) -> S
     attempt = next_attempt(receipt, settings.max_attempts)
     request = start_job_run_request(
         settings.deployment,
-        for_manifest(manifest_uri, manifest.body),
+        manifest.source(manifest_uri),  # --manifest, or --erase for an erasure manifest
         client_token=client_token(manifest.run_id, attempt),
         attempt=attempt,
     )

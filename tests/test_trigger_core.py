@@ -93,10 +93,10 @@ def test_malformed_messages_raise_with_a_reason(body):
         parse_message(body)
 
 
-def test_non_creation_events_are_ignored():
-    (item,) = parse_message(notification("raw/a.jpg", event="ObjectRemoved:Delete"))
+def test_events_other_than_creations_and_removals_are_ignored():
+    (item,) = parse_message(notification("raw/a.jpg", event="ObjectTagging:Put"))
     assert isinstance(item, Ignored)
-    assert "ObjectRemoved:Delete" in item.reason
+    assert "ObjectTagging:Put" in item.reason
 
 
 @pytest.mark.parametrize(
