@@ -105,7 +105,7 @@ def test_bucket_is_private_encrypted_tls_only_and_expires_manifests_and_logs(tra
         for rule in bucket["LifecycleConfiguration"]["Rules"]
         if "ExpirationInDays" in rule
     }
-    assert expiring == {"manifests/", "logs/"}
+    assert expiring == {"manifests/", "manifests/erase-", "logs/"}
 
 
 def test_only_image_uploads_under_raw_reach_the_queue(transformed):
@@ -113,12 +113,17 @@ def test_only_image_uploads_under_raw_reach_the_queue(transformed):
     configs = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
     suffixes = set()
     for config in configs:
-        assert config["Event"].startswith("s3:ObjectCreated:")
+        assert config["Event"] in ("s3:ObjectCreated:*", "s3:ObjectRemoved:*")
         assert config["Queue"] == {"Fn::GetAtt": ["UploadsQueue", "Arn"]}
         rules = {r["Name"]: r["Value"] for r in config["Filter"]["S3Key"]["Rules"]}
         assert rules["prefix"] == "raw/"
-        suffixes.add(rules["suffix"])
-    assert suffixes == IMAGE_SUFFIXES
+        suffixes.add((config["Event"], rules["suffix"]))
+    # Deletions of the same images reach the same queue (erasure, docs/erasure.md).
+    assert suffixes == {
+        (event, suffix)
+        for event in ("s3:ObjectCreated:*", "s3:ObjectRemoved:*")
+        for suffix in IMAGE_SUFFIXES
+    }
     # The queue policy must exist before S3 validates the notification target.
     assert bucket["DependsOn"] == "UploadsQueuePolicy"
     (policy,) = resources_of(transformed, "AWS::SQS::QueuePolicy").values()
@@ -556,3 +561,28 @@ def test_the_watchers_role_reruns_this_application_alerts_its_topic_and_touches_
             assert _prefixes(resources) == {"manifests/*"}
         if "s3:ListBucket" in acts:
             assert statement["Condition"] == {"StringLike": {"s3:prefix": ["manifests/*"]}}
+
+
+def test_what_an_erasure_leaves_behind_expires(transformed):
+    """docs/erasure.md states these: erasure manifests (deleted key names) go after
+    ErasureManifestRetentionDays, a deleted photo's old versions and replaced Parquet files 30
+    days after they stopped being current, and then the delete markers that name the keys."""
+    doc = template()
+    rules = {
+        rule["Id"]: rule
+        for rule in transformed["Resources"]["DataBucket"]["Properties"]["LifecycleConfiguration"][
+            "Rules"
+        ]
+    }
+    erasures = rules["expire-erasure-manifests"]
+    assert erasures["Prefix"] == "manifests/erase-"
+    assert erasures["ExpirationInDays"] == {"Ref": "ErasureManifestRetentionDays"}
+    default = doc["Parameters"]["ErasureManifestRetentionDays"]["Default"]
+    assert default <= doc["Parameters"]["ManifestRetentionDays"]["Default"]
+    dead_letters = doc["Resources"]["UploadsDeadLetterQueue"]["Properties"]
+    assert default * 86400 >= dead_letters["MessageRetentionPeriod"]  # a redrive still works
+    versions = rules["old-versions-and-uploads"]
+    assert "Prefix" not in versions and versions["NoncurrentVersionExpiration"] == {
+        "NoncurrentDays": 30
+    }
+    assert versions["ExpiredObjectDeleteMarker"] is True

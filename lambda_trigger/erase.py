@@ -1,0 +1,245 @@
+"""Erase photos by hand: ``python -m lambda_trigger.erase --stack NAME --keys FILE``.
+
+For a GDPR erasure request, or deletions whose notifications were lost: the listed photos'
+rows are removed from every features and errors partition by one erase run, started through
+the same manifest, receipt and request path as the Lambda's (docs/erasure.md). With
+``--delete-objects`` the objects are deleted from ``raw/`` first; their deletion events then
+also reach the trigger, whose own erase run finds nothing left to remove.
+
+Settings come from the stack's outputs (``--stack``) or the Lambda's environment variable
+names. Every flag and every line of the keys file is checked before anything is deleted,
+written or started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from lambda_trigger import settings as config
+from lambda_trigger.backfill import stack_settings
+from lambda_trigger.events import OBJECT_REMOVED, S3Object, is_image_key
+from lambda_trigger.manifest import Manifest, build_erasure_manifest
+from lambda_trigger.submit import submit_batch
+
+EXIT_CONFIG_ERROR = 2
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys per call
+# The event name the command's erasure entries stand for (a deletion it made or vouches for).
+COMMAND_EVENT = f"{OBJECT_REMOVED}Delete"
+VERSIONED = ("Enabled", "Suspended")
+VERSIONS_REMAIN = (
+    "the bucket is versioned: each deleted photo's earlier versions remain as noncurrent "
+    "versions until the lifecycle rule expires them (template.yaml: old-versions-and-uploads, "
+    "30 days after the deletion); delete them by version id to erase them now (docs/erasure.md)"
+)
+
+
+class KeysError(ValueError):
+    """A line of --keys cannot be erased; raised before any side effect."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one invocation erases, and when (the command's time)."""
+
+    keys: list[str]  # full keys under the raw prefix, decoded, in file order, no duplicates
+    erased_at: str  # ISO-8601 UTC, milliseconds, as S3 writes eventTime
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lambda_trigger.erase",
+        description=(
+            "Remove photos' rows from every features and errors partition (GDPR erasure) "
+            "with one EMR Serverless erase run; optionally delete the photos from raw/ first."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--keys",
+        required=True,
+        type=Path,
+        help="text file, one photo per line: a key relative to the raw prefix "
+        "(Kiwi/a.jpg) or a full s3://bucket/raw/... URI; blank lines are skipped",
+    )
+    parser.add_argument(
+        "--stack", default=None, help="read the settings from this CloudFormation stack"
+    )
+    parser.add_argument("--region", default=None, help="AWS region (default: the AWS CLI's)")
+    parser.add_argument(
+        "--delete-objects",
+        action="store_true",
+        help="delete the objects from raw/ first (a versioned bucket keeps earlier versions)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the erasure manifest; delete, write and start nothing",
+    )
+    for flag, name in (("raw", config.RAW_URI), ("manifests", config.MANIFESTS_URI)):
+        parser.add_argument(f"--{flag}", default=None, help=f"overrides {name}")
+    return parser
+
+
+def read_keys(path: Path) -> list[str]:
+    """The file's lines as written (only the line break removed: a key may end in a space)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise KeysError(f"--keys: no file at {path}") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise KeysError(f"--keys: cannot read {path}: {error}") from error
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    if not any(line.strip() for line in lines):
+        raise KeysError(f"--keys: {path} names no photo")
+    return lines
+
+
+def resolve_keys(lines: list[str], raw: config.S3Location) -> list[str]:
+    """Full keys under ``raw`` for each non-blank line; every bad line is reported at once."""
+    keys: list[str] = []
+    problems: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if line.startswith("s3://"):
+            try:
+                location = config.parse_s3_location(line)
+            except ValueError:
+                problems.append(f"line {number}: {line!r} is not an s3://bucket/key URI")
+                continue
+            if location.bucket != raw.bucket:
+                problems.append(f"line {number}: bucket {location.bucket!r} is not {raw.bucket!r}")
+                continue
+            key = line.removeprefix(f"s3://{raw.bucket}/")
+        elif line.startswith("/"):
+            problems.append(f"line {number}: {line!r} starts with '/' (write it relative to raw/)")
+            continue
+        else:
+            key = raw.key(line)
+        if not key.startswith(raw.prefix):
+            problems.append(f"line {number}: {key!r} is not under {raw.uri}")
+        elif not is_image_key(key):
+            problems.append(f"line {number}: {key!r} is not an image (.jpg, .jpeg, .png)")
+        elif key not in keys:
+            keys.append(key)
+    if problems:
+        raise KeysError("--keys: " + "; ".join(problems))
+    return keys
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def erasure_manifest(bucket: str, request: Request) -> Manifest:
+    """The same manifest the Lambda writes for deletions, with the command's time."""
+    return build_erasure_manifest(
+        S3Object(bucket, key, None, None, "", COMMAND_EVENT, event_time=request.erased_at)
+        for key in request.keys
+    )
+
+
+def delete_objects(s3: Any, bucket: str, keys: list[str]) -> list[str]:
+    """Delete the current versions; returns the problems S3 reported, one per key."""
+    problems = []
+    for start in range(0, len(keys), DELETE_BATCH):
+        chunk = keys[start : start + DELETE_BATCH]
+        answer = s3.delete_objects(
+            Bucket=bucket, Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True}
+        )
+        problems += [
+            f"{e['Key']}: {e.get('Code')} {e.get('Message')}" for e in answer.get("Errors", [])
+        ]
+    return problems
+
+
+def still_present(s3: Any, bucket: str, keys: list[str]) -> list[str]:
+    """The keys that still have a current object (their rows would come back at a backfill)."""
+    present = []
+    for key in keys:
+        try:
+            s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                continue
+            raise
+        present.append(key)
+    return present
+
+
+def is_versioned(s3: Any, bucket: str) -> bool:
+    return s3.get_bucket_versioning(Bucket=bucket).get("Status") in VERSIONED
+
+
+def merged_settings(
+    args: argparse.Namespace, env: Mapping[str, str], stack: Mapping[str, str]
+) -> dict[str, str]:
+    merged = {name: env[name] for name in config.FIELDS if env.get(name)}
+    merged.update(stack)
+    for flag, name in (("raw", config.RAW_URI), ("manifests", config.MANIFESTS_URI)):
+        if getattr(args, flag) is not None:
+            merged[name] = getattr(args, flag)
+    return merged
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = os.environ if env is None else env
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    try:
+        lines = read_keys(args.keys)
+    except KeysError as error:
+        say(f"configuration error: {error}")
+        return EXIT_CONFIG_ERROR
+    import boto3
+
+    session = boto3.session.Session(region_name=args.region)
+    stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
+    try:
+        settings = config.from_environment(merged_settings(args, env, stack))
+        keys = resolve_keys(lines, settings.raw)
+    except (config.SettingsError, KeysError) as error:
+        say(f"configuration error: {error}")
+        return EXIT_CONFIG_ERROR
+    bucket = settings.raw.bucket
+    if args.dry_run:
+        print(erasure_manifest(bucket, Request(keys, now_iso())).body.decode(), end="")
+        return 0
+
+    s3 = session.client("s3", config=config.CLIENT_CONFIG)
+    if args.delete_objects:
+        problems = delete_objects(s3, bucket, keys)
+        for problem in problems:
+            say(f"not deleted: {problem}")
+        say(f"deleted {len(keys) - len(problems)} of {len(keys)} objects from {settings.raw.uri}")
+        if is_versioned(s3, bucket):
+            say(f"note: {VERSIONS_REMAIN}")
+    else:
+        for key in still_present(s3, bucket, keys):
+            say(
+                f"warning: s3://{bucket}/{key} is still in raw/: a backfill or reconcile would "
+                "featurize it again (pass --delete-objects to delete it)"
+            )
+    request = Request(keys, now_iso())  # after the deletions: every earlier row goes
+    manifest = erasure_manifest(bucket, request)
+    submission = submit_batch(s3, session.client("emr-serverless"), settings, manifest)
+    print(submission.job_run_id)
+    state = "already submitted" if submission.already_submitted else "started"
+    say(
+        f"erase run {submission.run_id} {state} for {manifest.images} photos "
+        f"(erased_at {request.erased_at}): {submission.manifest_uri}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
