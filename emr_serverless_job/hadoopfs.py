@@ -6,11 +6,14 @@ that the job needs no boto3 and the same code serves ``/tmp/...`` and ``s3://...
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from pyspark.sql import SparkSession
 
 STAT_THREADS = 16
+T = TypeVar("T")
 
 
 def _path_and_fs(spark: SparkSession, uri: str) -> tuple[object, object]:
@@ -39,12 +42,36 @@ def stat(spark: SparkSession, uri: str) -> tuple[str, int] | None:
     return str(status.getPath().toString()), int(status.getLen())
 
 
-def stat_many(spark: SparkSession, uris: list[str]) -> list[tuple[str, int] | None]:
-    """``stat`` of many files, in parallel (one HEAD request each on S3)."""
+def map_files(
+    spark: SparkSession, uris: list[str], look: Callable[[SparkSession, str], T]
+) -> list[T]:
+    """``look`` at many files, in parallel (one or two requests each on S3)."""
     if not uris:
         return []
     with ThreadPoolExecutor(max_workers=min(STAT_THREADS, len(uris))) as pool:
-        return list(pool.map(lambda uri: stat(spark, uri), uris))
+        return list(pool.map(lambda uri: look(spark, uri), uris))
+
+
+def cause(error: Exception) -> str:
+    """The Java exception's class and message, from py4j's long wrapped text."""
+    java = getattr(error, "java_exception", None)
+    if java is not None:
+        return f"{java.getClass().getSimpleName()}: {java.getMessage()}"
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def read_failure(spark: SparkSession, uri: str) -> str | None:
+    """Why the first byte of a file cannot be read, or None when it can."""
+    try:
+        path, fs = _path_and_fs(spark, uri)
+        stream = fs.open(path)
+        try:
+            stream.read()
+        finally:
+            stream.close()
+    except Exception as error:
+        return cause(error)
+    return None
 
 
 def delete(spark: SparkSession, uri: str) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import posixpath
 import re
+import stat
 import statistics
 import tempfile
 from dataclasses import dataclass, field
@@ -22,11 +23,24 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from emr_serverless_job import hadoopfs
-from emr_serverless_job.images import IMAGE_GLOB, is_image_path
+from emr_serverless_job.images import IMAGE_SUFFIXES, is_image_path
 
 NOT_FOUND = "listed in the manifest but not found"
 DELETED = "deleted while the run was reading"
 HIDDEN_NAME = "file name starts with '_' or '.', which Spark never reads: rename the file"
+HIDDEN_FOLDER = (
+    "in a folder whose name starts with '_' or '.', which Spark never lists: "
+    "move the file out of it"
+)
+NOT_A_FILE = "not a regular file"
+DANGLING_LINK = "symbolic link to nothing"
+# The schemes a run reads: S3 through EMRFS (s3://) or the S3A connector, and local files.
+READ_SCHEMES = ("s3", "s3a", "s3n", "file")
+S3_SCHEMES = ("s3", "s3a", "s3n")
+# Hadoop's glob of every name a run reads, in any letter case (Spark's pathGlobFilter).
+IMAGE_GLOB = "*.{%s}" % ",".join(  # noqa: UP031 (braces of the glob itself)
+    "".join(f"[{c.lower()}{c.upper()}]" for c in suffix.lstrip(".")) for suffix in IMAGE_SUFFIXES
+)
 # Spark's streaming file sink log, which a manifest's file list is written as.
 SINK_LOG_FOLDER = "_spark_metadata"
 SINK_LOG_VERSION = "v1"
@@ -93,7 +107,11 @@ def parse_manifest(text: str) -> ManifestEntries:
             problems.append((f"manifest line {number}", 'no "uri" string in the object'))
             continue
         if not is_image_path(uri):
-            problems.append((uri, "not an image suffix (.jpg, .jpeg, .png)"))
+            problems.append((uri, f"not an image suffix ({', '.join(IMAGE_SUFFIXES)})"))
+            continue
+        reason = address_reason(uri) or hidden_reason(uri)
+        if reason is not None:
+            problems.append((uri, reason))
             continue
         if uri in seen:
             duplicates += 1
@@ -139,10 +157,62 @@ def spark_spelling(uri: str) -> str:
     return f"{scheme}://{authority}{path}"
 
 
+def _split_uri(uri: str) -> tuple[str | None, str, str]:
+    """(scheme or None, authority, path) of a URI as written, without any normalization."""
+    match = SCHEME.match(uri)
+    scheme, rest = (match.group(1).lower(), match.group(2)) if match else (None, uri)
+    authority = ""
+    if rest.startswith("//"):
+        authority, slash, rest = rest[2:].partition("/")
+        rest = slash + rest
+    return scheme, authority, rest
+
+
+def address_reason(uri: str) -> str | None:
+    """Why a run cannot read ``uri`` as written, or None when it can.
+
+    Hadoop's ``Path`` normalizes what it is given: ``raw/Kiwi//a.jpg`` and
+    ``raw/./Kiwi/a.jpg`` are read as ``raw/Kiwi/a.jpg``, ``raw/../output/d.jpg`` as
+    ``output/d.jpg``, and a name with a colon is taken for a URI scheme. S3 keeps such keys as
+    distinct objects, so reading them would read another photo, or a file outside ``raw/``;
+    each becomes an error row under its own key instead.
+    """
+    scheme, authority, path = _split_uri(uri)
+    if scheme is None and not path.startswith("/"):
+        return "relative path: a manifest names each file by absolute URI (s3://bucket/key)"
+    if scheme is not None and scheme not in READ_SCHEMES:
+        return f"unsupported scheme '{scheme}:' (a run reads {', '.join(READ_SCHEMES)} URIs)"
+    if scheme in S3_SCHEMES and not authority:
+        return f"no bucket in the URI (expected {scheme}://bucket/key)"
+    segments = path.split("/")[1:]
+    if "" in segments:
+        return "key has an empty folder name ('//'), which Hadoop would read as another key"
+    if "." in segments or ".." in segments:
+        return "key has a '.' or '..' folder, which Hadoop would read as another key"
+    if ":" in path:
+        return "key has a ':', which Hadoop reads as a URI scheme: rename the object"
+    return None
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or (name.startswith("_") and "=" not in name)
+
+
 def is_hidden_name(path: str) -> bool:
     """Hadoop's hidden files, which Spark's file sources skip wherever they are named."""
-    name = path.rsplit("/", 1)[-1]
-    return name.startswith(".") or (name.startswith("_") and "=" not in name)
+    return _is_hidden(path.rsplit("/", 1)[-1])
+
+
+def hidden_reason(uri: str, below: int = 0) -> str | None:
+    """Why Spark would skip ``uri`` for its hidden name or folder, or None. Folders are
+    counted from the bucket (S3) or from ``below`` segments of the path (a local folder)."""
+    _, _, path = _split_uri(uri)
+    *folders, name = path.split("/")[1:]
+    if _is_hidden(name):
+        return HIDDEN_NAME
+    if any(_is_hidden(folder) for folder in folders[below:]):
+        return HIDDEN_FOLDER
+    return None
 
 
 def size_reason(size: int, max_bytes: int) -> str | None:
@@ -221,6 +291,7 @@ def _manifest_files(spark: SparkSession, sizes: dict[str, int | None]) -> DataFr
             _binary_files(spark)
             .option("recursiveFileLookup", "true")
             .option("ignoreMissingFiles", "true")
+            .option("ignoreCorruptFiles", "true")
             .load(f"file://{scratch}")
         )
         taken = len(files._jdf.inputFiles())
@@ -261,18 +332,99 @@ def input_files(files: DataFrame) -> list[str]:
     return joined.split("\n") if joined else []
 
 
-def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
-    """Every .jpg/.jpeg/.png under ``location``, recursively, in any letter case.
+def local_folder(location: str) -> str | None:
+    """The local path of a folder given as ``/path`` or ``file:``, None for any other scheme."""
+    scheme, authority, path = _split_uri(location)
+    if scheme is None or (scheme == "file" and not authority):
+        return os.path.abspath(path)
+    return None
 
-    Empty files are skipped by Spark's scan itself; ``listed`` lets the job find them
-    afterwards (see ``unscanned``).
+
+@dataclass(frozen=True)
+class Listed:
+    """One file a local folder holds: as ``path`` spells it, with a size or a rejection."""
+
+    path: str
+    size: int | None
+    reason: str | None
+
+
+def list_local(root: str, max_bytes: int) -> list[Listed]:
+    """Every file under ``root`` a run reads, each read or rejected, from the file system.
+
+    Hadoop's local listing stops the whole listing at a name with a colon ("Relative path in
+    absolute URI") and Spark's skips hidden folders and dangling links without a word, so a
+    local folder is listed here: each file with an image suffix ends in this list, with a
+    reason where it will not be read.
+    """
+    depth = len(root.rstrip("/").split("/")) - 1
+    found: list[Listed] = []
+    for folder, folders, names in os.walk(root):
+        folders.sort()
+        for name in sorted(names):
+            if not is_image_path(name):
+                continue
+            full = os.path.join(folder, name)
+            spelled = spark_spelling(full)
+            reason = address_reason(full) or hidden_reason(full, below=depth)
+            size = None
+            if reason is None:
+                try:
+                    status = os.stat(full)
+                except FileNotFoundError:
+                    reason = DANGLING_LINK if os.path.islink(full) else DELETED
+                except OSError as error:
+                    reason = f"cannot read the file's status: {error.strerror}"
+                else:
+                    size = status.st_size
+                    if not stat.S_ISREG(status.st_mode):
+                        reason = NOT_A_FILE
+                    else:
+                        reason = size_reason(size, max_bytes)
+            found.append(Listed(spelled, size, reason))
+    return found
+
+
+def _from_local_folder(spark: SparkSession, root: str, max_bytes: int) -> Inputs:
+    """A local folder's files read through a file log, as a manifest's are (no Hadoop listing)."""
+    listed = list_local(root, max_bytes)
+    readable: dict[str, int | None] = {f.path: f.size for f in listed if f.reason is None}
+    files = _manifest_files(spark, readable) if readable else _empty_files_frame(spark)
+    rows = [(f.path, f.size, f.reason) for f in listed if f.reason is not None]
+    rejected = spark.createDataFrame(rows, REJECTED_SCHEMA) if rows else _no_rejections(spark)
+    return Inputs(
+        images=files,
+        rejected=rejected,
+        fingerprint=content_digest(root.encode()),
+        expected=len(listed),
+        listed=list(readable),
+    )
+
+
+def _no_rejections(spark: SparkSession) -> DataFrame:
+    return spark.createDataFrame([], REJECTED_SCHEMA)
+
+
+def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
+    """Every image under ``location``, recursively, in any letter case.
+
+    A local folder is listed in Python (``list_local``). Elsewhere (S3) Spark's file index
+    lists it; empty files and files gone or unreadable when the scan reaches them are skipped
+    by the scan and found afterwards by ``listed`` (see ``unscanned``). Spark's listing skips
+    hidden folders (``_drafts/``): ``reconcile`` reports their photos, and a manifest run
+    gives each an error row saying to move it.
     """
     if not hadoopfs.exists(spark, location):
         raise InputError(f"--input: nothing at {location}")
+    local = local_folder(location)
+    if local is not None:
+        return _from_local_folder(spark, local, max_bytes)
     files = (
         _binary_files(spark)
         .option("pathGlobFilter", IMAGE_GLOB)
         .option("recursiveFileLookup", "true")
+        .option("ignoreMissingFiles", "true")
+        .option("ignoreCorruptFiles", "true")
         .load(location)
     )
     images, too_large = _split_by_size(files, max_bytes)
@@ -329,20 +481,36 @@ def unscanned(
 ) -> DataFrame:
     """Listed files that Spark's scan produced no row for, as rejections with a reason.
 
-    Spark skips zero-length files while scanning, and missing ones where a manifest named
-    them; they are still inputs and must be accounted for. Only called when counts show a
-    gap, so the lookups here are few.
+    Spark skips zero-length files while scanning, missing ones (``ignoreMissingFiles``: gone
+    since the listing, or never there where a manifest named them) and unreadable ones
+    (``ignoreCorruptFiles``: permission denied, an S3 403 from SSE-C, KMS or Glacier); they
+    are still inputs and must be accounted for, with the cause. Only called when counts show
+    a gap, so the lookups here are few.
     """
     listed_frame = spark.createDataFrame([(path,) for path in listed], "path string")
     missing = [row["path"] for row in listed_frame.join(seen, "path", "left_anti").collect()]
-    rows: list[tuple[str, int | None, str]] = []
-    for path, status in zip(missing, hadoopfs.stat_many(spark, missing), strict=True):
-        if status is None:
-            rows.append((path, None, gone_reason))
-        else:
-            size = status[1]
-            reason = size_reason(size, 1 << 62) or (
-                HIDDEN_NAME if is_hidden_name(path) else "skipped by Spark's scan"
-            )
-            rows.append((path, size, reason))
-    return spark.createDataFrame(rows, REJECTED_SCHEMA)
+    rows = [
+        (path, size, reason)
+        for path, (size, reason) in zip(
+            missing, hadoopfs.map_files(spark, missing, _why_unscanned), strict=True
+        )
+    ]
+    return spark.createDataFrame(
+        [(path, size, reason or gone_reason) for path, size, reason in rows], REJECTED_SCHEMA
+    )
+
+
+def _why_unscanned(spark: SparkSession, path: str) -> tuple[int | None, str | None]:
+    """(size, reason) of a file the scan skipped; reason None means it is gone."""
+    try:
+        status = hadoopfs.stat(spark, path)
+    except Exception as error:  # a HEAD refused (403) must not fail the run
+        return None, f"unreadable: {hadoopfs.cause(error)}"
+    if status is None:
+        return None, None
+    size = status[1]
+    reason = size_reason(size, 1 << 62) or hidden_reason(path)
+    if reason is None:
+        failure = hadoopfs.read_failure(spark, path)
+        reason = f"unreadable: {failure}" if failure else "skipped by Spark's scan"
+    return size, reason

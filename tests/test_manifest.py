@@ -7,8 +7,10 @@ import json
 import pytest
 
 from emr_serverless_job.inputs import (
+    IMAGE_GLOB,
     from_folder,
     hadoop_path_string,
+    input_files,
     is_hidden_name,
     parse_manifest,
     sink_log_uri,
@@ -121,6 +123,13 @@ def test_a_folders_files_all_come_back_from_the_jvm_however_they_are_named(spark
     for name in names:
         (folder / name).write_bytes(b"not decoded here")
     (folder / "notes.txt").write_bytes(b"not an image")
-    found = from_folder(spark, str(tmp_path), max_bytes=1 << 20)
-    assert sorted(found.listed) == sorted(f"file:{folder / name}" for name in names)
-    assert found.expected == len(names)
+    files = (
+        spark.read.format("binaryFile")
+        .option("pathGlobFilter", IMAGE_GLOB)
+        .option("recursiveFileLookup", "true")
+        .load(str(tmp_path))
+    )
+    listed = [hadoop_path_string(uri) for uri in input_files(files)]
+    assert sorted(listed) == sorted(f"file:{folder / name}" for name in names)
+    found = from_folder(spark, str(tmp_path), max_bytes=1 << 20)  # listed in Python: the same
+    assert sorted(found.listed) == sorted(listed) and found.expected == len(names)
