@@ -81,7 +81,10 @@ def test_each_image_is_featurized_exactly_once_by_few_models(backfill):
     report, _, _ = backfill
     decoded_errors = report.errors - 1  # the empty file is rejected before it is read
     assert report.images_featurized == report.features + decoded_errors
-    assert 1 <= report.models_built <= 2, "one model per Python worker (local[2]), not per batch"
+    # Spark reuses Python workers across the session and each keeps the models it built, so
+    # an earlier test may have built this one already: at most one per worker, never per batch.
+    batches = -(-report.images_featurized // 8)  # FAST's --batch-size
+    assert report.models_built <= 2 < batches, "one model per Python worker (local[2])"
 
 
 def test_worker_log_lines_are_written_whole(monkeypatch):
