@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 
 from lambda_trigger import settings as config
 from lambda_trigger.backfill import stack_settings
-from lambda_trigger.events import OBJECT_REMOVED, S3Object, is_image_key
+from lambda_trigger.events import IMAGE_SUFFIXES, OBJECT_REMOVED, S3Object, is_image_key
 from lambda_trigger.manifest import Manifest, build_erasure_manifest
 from lambda_trigger.submit import submit_batch
 
@@ -128,7 +128,8 @@ def resolve_keys(lines: list[str], raw: config.S3Location) -> list[str]:
         if not key.startswith(raw.prefix):
             problems.append(f"line {number}: {key!r} is not under {raw.uri}")
         elif not is_image_key(key):
-            problems.append(f"line {number}: {key!r} is not an image (.jpg, .jpeg, .png)")
+            suffixes = ", ".join(IMAGE_SUFFIXES)
+            problems.append(f"line {number}: {key!r} is not an image ({suffixes})")
         elif key not in keys:
             keys.append(key)
     if problems:

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote_plus
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # any letter case, as the job's IMAGE_GLOB
+# The names a run reads, in any letter case: the job's emr_serverless_job.images.IMAGE_SUFFIXES
+# (photos it decodes, then the HEIC/HEIF it answers with an error row), copied because the
+# Lambda package ships without the job; tests/test_trigger_core.py fails if the two differ.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif")
 OBJECT_CREATED = "ObjectCreated:"
 # A deletion: ``ObjectRemoved:DeleteMarkerCreated`` (a DELETE without a version id in a
 # versioned bucket, as this stack's) or ``ObjectRemoved:Delete`` (an unversioned bucket, or a
@@ -129,5 +132,5 @@ def ignore_reason(obj: S3Object, bucket: str, prefix: str) -> str | None:
     if obj.key.endswith("/"):
         return "folder marker"
     if not is_image_key(obj.key):
-        return "not an image suffix (.jpg, .jpeg, .png)"
+        return f"not an image suffix ({', '.join(IMAGE_SUFFIXES)})"
     return None

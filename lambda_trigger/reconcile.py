@@ -2,8 +2,9 @@
 
     python -m lambda_trigger.reconcile --stack NAME [--since DATE] [--submit]
 
-Lists ``raw/`` (every page; ``.jpg``, ``.jpeg``, ``.png`` in any letter case, the ``.Jpg`` the
-S3 notification filter misses included), reads only the ``path`` column of the ``features``
+Lists ``raw/`` (every page; every name the job reads, ``events.IMAGE_SUFFIXES``: ``.jpg``,
+``.jpeg``, ``.png``, ``.webp``, ``.heic``, ``.heif`` in any letter case, the ``.Jpg`` the S3
+notification filter misses included), reads only the ``path`` column of the ``features``
 and ``errors`` tables, and prints how many objects have a feature row, an error row, or
 neither. The photos with neither are written as a manifest (the Lambda's format); with
 ``--submit`` that manifest is started as one job run, through the same request builder and

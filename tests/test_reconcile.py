@@ -41,16 +41,9 @@ def test_objects_in_neither_table_are_missing_whatever_the_characters():
 
 
 def test_photos_are_images_in_any_letter_case_and_never_folder_markers():
-    assert [
-        is_photo(k) for k in ("a.Jpg", "b.JPEG", "c.png", "raw/Kiwi/", "d.txt", "e.jpg.txt")
-    ] == [
-        True,
-        True,
-        True,
-        False,
-        False,
-        False,
-    ]
+    photos = ("a.Jpg", "b.JPEG", "c.png", "d.WebP", "e.heic", "f.HEIF")
+    others = ("raw/Kiwi/", "raw/Kiwi.jpg/", "d.txt", "e.jpg.txt", "f.gif")
+    assert [is_photo(k) for k in photos + others] == [True] * len(photos) + [False] * len(others)
 
 
 def test_row_keys_are_the_buckets_sorted_distinct_keys_from_the_path_column(tmp_path):

@@ -132,7 +132,9 @@ def test_events_that_name_no_image_are_counted_and_start_nothing(stack, capfd, c
     assert ignored == {
         stack.bucket: "s3 test event",
         f"s3://{stack.bucket}/raw/Kiwi/": "folder marker",
-        f"s3://{stack.bucket}/raw/Kiwi/notes.txt": "not an image suffix (.jpg, .jpeg, .png)",
+        f"s3://{stack.bucket}/raw/Kiwi/notes.txt": (
+            "not an image suffix (.jpg, .jpeg, .png, .webp, .heic, .heif)"
+        ),
         f"s3://{stack.bucket}/elsewhere/a.jpg": "outside the raw prefix 'raw/'",
     }
     out = capfd.readouterr().out

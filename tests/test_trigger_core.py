@@ -105,6 +105,10 @@ def test_events_other_than_creations_and_removals_are_ignored():
         (BUCKET, "raw/Kiwi/a.JPG", None),
         (BUCKET, "raw/Kiwi/a.jpeg", None),
         (BUCKET, "raw/Kiwi/a.Png", None),
+        (BUCKET, "raw/Kiwi/a.webp", None),
+        (BUCKET, "raw/Kiwi/IMG_1.HEIC", None),  # an error row saying so, never silence
+        (BUCKET, "raw/Kiwi/IMG_2.heif", None),
+        (BUCKET, "raw/Kiwi/a.gif", "not an image suffix (.jpg, .jpeg, .png, .webp, .heic, .heif)"),
         (BUCKET, "raw/Kiwi/", "folder marker"),
         (BUCKET, "raw/Kiwi/notes.txt", "not an image suffix"),
         (BUCKET, "raw/Kiwi/a.jpg.part", "not an image suffix"),
@@ -169,6 +173,15 @@ def test_run_ids_are_the_ones_the_job_derives_itself():
         rq.backfill_run_id(uri)
         == f"backfill-{content_digest(normalize_location(uri).encode())[:16]}"
     )
+
+
+def test_image_suffixes_match_the_job():
+    """The Lambda package cannot import the job, so it keeps a copy of the names a run reads:
+    a suffix the job reads but the trigger ignored would reach no run and no reconcile."""
+    from emr_serverless_job.images import IMAGE_SUFFIXES as JOB_IMAGE_SUFFIXES
+    from lambda_trigger.events import IMAGE_SUFFIXES
+
+    assert IMAGE_SUFFIXES == JOB_IMAGE_SUFFIXES
 
 
 def test_image_sizes_match_the_job():
