@@ -43,7 +43,13 @@ from pyspark.sql.utils import AnalysisException
 
 from emr_serverless_job import hadoopfs
 from emr_serverless_job.config import JobConfig
-from emr_serverless_job.inputs import DELETED, NOT_FOUND, InputError, spark_spelling
+from emr_serverless_job.inputs import (
+    DELETED,
+    NOT_FOUND,
+    InputError,
+    manifest_lines,
+    spark_spelling,
+)
 from emr_serverless_job.job import (
     ERRORS_TABLE,
     FEATURES_TABLE,
@@ -55,7 +61,6 @@ from emr_serverless_job.logs import event
 ERASURES_TABLE = "erasures"
 PATH_COLUMN = "path"
 ERASED_AT_COLUMN = "erased_at"
-URI_FIELD = "uri"
 ERASED_AT_FIELD = "erased_at"
 TOMBSTONE_SCHEMA = f"{PATH_COLUMN} string, {ERASED_AT_COLUMN} timestamp"
 # The run id the trigger gives an erase run: erase-<16 hex of the manifest's sha256>
@@ -172,23 +177,16 @@ def parse_erasures(text: str) -> Erasures:
     latest: dict[str, datetime] = {}
     uris: set[str] = set()
     problems: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for line in manifest_lines(text):
+        if line.problem:
+            problems.append(f"{line.where}: {line.problem}")
             continue
         try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            problems.append(f"manifest line {number}: not valid JSON: {error.msg}")
-            continue
-        uri = entry.get(URI_FIELD) if isinstance(entry, dict) else None
-        if not isinstance(uri, str) or not uri.strip():
-            problems.append(f'manifest line {number}: no "{URI_FIELD}" string in the object')
-            continue
-        try:
-            erased_at = parse_time(entry.get(ERASED_AT_FIELD))
+            erased_at = parse_time(line.entry.get(ERASED_AT_FIELD))
         except ValueError as error:
-            problems.append(f"manifest line {number}: {error}")
+            problems.append(f"{line.where}: {error}")
             continue
+        uri = line.uri
         uris.add(uri)
         for path in spellings(uri):
             if path not in latest or erased_at > latest[path]:

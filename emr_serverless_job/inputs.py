@@ -15,6 +15,7 @@ import re
 import stat
 import statistics
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
@@ -25,6 +26,7 @@ from pyspark.sql import types as T
 from emr_serverless_job import hadoopfs
 from emr_serverless_job.images import IMAGE_SUFFIXES, is_image_path
 
+URI_FIELD = "uri"  # the one field every manifest line has (lambda_trigger/manifest.py writes it)
 NOT_FOUND = "listed in the manifest but not found"
 DELETED = "deleted while the run was reading"
 HIDDEN_NAME = "file name starts with '_' or '.', which Spark never reads: rename the file"
@@ -62,6 +64,38 @@ class InputError(ValueError):
 
 
 @dataclass(frozen=True)
+class ManifestLine:
+    """One non-blank line of a JSON Lines manifest: an object with a ``uri`` string, or why not."""
+
+    number: int  # from 1, counting blank lines
+    entry: dict[str, object]  # the parsed object; empty when ``problem`` is set
+    uri: str = ""
+    problem: str = ""  # 'not valid JSON: ...' or 'no "uri" string in the object'
+
+    @property
+    def where(self) -> str:
+        return f"manifest line {self.number}"
+
+
+def manifest_lines(text: str) -> Iterator[ManifestLine]:
+    """The manifest's lines in order, blank ones skipped: what every manifest reader shares
+    (the job's image manifests here, erase.py's erasure manifests)."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            yield ManifestLine(number, {}, problem=f"not valid JSON: {error.msg}")
+            continue
+        uri = entry.get(URI_FIELD) if isinstance(entry, dict) else None
+        if not isinstance(uri, str) or not uri.strip():
+            yield ManifestLine(number, {}, problem=f'no "{URI_FIELD}" string in the object')
+            continue
+        yield ManifestLine(number, entry, uri)
+
+
+@dataclass(frozen=True)
 class ManifestEntries:
     """A manifest's image URIs in order, without duplicates, plus the lines that were not."""
 
@@ -94,18 +128,11 @@ def parse_manifest(text: str) -> ManifestEntries:
     seen: set[str] = set()
     problems: list[tuple[str, str]] = []
     duplicates = 0
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for line in manifest_lines(text):
+        if line.problem:
+            problems.append((line.where, line.problem))
             continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            problems.append((f"manifest line {number}", f"not valid JSON: {error.msg}"))
-            continue
-        uri = entry.get("uri") if isinstance(entry, dict) else None
-        if not isinstance(uri, str) or not uri.strip():
-            problems.append((f"manifest line {number}", 'no "uri" string in the object'))
-            continue
+        uri = line.uri
         if not is_image_path(uri):
             problems.append((uri, f"not an image suffix ({', '.join(IMAGE_SUFFIXES)})"))
             continue
@@ -118,7 +145,7 @@ def parse_manifest(text: str) -> ManifestEntries:
             continue
         seen.add(uri)
         uris.append(uri)
-        size = entry.get("size")
+        size = line.entry.get("size")
         if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
             sizes[uri] = size
     return ManifestEntries(uris=uris, problems=problems, duplicates=duplicates, sizes=sizes)
