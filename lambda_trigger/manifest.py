@@ -78,6 +78,18 @@ def split_batch(objects: Iterable[S3Object]) -> tuple[list[S3Object], list[S3Obj
     return creations, removals
 
 
+def _manifest(lines: list[str], events: int, erasure: bool = False) -> Manifest:
+    """The manifest of these lines (one per URI, sorted) and the run id its bytes name."""
+    body = ("\n".join(lines) + "\n").encode() if lines else b""
+    return Manifest(
+        body=body,
+        run_id=(erasure_run_id if erasure else manifest_run_id)(body),
+        images=len(lines),
+        duplicates=events - len(lines),
+        erasure=erasure,
+    )
+
+
 def build_erasure_manifest(removals: Iterable[S3Object]) -> Manifest:
     """One line per deleted URI, sorted, with the latest deletion's time; its hash names the
     erase run (``erase-<16 hex>``)."""
@@ -86,14 +98,7 @@ def build_erasure_manifest(removals: Iterable[S3Object]) -> Manifest:
         json.dumps({"uri": uri, ERASED_AT_FIELD: latest[uri].event_time}, ensure_ascii=False)
         for uri in sorted(latest)
     ]
-    body = ("\n".join(lines) + "\n").encode() if lines else b""
-    return Manifest(
-        body=body,
-        run_id=erasure_run_id(body),
-        images=len(latest),
-        duplicates=seen - len(latest),
-        erasure=True,
-    )
+    return _manifest(lines, events=seen, erasure=True)
 
 
 def build_manifest(objects: Iterable[S3Object]) -> Manifest:
@@ -108,10 +113,4 @@ def build_manifest(objects: Iterable[S3Object]) -> Manifest:
         if obj.etag is not None:
             entry["etag"] = obj.etag
         lines.append(json.dumps(entry, ensure_ascii=False, sort_keys=True))
-    body = ("\n".join(lines) + "\n").encode() if lines else b""
-    return Manifest(
-        body=body,
-        run_id=manifest_run_id(body),
-        images=len(latest),
-        duplicates=seen - len(latest),
-    )
+    return _manifest(lines, events=seen)
