@@ -23,20 +23,34 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from lambda_trigger.request import RUN_ID_KEY, Attempt
+from lambda_trigger.request import RUN_ID_KEY, SOURCE_FLAGS, Attempt
 
 DETAIL_TYPE = "EMR Serverless Job Run State Change"
 SOURCE = "aws.emr-serverless"
 FAILED = "FAILED"
 CANCELLED = "CANCELLED"
 SUCCESS = "SUCCESS"
-INPUT_FLAGS = ("--manifest", "--input")
 # Not documented wording, only a hint in the safe direction (a timeout is retried once).
 TIMEOUT_WORDS = ("timed out", "timeout")
 TIMEOUT_RETRY_FACTOR = 2  # a run that timed out is resubmitted once, with this much more time
 TIMEOUT_ADVICE = (
     "It ran out of its executionTimeoutMinutes: raise JOB_TIMEOUT_MINUTES (the functions' "
     "environment) or the stack's MaxExecutors, or submit smaller batches. "
+)
+ERASE_FLAG = "--erase"
+# (what, next step) of a run that failed for good: [featurizing run, erase run].
+ALERT_TEXT = (
+    (
+        "A featurization job run failed on every attempt; its photos have no rows yet.",
+        "Read the driver log, fix the cause, then run "
+        "`python -m lambda_trigger.reconcile --stack STACK --submit` (or upload the "
+        "batch again): the photos are submitted again.",
+    ),
+    (
+        "An erase job run failed on every attempt; the photos it names still have rows.",
+        "Read the driver log, fix the cause, then erase the keys of the source manifest "
+        "again: `python -m lambda_trigger.erase --stack STACK --keys FILE` (docs/erasure.md).",
+    ),
 )
 
 Decision = Literal["record", "retry", "give_up", "leave", "ignore"]
@@ -138,13 +152,18 @@ def longer_timeout(job_run: dict[str, Any], default: int) -> int:
     return int(job_run.get("executionTimeoutMinutes") or default) * TIMEOUT_RETRY_FACTOR
 
 
-def source_of(job_run: dict[str, Any]) -> str:
-    """The manifest or prefix a run reads, from its entry point's arguments."""
+def source_flag_of(job_run: dict[str, Any]) -> tuple[str, str]:
+    """(flag, value) of what a run reads, from its entry point's arguments; ("", "") if none."""
     arguments = job_run.get("jobDriver", {}).get("sparkSubmit", {}).get("entryPointArguments", [])
     for flag, value in itertools.pairwise(arguments):
-        if flag in INPUT_FLAGS:
-            return value
-    return ""
+        if flag in SOURCE_FLAGS:
+            return flag, value
+    return "", ""
+
+
+def source_of(job_run: dict[str, Any]) -> str:
+    """The manifest, erasure manifest or prefix a run reads."""
+    return source_flag_of(job_run)[1]
 
 
 def driver_log(job_run: dict[str, Any]) -> str:
@@ -169,10 +188,12 @@ def alert(
     """The SNS subject and message saying a run failed for good, with what to look at."""
     run_id = job_run.get("tags", {}).get(RUN_ID_KEY, job_run.get("name", ""))
     subject = f"fruits-features: run {run_id} failed {attempt.number} time(s), giving up"
+    flag, source = source_flag_of(job_run)
+    what, next_step = ALERT_TEXT[flag == ERASE_FLAG]
     message = {
-        "what": "A featurization job run failed on every attempt; its photos have no rows yet.",
+        "what": what,
         "run_id": run_id,
-        "source": source_of(job_run),
+        "source": source,
         "end": end,
         "execution_timeout_minutes": job_run.get("executionTimeoutMinutes"),
         "state": job_run.get("state"),
@@ -181,10 +202,6 @@ def alert(
         "job_run_ids": attempts or [job_run["jobRunId"]],
         "driver_log": driver_log(job_run),
         "application_id": job_run.get("applicationId"),
-        "next": (
-            TIMEOUT_ADVICE * (end == TIMED_OUT) + "Read the driver log, fix the cause, then run "
-            "`python -m lambda_trigger.reconcile --stack STACK --submit` (or upload the "
-            "batch again): the photos are submitted again."
-        ),
+        "next": TIMEOUT_ADVICE * (end == TIMED_OUT) + next_step,
     }
     return subject[:100], json.dumps(message, indent=2)

@@ -91,11 +91,16 @@ class Deployment:
         return f"{self.artifacts_uri}/{name}"
 
 
+# The job's flags that name what a run reads: its first entry point argument.
+SOURCE_FLAGS = ("--input", "--manifest", "--erase")
+
+
 @dataclass(frozen=True)
 class JobSource:
-    """What one run reads: ``--input`` (a backfill) or ``--manifest`` (a batch of uploads)."""
+    """What one run reads: ``--input`` (a backfill), ``--manifest`` (a batch of uploads) or
+    ``--erase`` (an erasure manifest)."""
 
-    flag: str  # "--input", "--manifest" or "--erase"
+    flag: str  # one of SOURCE_FLAGS
     uri: str
     run_id: str
     extra_args: tuple[str, ...] = ()

@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from lambda_trigger import backfill, outcomes, receipts, watcher
 from lambda_trigger import handler as trigger
+from lambda_trigger import request as rq
 from lambda_trigger.request import Attempt
 from tests.loopback import (
     FakeContext,
@@ -113,6 +114,29 @@ def test_an_event_that_is_not_a_job_run_state_change_is_refused():
         outcomes.parse_state_change(
             {"source": outcomes.SOURCE, "detail-type": outcomes.DETAIL_TYPE, "detail": {}}
         )
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        rq.for_backfill("s3://b/raw/"),
+        rq.for_manifest("s3://b/manifests/batch-1.jsonl", b"{}\n"),
+        rq.for_erasure("s3://b/manifests/erase-1.jsonl", b"{}\n"),
+    ],
+    ids=lambda source: source.flag,
+)
+def test_the_receipt_and_alert_name_what_every_kind_of_run_reads_and_what_to_do(source):
+    deployment = rq.Deployment(
+        "app", "role", "s3://b/artifacts", "s3://b/output", "s3://b/logs", ""
+    )
+    request = rq.start_job_run_request(deployment, source, source.run_id)
+    job_run = {"jobRunId": "r1", "applicationId": "app", **request}  # as GetJobRun has it
+    assert outcomes.source_of(job_run) == source.uri
+    message = json.loads(outcomes.alert(job_run, ["r1"], Attempt())[1])
+    assert message["source"] == source.uri
+    erasing = source.flag == "--erase"
+    assert ("lambda_trigger.erase" in message["next"]) == erasing
+    assert ("still have rows" in message["what"]) == erasing
 
 
 def test_a_receipt_follows_every_attempt_to_the_end():
