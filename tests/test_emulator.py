@@ -3,6 +3,7 @@ The emulator running whole requests is tested in test_deploy_path.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -125,10 +126,12 @@ def test_a_submitted_job_run_reads_back_as_its_request_and_resubmits_as_the_next
         "executionTimeoutMinutes": request["executionTimeoutMinutes"],
         "tags": request["tags"],
         "state": "SUCCESS",
+        "jobRunId": "00fq5v3r1b2c3d4e",
     }
     assert request_from_job_run(job_run) == {k: v for k, v in request.items() if k != "clientToken"}
     again = resubmission(job_run, Attempt(2, 3))
-    assert again["clientToken"] == f"{request['name']}-attempt-2"
+    replaced = hashlib.sha256(b"00fq5v3r1b2c3d4e").hexdigest()[:12]  # names the run it replaces
+    assert again["clientToken"] == f"{request['name']}-attempt-2-{replaced}"
     assert again["tags"] == {**request["tags"], "attempt": "2", "last-attempt": "3"}
     assert again["jobDriver"] == request["jobDriver"] and again["name"] == request["name"]
 
