@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from emr_serverless_job import images
 from lambda_trigger import settings
 from tests.loopback import TEMPLATE, template
 
@@ -25,7 +26,12 @@ EU_MEMBER_REGIONS = {
     "eu-south-1",
     "eu-south-2",
 }
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG"}
+# S3 filters are case-sensitive: each suffix the job reads, in both of its usual spellings.
+IMAGE_SUFFIXES = {
+    spelling for suffix in images.IMAGE_SUFFIXES for spelling in (suffix.lower(), suffix.upper())
+}
+# eu-south-1 (Milan) and eu-south-2 (Spain) launched after 20 March 2019: opt-in Regions.
+OPT_IN_REGIONS = {"eu-south-1", "eu-south-2"}
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +93,24 @@ def test_refuses_regions_outside_the_eu(transformed):
     assert region == {"Ref": "AWS::Region"}
     assert set(allowed) == EU_MEMBER_REGIONS  # London and Zurich are not in the EU
     assert "GDPR" in assertion["AssertDescription"]
+
+
+def test_opt_in_regions_are_named_where_the_region_is_refused_and_described(transformed):
+    (rule,) = transformed["Rules"].values()
+    (assertion,) = rule["Assertions"]
+    allowed = set(assertion["Assert"]["Fn::Contains"][0])
+    assert allowed & OPT_IN_REGIONS  # the check below is not vacuous
+    for text in (assertion["AssertDescription"], transformed["Description"]):
+        assert "opt-in" in text and "enable" in text
+        for region in allowed & OPT_IN_REGIONS:
+            assert region in text
+
+
+def test_a_first_deploy_that_rolls_back_leaves_no_bucket_to_block_the_retry(transformed):
+    bucket = transformed["Resources"]["DataBucket"]
+    assert "BucketName" in bucket["Properties"]  # a fixed name: a leftover blocks the retry
+    assert bucket["DeletionPolicy"] == "RetainExceptOnCreate"  # kept on every later operation
+    assert bucket["UpdateReplacePolicy"] == "Retain"
 
 
 def test_bucket_is_private_encrypted_tls_only_and_expires_manifests_and_logs(transformed):
@@ -272,6 +296,148 @@ def test_job_role_allows_what_emrfs_does_on_the_jobs_paths_and_nothing_elsewhere
             assert top in DATA_PREFIXES, pattern
 
 
+def test_the_job_role_is_assumed_only_for_this_accounts_application(transformed):
+    role = transformed["Resources"]["JobRuntimeRole"]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Effect"] == "Allow" and trust["Action"] == "sts:AssumeRole"
+    assert trust["Principal"] == {"Service": "emr-serverless.amazonaws.com"}
+    assert trust["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}},
+        # IfExists: AWS does not document that EMR Serverless sends aws:SourceArn, and a plain
+        # ArnLike on an absent key would refuse every run.
+        "ArnLikeIfExists": {
+            "aws:SourceArn": [
+                {"Fn::GetAtt": ["FeaturesApplication", "Arn"]},
+                {"Fn::Sub": "${FeaturesApplication.Arn}/*"},
+            ]
+        },
+    }
+
+
+# --- the job role's ListBucket, against the listings Hadoop makes ------------------------------
+
+
+def iam_string_like(value: str, pattern: str) -> bool:
+    """IAM's StringLike: ``*`` any run of characters (``/`` included), ``?`` one; case-sensitive.
+    Nothing else is special (fnmatch would read ``[`` as a class)."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.DOTALL) is not None
+
+
+def listing_allowed(statements_: list[dict], prefix: str) -> bool:
+    """Whether Allow statements grant s3:ListBucket on the data bucket for ``prefix`` (the
+    request's s3:prefix). Only the conditions this template uses are understood; any other
+    fails the test rather than being guessed."""
+    for statement in statements_:
+        if statement["Effect"] != "Allow" or "s3:ListBucket" not in as_list(statement["Action"]):
+            continue
+        if {"Fn::GetAtt": ["DataBucket", "Arn"]} not in as_list(statement["Resource"]):
+            continue
+        satisfied = True
+        for operator, keys in statement.get("Condition", {}).items():
+            for key, values in keys.items():
+                if key != "s3:prefix" or operator not in ("StringLike", "StringEquals"):
+                    pytest.fail(f"the evaluator does not know {operator} {key}: extend it")
+                match = iam_string_like if operator == "StringLike" else str.__eq__
+                satisfied &= any(match(prefix, value) for value in as_list(values))
+        if satisfied:
+            return True
+    return False
+
+
+def ancestors(key: str) -> list[str]:
+    """``a/b/c`` -> ``["a/", "a/b/"]``: the folders above a key, as listing prefixes."""
+    parts = key.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) + "/" for i in range(len(parts))]
+
+
+def job_listings() -> dict[str, list[str]]:
+    """The s3:prefix of every listing a backfill, a batch and an erase run make, by purpose.
+
+    From Hadoop's FileSystem contract as S3 filesystems implement it: ``getFileStatus`` of a
+    key that is not an object (a folder, or a file not there yet: ``exists``) lists
+    ``<key>/``; ``listStatus`` of a folder lists ``<folder>/``; Spark's file index lists each
+    folder of a recursive read; a write first probes every folder above its target; the
+    FileOutputCommitter lists its ``_temporary`` attempt folders. The folder names are the
+    job's own constants, so a table added there is listed here.
+    """
+    from emr_serverless_job import reduce
+    from emr_serverless_job.config import PCA_MODEL_DIRNAME
+    from emr_serverless_job.erase import ERASURES_TABLE, JOURNAL_SUFFIX, STAGING_PREFIX
+    from emr_serverless_job.job import ERRORS_TABLE, FEATURES_TABLE, REPORTS_FOLDER
+    from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE
+
+    run, erase_run, version = "batch-0123456789abcdef", "erase-0123456789abcdef", "v-1"
+    photo = "raw/Apple Braeburn/0_100.jpg"
+    listings: dict[str, list[str]] = {
+        # --input s3://BUCKET/raw/: the folder, each label's folder, a deeper one.
+        "backfill of raw/": ["raw/", "raw/Apple Braeburn/", "raw/Apple Braeburn/2024/"],
+        # --manifest: the manifest, then every key it names is probed before it is read.
+        "batch": [f"manifests/{run}.jsonl/", f"{photo}/", *ancestors(photo)],
+        "artifacts": [
+            f"artifacts/{name}/" for name in (ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE)
+        ]
+        + ["artifacts/"],
+    }
+    tables = []
+    for table in (FEATURES_TABLE, ERRORS_TABLE, ERASURES_TABLE):
+        partition = f"output/{table}/run_id={run}"
+        attempt = f"{partition}/_temporary/0/_temporary/attempt_202401010000_0001_m_000000_0"
+        tables += [
+            f"output/{table}/",  # the whole table: the current view, an erase run's scan
+            f"{partition}/",  # overwrite: is it there, then delete it
+            f"{partition}/_temporary/0/",
+            f"{attempt}/",
+            f"{partition}/part-00000.snappy.parquet/",
+            f"output/{table}/{STAGING_PREFIX}{erase_run}/",  # an erase run's staged rewrite
+            f"output/{table}/{STAGING_PREFIX}{erase_run}{JOURNAL_SUFFIX}/",
+        ]
+    listings["output tables"] = [
+        *tables,
+        f"output/{REPORTS_FOLDER}/",
+        f"output/{REPORTS_FOLDER}/run_id={run}/",
+        f"output/{REPORTS_FOLDER}/run_id={run}/report.json/",
+    ]
+    model = f"output/{PCA_MODEL_DIRNAME}"
+    folder = f"{model}/{reduce.VERSIONS_FOLDER}/{version}"
+    listings["pca_model/"] = [
+        f"{model}/",
+        f"{model}/{reduce.POINTER_FILE}/",
+        f"{model}/{reduce.METADATA_FILE}/",  # a model saved before versions existed
+        f"{model}/{reduce.PROJECTION_FILE}/",
+        f"{model}/{reduce.VERSIONS_FOLDER}/",
+        f"{folder}/",
+        f"{folder}/{reduce.METADATA_FILE}/",
+        f"{folder}/{reduce.PROJECTION_FILE}/",
+    ]
+    for purpose, prefixes in listings.items():  # every write and probe starts at the top
+        listings[purpose] = sorted({a for p in prefixes for a in (p, *ancestors(p[:-1]))})
+    return listings
+
+
+def test_job_role_lets_the_job_list_every_folder_it_reads_or_writes_and_nothing_else(
+    transformed,
+):
+    role = _allowed(transformed, "JobRuntimeRole")
+    listings = job_listings()
+    for purpose, prefixes in listings.items():
+        refused = [p for p in prefixes if not listing_allowed(role, p)]
+        assert not refused, f"{purpose}: ListBucket refused for s3:prefix {refused}"
+    # The bucket's root and neighbours of the job's prefixes are not listable.
+    for prefix in ("", "/", "rawx/", "raw-old/", "outputs/", "output-copy/", "other/", "artifact"):
+        assert not listing_allowed(role, prefix), prefix
+    # The evaluator has teeth: the same statements with a condition one prefix short refuse.
+    narrowed = [
+        {**s, "Condition": {"StringLike": {"s3:prefix": ["raw/*", "manifests/*"]}}}
+        if "s3:ListBucket" in as_list(s["Action"])
+        else s
+        for s in role
+    ]
+    assert not all(listing_allowed(narrowed, p) for p in listings["output tables"])
+    assert not listing_allowed(narrowed, "artifacts/")
+    assert iam_string_like("raw/a[1]/b", "raw/*") and not iam_string_like("raw", "raw/*")
+
+
 def test_lambda_role_starts_runs_on_its_application_and_passes_only_the_job_role(transformed):
     allowed = _allowed(transformed, "TriggerFunctionRole")
     emr = [s for s in allowed if any(a.startswith("emr-serverless:") for a in as_list(s["Action"]))]
@@ -317,6 +483,7 @@ def test_outputs_give_names_ids_and_the_backfill_command(transformed):
     outputs = transformed["Outputs"]
     for name in ("DataBucketName", "ApplicationId", "QueueUrl", "JobRoleArn", "OutputUri"):
         assert name in outputs
+    assert outputs["Architecture"]["Value"] == {"Ref": "Architecture"}  # upload.py checks it
     command = outputs["BackfillCommand"]["Value"]["Fn::Sub"]
     assert command.startswith("python -m lambda_trigger.backfill --stack ${AWS::StackName}")
     # Every output the backfill reads through --stack maps to a setting it knows.
@@ -443,14 +610,11 @@ ACCOUNT_VCPU_QUOTA = 16  # a new account's EMR Serverless quota (L-D05C8A75)
 WORKER_MEMORY_GB = {1: (2, 8), 2: (4, 16), 4: (8, 30), 8: (16, 60), 16: (32, 120)}
 
 
-@pytest.mark.parametrize("runtime", settings.RUNTIMES)
-def test_the_default_stack_and_request_fit_a_new_accounts_vcpu_quota(transformed, runtime):
-    from emr_emulator.submit import launch, memory_mb
+def backfill_conf(runtime: str, max_executors: int) -> dict[str, str]:
+    """The Spark parameters of the default backfill request, as the emulator reads them."""
+    from emr_emulator.submit import launch
     from lambda_trigger.request import Deployment, for_backfill, start_job_run_request
 
-    params = {name: p.get("Default") for name, p in transformed["Parameters"].items()}
-    max_executors = int(params["MaxExecutors"])
-    assert settings.FIELDS[settings.MAX_EXECUTORS][1] == max_executors  # the Lambda's default
     deployment = Deployment(
         application_id="app",
         job_role_arn="arn:aws:iam::111122223333:role/job",
@@ -462,7 +626,23 @@ def test_the_default_stack_and_request_fit_a_new_accounts_vcpu_quota(transformed
         runtime=runtime,
         max_executors=max_executors,
     )
-    conf = launch(start_job_run_request(deployment, for_backfill("s3://b/raw/"), "t")).conf
+    return launch(start_job_run_request(deployment, for_backfill("s3://b/raw/"), "t")).conf
+
+
+def run_vcpu(conf: dict[str, str]) -> int:
+    """vCPU of one run at its largest: the driver and every executor it may scale to."""
+    executors = int(conf["spark.dynamicAllocation.maxExecutors"])
+    return int(conf["spark.driver.cores"]) + executors * int(conf["spark.executor.cores"])
+
+
+@pytest.mark.parametrize("runtime", settings.RUNTIMES)
+def test_the_default_stack_and_request_fit_a_new_accounts_vcpu_quota(transformed, runtime):
+    from emr_emulator.submit import memory_mb
+
+    params = {name: p.get("Default") for name, p in transformed["Parameters"].items()}
+    max_executors = int(params["MaxExecutors"])
+    assert settings.FIELDS[settings.MAX_EXECUTORS][1] == max_executors  # the Lambda's default
+    conf = backfill_conf(runtime, max_executors)
     assert int(conf["spark.dynamicAllocation.maxExecutors"]) == max_executors
 
     def worker(role: str) -> tuple[int, int]:
@@ -476,11 +656,42 @@ def test_the_default_stack_and_request_fit_a_new_accounts_vcpu_quota(transformed
 
     (driver_vcpu, driver_gb), (executor_vcpu, executor_gb) = worker("driver"), worker("executor")
     assert memory_mb(conf["spark.driver.memoryOverhead"]) >= 2048  # pyarrow, moments, threads
-    run_vcpu = driver_vcpu + max_executors * executor_vcpu
-    assert run_vcpu <= int(params["MaxVcpu"]) <= ACCOUNT_VCPU_QUOTA
-    # A second batch's driver still fits beside a full run, and waits there for executors.
-    assert run_vcpu + driver_vcpu <= int(params["MaxVcpu"])
+    footprint = driver_vcpu + max_executors * executor_vcpu
+    assert footprint == run_vcpu(conf) <= int(params["MaxVcpu"]) <= ACCOUNT_VCPU_QUOTA
+    # With MaxConcurrentRuns raised, a second run's driver still fits beside a full run.
+    assert footprint + driver_vcpu <= int(params["MaxVcpu"])
     assert driver_gb + max_executors * executor_gb + driver_gb <= int(params["MaxMemoryGB"])
+
+
+def test_the_application_queues_runs_beyond_what_its_capacity_holds_at_full_size(transformed):
+    """SchedulerConfiguration: at most as many concurrent runs as MaxVcpu holds at
+    MaxExecutors; the rest wait QUEUED, long enough to outlast a run ahead of them."""
+    (app,) = resources_of(transformed, "AWS::EMRServerless::Application").values()
+    assert app["Properties"]["SchedulerConfiguration"] == {
+        "MaxConcurrentRuns": {"Ref": "MaxConcurrentRuns"},
+        "QueueTimeoutMinutes": {"Ref": "QueueTimeoutMinutes"},
+    }
+    params = transformed["Parameters"]
+    # The service's ranges (API SchedulerConfiguration): 1-1000 runs, 15-720 minutes.
+    assert 1 <= params["MaxConcurrentRuns"]["MinValue"] <= params["MaxConcurrentRuns"]["MaxValue"]
+    assert params["MaxConcurrentRuns"]["MaxValue"] <= 1000
+    assert params["QueueTimeoutMinutes"]["MinValue"] >= 15
+    assert params["QueueTimeoutMinutes"]["MaxValue"] <= 720
+    # Supported with release labels emr-7.0.0 and above.
+    for label in params["ReleaseLabel"]["AllowedValues"]:
+        major, minor, _ = (int(n) for n in label.removeprefix("emr-").split("."))
+        assert (major, minor) >= (7, 0), label
+    defaults = {name: int(p["Default"]) for name, p in params.items() if name.startswith("Max")}
+    widest = max(
+        run_vcpu(backfill_conf(runtime, defaults["MaxExecutors"])) for runtime in settings.RUNTIMES
+    )
+    assert defaults["MaxConcurrentRuns"] * widest <= defaults["MaxVcpu"]
+    assert defaults["MaxConcurrentRuns"] == defaults["MaxVcpu"] // widest  # and no fewer
+    # A queued run that waits out the queue ends CANCELLED; lasting at least the job timeout,
+    # the watcher reads it as timed out and resubmits it (an operator's cancel is left alone).
+    job_timeout = settings.FIELDS[settings.JOB_TIMEOUT_MINUTES][1]
+    assert int(params["QueueTimeoutMinutes"]["Default"]) >= job_timeout
+    assert "job timeout" in params["QueueTimeoutMinutes"]["Description"]  # a lower one warned
 
 
 def test_release_labels_run_the_spark_the_tests_run(transformed):
