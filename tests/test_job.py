@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -454,3 +457,140 @@ def test_pca_matches_numpy_whatever_the_partitioning(spark, backfill, partitions
         )
         correlation = np.corrcoef(projected[:, component], reference[:, component])[0, 1]
         assert abs(correlation) > 0.9999
+
+
+def strip_png(width: int = 89_000_000) -> bytes:
+    """A real 8-bit grayscale PNG of one row ``width`` pixels wide, all black: ~90 KB that
+    Pillow's own bomb guard (89,478,485 pixels) admits. Compressed a megabyte at a time, so
+    the 89 MB row is never held whole (0.4 s)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    stream = zlib.compressobj(9)
+    idat = [stream.compress(b"\x00")]  # the row's filter byte: none
+    zeros = bytes(1 << 20)
+    for start in range(0, width, len(zeros)):
+        idat.append(stream.compress(zeros[: min(len(zeros), width - start)]))
+    idat.append(stream.flush())
+    header = struct.pack(">IIBBBBB", width, 1, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", b"".join(idat))
+        + chunk(b"IEND", b"")
+    )
+
+
+HEIC_HEADER = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"  # an iPhone photo's first box
+
+
+def test_no_manifest_line_fails_the_run_and_each_gets_one_row(spark, image_folder, tmp_path):
+    """Good photos, other schemes, a relative path, a missing file, a strip of 89 million
+    pixels, a GIF named .jpg and a HEIC photo in one batch: the run ends normally with one row
+    per distinct line, each error under the URI the line gave and naming its cause."""
+    folder, _ = image_folder
+    good = [f"file:{folder / 'Banana' / '0_100.jpg'}", f"file:{folder / 'Kiwi' / '1_100.jpg'}"]
+    odd = tmp_path / "Odd"
+    odd.mkdir()
+    (odd / "strip.png").write_bytes(strip_png())
+    with Image.open(odd / "strip.png") as strip:  # a PNG Pillow reads, not just a header
+        assert strip.size == (89_000_000, 1)
+    with Image.open(folder / "Kiwi" / "0_100.jpg") as fruit:
+        fruit.save(odd / "animated.jpg", format="GIF")
+    (odd / "IMG_0001.HEIC").write_bytes(HEIC_HEADER + bytes(64))
+    scheme_reason = "unsupported scheme '{}:' (a run reads s3, s3a, s3n, file URIs)"
+    not_a_photo = "unsupported format: the content is {}, not JPEG, PNG or WebP"
+    expected_errors = {
+        "gs://b/raw/x.jpg": scheme_reason.format("gs"),
+        "http://example.com/raw/Kiwi/y.jpg": scheme_reason.format("http"),
+        "raw/Kiwi/z.jpg": "relative path: a manifest names each file by absolute URI "
+        "(s3://bucket/key)",
+        f"file:{odd / 'missing.jpg'}": inputs.NOT_FOUND,
+        f"file:{odd / 'strip.png'}": "image too large: 89000000x1 = 89.0 MP (limit 50 MP)",
+        f"file:{odd / 'animated.jpg'}": not_a_photo.format("GIF") + " (convert the photo to JPEG)",
+        f"file:{odd / 'IMG_0001.HEIC'}": not_a_photo.format("HEIC")
+        + " (convert the photo to JPEG)",
+    }
+    manifest = write_manifest(
+        tmp_path / "batch.jsonl",
+        *({"uri": uri} for uri in [*good, *expected_errors]),
+        {"uri": good[0]},  # delivered twice: still one row
+    )
+    output = tmp_path / "out"
+    report = run_job(spark, "--manifest", str(manifest), "--output", str(output))
+    assert (report.inputs, report.features, report.errors) == (9, 2, 7)
+    assert report.duplicates_skipped == 1
+    features = read_table(spark, output, "features").collect()
+    assert sorted(r["path"] for r in features) == sorted(good)
+    errors = read_table(spark, output, "errors").collect()
+    assert sorted(r["path"] for r in errors) == sorted(expected_errors), "one row per line"
+    assert {r["path"]: r["reason"] for r in errors} == expected_errors
+    strip_row = next(r for r in errors if r["path"].endswith("strip.png"))
+    assert strip_row["size_bytes"] == (odd / "strip.png").stat().st_size
+    assert strip_row["size_bytes"] < 200_000  # refused from its header, not for its size
+
+
+def _backfill_folder(root: Path) -> list[Path]:
+    """Two good photos and two more, for a test to take away or make unreadable."""
+    write_image_set(root, 4, classes=("Kiwi",))
+    return sorted((root / "Kiwi").iterdir())
+
+
+def test_a_file_deleted_after_the_listing_or_unreadable_is_an_error_row(
+    spark, tmp_path, monkeypatch
+):
+    """A backfill lists its folder, then reads it: a photo deleted in between, and one whose
+    read fails (a checksum that does not match, which Hadoop's local file system raises as an
+    IOException the way S3 answers 403 for SSE-C, KMS or Glacier), each become an error row
+    naming the cause; the run goes on."""
+    from emr_serverless_job import hadoopfs
+
+    root = tmp_path / "in"
+    good_a, good_b, doomed, corrupt = _backfill_folder(root)
+    data = corrupt.read_bytes()
+    corrupt.unlink()
+    hadoopfs.write_bytes(spark, f"file:{corrupt}", data)  # with Hadoop's .crc beside it
+    assert (corrupt.parent / f".{corrupt.name}.crc").exists()
+    corrupt.write_bytes(bytes(len(data)))  # the same length, other bytes
+    listing = inputs.from_folder
+
+    def delete_after_listing(*args, **kwargs):
+        found = listing(*args, **kwargs)
+        assert f"file:{doomed}" in found.listed
+        doomed.unlink()
+        return found
+
+    monkeypatch.setattr(inputs, "from_folder", delete_after_listing)
+    output = tmp_path / "out"
+    report = run_job(spark, "--input", str(root), "--output", str(output), "--pca-k", "1")
+    assert (report.inputs, report.features, report.errors) == (4, 2, 2)
+    features = read_table(spark, output, "features").collect()
+    assert sorted(r["path"] for r in features) == [f"file:{good_a}", f"file:{good_b}"]
+    reasons = {r["path"]: r["reason"] for r in read_table(spark, output, "errors").collect()}
+    assert set(reasons) == {f"file:{corrupt}", f"file:{doomed}"}
+    assert reasons[f"file:{doomed}"] == inputs.DELETED
+    assert reasons[f"file:{corrupt}"].startswith("unreadable: ChecksumException: Checksum error")
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root reads a chmod 000 file (the checksum case covers the path)"
+)
+def test_a_file_without_read_permission_is_an_error_row(spark, tmp_path):
+    root = tmp_path / "in"
+    *good, locked, spare = _backfill_folder(root)
+    spare.unlink()
+    locked.chmod(0)
+    try:
+        report = run_job(
+            spark, "--input", str(root), "--output", str(tmp_path / "out"), "--pca-k", "1"
+        )
+    finally:
+        locked.chmod(0o644)
+    assert (report.inputs, report.features, report.errors) == (3, 2, 1)
+    features = read_table(spark, tmp_path / "out", "features").collect()
+    assert sorted(r["path"] for r in features) == [f"file:{path}" for path in good]
+    (row,) = read_table(spark, tmp_path / "out", "errors").collect()
+    assert row["path"] == f"file:{locked}"
+    assert row["reason"].startswith("unreadable: ") and "Permission denied" in row["reason"]
