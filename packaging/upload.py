@@ -1,19 +1,26 @@
 """Upload ``dist/`` under the stack's artifacts prefix; only what changed is transferred.
 
     python packaging/upload.py --stack NAME [--region R] [--dist dist]
-    python packaging/upload.py --artifacts s3://BUCKET/artifacts [--dist dist]
+    python packaging/upload.py --artifacts s3://BUCKET/artifacts [--architecture X86_64|ARM64]
 
 Each object carries its sha256 as metadata; a file whose object already has the same
-sha256 is left alone. A venv archive that packaging/pack.py did not check (an older build,
-``"valid_on_emr": false``) is refused: every job run would fail with it. Prints the URIs the
-Lambda's configuration and the backfill use.
+sha256 is left alone. Before anything is sent, each file must still have the sha256
+``artifacts.json`` lists, and the venv archive is opened and checked again, whatever
+``artifacts.json`` says of it: its ``bin/python*`` links with packaging/pack.py's own check (a
+link rewritten by hand fails every job run with ``Cannot run program
+"./environment/bin/python"``), and the CPU its compiled libraries are built for (read from
+their ELF headers) against the application's ``Architecture`` (the stack's output, or
+``--architecture``): x86_64 wheels on a Graviton application fail at the first import.
+Prints the URIs the Lambda's configuration and the backfill use.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,57 @@ from lambda_trigger.settings import ARTIFACTS_URI, parse_s3_location  # noqa: E4
 
 MANIFEST = "artifacts.json"
 SHA_KEY = "sha256"  # x-amz-meta-sha256
+ARCHITECTURE = "ARCHITECTURE"  # the stack output Architecture, as stack_settings names it
+# ELF e_machine (System V ABI) -> the application's Architecture value.
+ELF_MACHINES = {62: "X86_64", 183: "ARM64"}
+PACK_ARCH = {"X86_64": "x86_64", "ARM64": "arm64"}  # ./dev package --arch
+ELF_MAGIC = b"\x7fELF"
+
+
+def _pack() -> Any:
+    """packaging/pack.py, whose link check the pack step ran (a sibling script, not a package:
+    a package named ``packaging`` would shadow pip's)."""
+    name = "fruits_packaging_pack"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().with_name("pack.py")  # it finds its sibling slim.py
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def archive_machines(archive: Path) -> dict[str, int]:
+    """How many ELF files of the archive are built for each CPU (``X86_64``, ``ARM64``, or
+    ``e_machine N``), read from their headers in one pass over the archive."""
+    found: dict[str, int] = {}
+    with tarfile.open(archive, "r|*") as packed:
+        for member in packed:
+            if not member.isfile() or member.size < 20:
+                continue
+            header = packed.extractfile(member).read(20)
+            if not header.startswith(ELF_MAGIC):
+                continue
+            order = "little" if header[5] == 1 else "big"  # EI_DATA
+            machine = int.from_bytes(header[18:20], order)
+            name = ELF_MACHINES.get(machine, f"e_machine {machine}")
+            found[name] = found.get(name, 0) + 1
+    return found
+
+
+def archive_architecture_problem(machines: dict[str, int], expected: str | None) -> str | None:
+    """Why an archive with these compiled files cannot run on an ``expected`` application."""
+    if len(machines) > 1:
+        return f"{VENV_ARCHIVE} mixes compiled files for {', '.join(sorted(machines))}"
+    (built,) = machines or {None: 0}
+    if expected is None or built is None or built == expected:
+        return None
+    return (
+        f"{VENV_ARCHIVE} is built for {built} but the application's Architecture is {expected}: "
+        "every job run would fail at its first import. Rebuild it with "
+        f"./dev package --arch {PACK_ARCH.get(expected, expected.lower())} (or deploy the stack "
+        f"with Architecture={built})"
+    )
 
 
 def remote_sha256(s3: Any, bucket: str, key: str) -> str | None:
@@ -39,18 +97,37 @@ def remote_sha256(s3: Any, bucket: str, key: str) -> str | None:
     return head.get("Metadata", {}).get(SHA_KEY)
 
 
-def archive_problem(manifest: dict[str, Any]) -> str | None:
-    """Why the manifest's venv archive must not be shipped, or None when pack.py checked it."""
-    if VENV_ARCHIVE not in manifest.get("files", {}):
-        return None
-    archive = manifest.get("archive", {})
-    if archive.get("valid_on_emr") is not True:
-        return (
-            f"{VENV_ARCHIVE} was not checked by packaging/pack.py (an older build: its "
-            "bin/python may not link to /usr/bin/python3.11, and every job run would fail); "
-            "rebuild it with ./dev package"
-        )
-    return None
+def dist_problems(dist: Path, manifest: dict[str, Any], architecture: str | None) -> list[str]:
+    """Why ``dist`` must not be uploaded, read from the files themselves: each must still be
+    what ``artifacts.json`` lists, and the venv archive must pass pack.py's link check and
+    match ``architecture`` (None: not known here)."""
+    problems = []
+    for name, entry in manifest.get("files", {}).items():
+        path = dist / name
+        if not path.is_file():
+            problems.append(f"{name} is listed in {MANIFEST} but not in {dist}")
+        elif file_sha256(path) != entry.get("sha256"):
+            problems.append(
+                f"{name} changed since {MANIFEST} listed it (its sha256 differs): rebuild with "
+                "./dev package"
+            )
+    archive = dist / VENV_ARCHIVE
+    if VENV_ARCHIVE not in manifest.get("files", {}) or not archive.is_file():
+        return problems
+    try:
+        checked = _pack().check_python_links(archive)
+        machines = archive_machines(archive)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        return [*problems, f"{VENV_ARCHIVE} cannot be read as a tar.gz archive: {error}"]
+    problems += [
+        f"{VENV_ARCHIVE}: {problem} (every job run would fail: ./environment/bin/python must "
+        "run); rebuild it with ./dev package"
+        for problem in checked.problems
+    ]
+    architecture_problem = archive_architecture_problem(machines, architecture)
+    if architecture_problem:
+        problems.append(architecture_problem)
+    return problems
 
 
 def upload(s3: Any, dist: Path, artifacts_uri: str) -> tuple[list[str], list[str]]:
@@ -83,25 +160,55 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--artifacts", help="s3://BUCKET/artifacts")
     parser.add_argument("--region")
     parser.add_argument("--dist", type=Path, default=ROOT / "dist")
+    parser.add_argument(
+        "--architecture",
+        choices=sorted(PACK_ARCH),
+        help="the application's Architecture (default with --stack: the stack's output)",
+    )
     args = parser.parse_args(argv)
     if not (args.dist / MANIFEST).is_file():
         print(f"error: no {MANIFEST} in {args.dist}; run packaging/build.py first", file=sys.stderr)
         return 2
-    problem = archive_problem(json.loads((args.dist / MANIFEST).read_text()))
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
-    artifacts = args.artifacts
+    artifacts, architecture = args.artifacts, args.architecture
     if args.stack:
-        artifacts = stack_settings(session.client("cloudformation"), args.stack)[ARTIFACTS_URI]
+        outputs = stack_settings(session.client("cloudformation"), args.stack)
+        artifacts, deployed = outputs[ARTIFACTS_URI], outputs.get(ARCHITECTURE)
+        if deployed and architecture and deployed != architecture:
+            print(
+                f"error: --architecture {architecture}, but stack {args.stack}'s application "
+                f"is {deployed}",
+                file=sys.stderr,
+            )
+            return 2
+        architecture = deployed or architecture
+        if architecture is None:
+            print(
+                f"error: stack {args.stack} has no Architecture output (deployed from an older "
+                "template): update it with sam deploy, or pass --architecture",
+                file=sys.stderr,
+            )
+            return 2
     try:
         parse_s3_location(artifacts)
     except ValueError as error:
         print(f"error: --artifacts: {error}", file=sys.stderr)
         return 2
+    manifest = json.loads((args.dist / MANIFEST).read_text())
+    problems = dist_problems(args.dist, manifest, architecture)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        print("nothing uploaded", file=sys.stderr)
+        return 2
+    if architecture is None:
+        print(
+            f"warning: {VENV_ARCHIVE} was not checked against the application's Architecture "
+            "(pass --stack, or --architecture X86_64|ARM64)",
+            file=sys.stderr,
+        )
     artifacts = artifacts.rstrip("/")
     uploaded, unchanged = upload(session.client("s3"), args.dist, artifacts)
     for name in uploaded:

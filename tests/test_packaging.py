@@ -3,6 +3,7 @@ runs the job with nothing but its own Python; the upload transfers only what cha
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import io
 import json
@@ -327,18 +328,42 @@ def test_the_tensorflow_archive_runs_the_job_with_only_its_python(tensorflow_dis
 # --- upload -----------------------------------------------------------------------------------
 
 
-def small_dist(folder: Path, weights: bytes = b"weights") -> Path:
+def elf(machine: int) -> bytes:
+    """The start of a 64-bit little-endian shared object built for ``machine`` (e_machine)."""
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    return ident + (3).to_bytes(2, "little") + machine.to_bytes(2, "little") + bytes(44)
+
+
+X86_64, AARCH64 = 62, 183
+NUMPY_SO = "lib/python3.11/site-packages/numpy/_core/_multiarray_umath.cpython-311.so"
+
+
+def small_archive(path: Path, links: dict[str, str] = GOOD_LINKS, machine: int = X86_64) -> Path:
+    """A venv archive as pack.py leaves it, in small: the links, pyvenv.cfg, one compiled file.
+    The same content gives the same bytes (gzip's timestamp fixed), as an unchanged build."""
+    tar_with(path, links, {**PYVENV, NUMPY_SO: elf(machine), "bin/activate": b"# sh\n"})
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()), mtime=0))
+    return path
+
+
+def write_manifest(folder: Path) -> None:
+    """artifacts.json as build.py writes it for what is in ``folder`` now."""
+    names = (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, VENV_ARCHIVE)
+    files = {
+        name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
+        for name in names
+    }
+    checked = {"valid_on_emr": True, "python_links": {"bin/python": "/usr/bin/python3.11"}}
+    (folder / build.MANIFEST).write_text(json.dumps({"files": files, "archive": checked}))
+
+
+def small_dist(folder: Path, weights: bytes = b"weights", machine: int = X86_64) -> Path:
     folder.mkdir(exist_ok=True)
     (folder / ENTRY_POINT).write_text("print('entry')\n")
     build.job_package(folder / JOB_PACKAGE)
     (folder / WEIGHTS_FILE).write_bytes(weights)
-    (folder / VENV_ARCHIVE).write_bytes(b"archive")
-    files = {
-        name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
-        for name in (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, VENV_ARCHIVE)
-    }
-    checked = {"valid_on_emr": True, "python_links": {"bin/python": "/usr/bin/python3.11"}}
-    (folder / build.MANIFEST).write_text(json.dumps({"files": files, "archive": checked}))
+    small_archive(folder / VENV_ARCHIVE, machine=machine)
+    write_manifest(folder)
     return folder
 
 
@@ -346,9 +371,10 @@ def test_upload_puts_dist_under_artifacts_and_then_transfers_nothing(stack, tmp_
     folder = small_dist(tmp_path / "dist")
     target = f"s3://{stack.bucket}/artifacts"
     assert upload.main(["--artifacts", target, "--dist", str(folder)]) == 0
-    out = capsys.readouterr().out
-    assert "5 uploaded, 0 unchanged" in out
-    assert f"WEIGHTS_URI={target}/{WEIGHTS_FILE}" in out
+    captured = capsys.readouterr()
+    assert "5 uploaded, 0 unchanged" in captured.out
+    assert f"WEIGHTS_URI={target}/{WEIGHTS_FILE}" in captured.out
+    assert "not checked against the application's Architecture" in captured.err  # no --stack
     s3 = stack.client("s3")
     for name in (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, VENV_ARCHIVE, build.MANIFEST):
         body = s3.get_object(Bucket=stack.bucket, Key=f"artifacts/{name}")["Body"].read()
@@ -366,13 +392,106 @@ def test_upload_puts_dist_under_artifacts_and_then_transfers_nothing(stack, tmp_
     assert f"uploaded   {target}/{WEIGHTS_FILE}" in out
 
 
-def test_upload_refuses_an_archive_pack_py_did_not_check(tmp_path, capsys):
+@pytest.fixture
+def no_s3(monkeypatch):
+    """Fails the test on any S3 client: a refusal must come before anything is sent."""
+    import boto3
+
+    real = boto3.session.Session.client
+
+    def client(self, service, *args, **kwargs):
+        assert service != "s3", "upload made an S3 client before refusing"
+        return real(self, service, *args, **kwargs)
+
+    monkeypatch.setattr(boto3.session.Session, "client", client)
+
+
+@pytest.mark.parametrize("target", ["/usr/bin/python3", "/usr/local/bin/python3.11"])
+def test_upload_reads_the_archive_and_refuses_a_rewritten_python_link(
+    stack, tmp_path, capsys, no_s3, target
+):
+    """The link rewritten by hand after the build, artifacts.json updated to match and still
+    saying ``valid_on_emr: true``: upload opens the archive and refuses it, sending nothing."""
     folder = small_dist(tmp_path / "dist")
-    manifest = json.loads((folder / build.MANIFEST).read_text())
-    manifest["archive"] = {"builder": "local", "valid_on_emr": False}  # an earlier build's
-    (folder / build.MANIFEST).write_text(json.dumps(manifest))
-    assert upload.main(["--artifacts", "s3://b/artifacts", "--dist", str(folder)]) == 2
-    assert "rebuild it with ./dev package" in capsys.readouterr().err
+    small_archive(folder / VENV_ARCHIVE, {**GOOD_LINKS, "bin/python3.11": target})
+    write_manifest(folder)
+    assert json.loads((folder / build.MANIFEST).read_text())["archive"]["valid_on_emr"] is True
+    artifacts = f"s3://{stack.bucket}/artifacts"
+    assert upload.main(["--artifacts", artifacts, "--dist", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"bin/python resolves to {target}, not /usr/bin/python3.11" in err
+    assert "nothing uploaded" in err
+    assert stack.client("s3").list_objects_v2(Bucket=stack.bucket)["KeyCount"] == 0
+
+
+def test_upload_refuses_a_file_changed_since_the_manifest_listed_it(tmp_path, capsys, no_s3):
+    folder = small_dist(tmp_path / "dist")
+    (folder / WEIGHTS_FILE).write_bytes(b"weights swapped after the build")
+    assert upload.main(["--artifacts", "s3://bucket/artifacts", "--dist", str(folder)]) == 2
+    assert f"{WEIGHTS_FILE} changed since artifacts.json listed it" in capsys.readouterr().err
+
+
+def test_the_archive_architecture_is_read_from_its_compiled_files(tmp_path):
+    arm = small_archive(tmp_path / "arm.tar.gz", machine=AARCH64)
+    assert upload.archive_machines(arm) == {"ARM64": 1}
+    assert upload.archive_machines(small_archive(tmp_path / "x.tar.gz")) == {"X86_64": 1}
+    mixed = tar_with(
+        tmp_path / "mixed.tar.gz", GOOD_LINKS, {**PYVENV, "a.so": elf(X86_64), "b.so": elf(183)}
+    )
+    machines = upload.archive_machines(mixed)
+    assert "mixes compiled files for ARM64, X86_64" in upload.archive_architecture_problem(
+        machines, "X86_64"
+    )
+    assert upload.archive_architecture_problem({"X86_64": 3}, None) is None  # nothing to match
+    assert upload.archive_architecture_problem({}, "ARM64") is None  # pure Python runs anywhere
+
+
+def fake_stack(name: str, outputs: dict[str, str]) -> None:
+    """A CloudFormation stack on the moto server with the outputs upload.py reads."""
+    import boto3
+
+    body = {
+        "Resources": {"Placeholder": {"Type": "AWS::SQS::Queue"}},
+        "Outputs": {key: {"Value": value} for key, value in outputs.items()},
+    }
+    boto3.client("cloudformation").create_stack(StackName=name, TemplateBody=json.dumps(body))
+
+
+def run_upload(*args: str) -> subprocess.CompletedProcess:
+    """packaging/upload.py as ./dev upload runs it, against the moto server."""
+    return subprocess.run(
+        [sys.executable, str(PACKAGING / "upload.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_upload_to_a_graviton_stack_refuses_the_default_x86_64_archive(stack, tmp_path):
+    """What a user deploying Architecture=ARM64 meets first: ./dev package (x86_64 by
+    default), then ./dev upload --stack. Refused, naming the fix, with nothing sent; the
+    arm64 archive then goes up."""
+    folder = small_dist(tmp_path / "dist")
+    artifacts = f"s3://{stack.bucket}/artifacts"
+    fake_stack("fruits", {"ArtifactsUri": artifacts, "Architecture": "ARM64"})
+    refused = run_upload("--stack", "fruits", "--dist", str(folder))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "is built for X86_64 but the application's Architecture is ARM64" in refused.stderr
+    assert "./dev package --arch arm64" in refused.stderr
+    assert stack.client("s3").list_objects_v2(Bucket=stack.bucket)["KeyCount"] == 0
+
+    small_dist(folder, machine=AARCH64)
+    accepted = run_upload("--stack", "fruits", "--dist", str(folder))
+    assert accepted.returncode == 0, accepted.stderr
+    assert "5 uploaded, 0 unchanged" in accepted.stdout
+    assert "warning" not in accepted.stderr
+    # --architecture cannot overrule the stack, and a stack without the output is refused.
+    overruled = run_upload("--stack", "fruits", "--architecture", "X86_64", "--dist", str(folder))
+    assert overruled.returncode == 2 and "application is ARM64" in overruled.stderr
+    fake_stack("older", {"ArtifactsUri": artifacts})
+    older = run_upload("--stack", "older", "--dist", str(folder))
+    assert older.returncode == 2 and "no Architecture output" in older.stderr
 
 
 def test_upload_refuses_a_dist_without_a_manifest(tmp_path, capsys):
