@@ -1,18 +1,27 @@
 """Nothing lost, end to end, with the job runs executed as EMR Serverless would (emr_emulator):
 a batch whose first attempt fails is resubmitted by the watcher and ends with one row per
 photo; a batch that failed for good and a photo the S3 filter missed are exactly what the
-reconcile command finds, and its --submit leaves no photo without a row."""
+reconcile command finds, and its --submit leaves no photo without a row. Keys Hadoop cannot
+address as written go from S3 through the trigger's manifest into a job run (the local Spark
+reading the bucket from a folder, as emr_emulator serves it) and each ends as its own error
+row, which reconcile counts."""
 
 from __future__ import annotations
 
+import io
 import json
+from pathlib import Path
 
+from emr_emulator.submit import s3_mirror_conf
+from emr_serverless_job import inputs
+from emr_serverless_job.synthetic import fruit_image
 from lambda_trigger import handler as trigger
 from lambda_trigger import reconcile, watcher
 from lambda_trigger.request import MODEL_FILE
 from tests.conftest import needs_real_data
-from tests.loopback import FakeContext, alerts, job_runs, poll_and_invoke, state_change
+from tests.loopback import FakeContext, alerts, job_runs, keys, poll_and_invoke, state_change
 from tests.test_deploy_path import emulate, sample_photos, table
+from tests.test_job import run_job
 from tests.test_packaging import load
 
 MISSED_BY_THE_FILTER = "raw/Kiwi/Phone Upload.Jpg"
@@ -103,3 +112,86 @@ def test_failed_runs_are_retried_and_reconcile_accounts_for_every_photo(
     capsys.readouterr()
     assert reconcile.main(["--out", str(out)], env=stack.environment) == 0
     assert "objects 7: featurized 7, errored 0, missing 0" in capsys.readouterr().out
+
+
+SAME_KEY = "key has an empty folder name ('//'), which Hadoop would read as another key"
+DOT_KEY = "key has a '.' or '..' folder, which Hadoop would read as another key"
+# Keys S3 keeps as distinct objects, each with the reason its row must give. Hadoop's Path
+# would read the first four as raw/Kiwi/a.jpg, raw/Kiwi/b.jpg, raw/c.jpg and output/d.jpg
+# (photos below, outside this batch's reach only by name) and take "12:30.jpg" for a scheme.
+UNADDRESSABLE = {
+    "raw/Kiwi//a.jpg": SAME_KEY,
+    "raw/./Kiwi/b.jpg": DOT_KEY,
+    "raw/Kiwi/../c.jpg": DOT_KEY,
+    "raw/../output/d.jpg": DOT_KEY,
+    "raw/Kiwi/12:30.jpg": "key has a ':', which Hadoop reads as a URI scheme: rename the object",
+    "raw/_drafts/a.jpg": inputs.HIDDEN_FOLDER,
+    "raw/.trash/b.jpg": inputs.HIDDEN_FOLDER,
+}
+# What those keys would be read as: real photos, so a key read as another gets a feature row.
+ADDRESSABLE = ["raw/Kiwi/a.jpg", "raw/Kiwi/b.jpg", "raw/c.jpg"]
+OUTSIDE_RAW = "output/d.jpg"
+
+
+def jpeg(index: int) -> bytes:
+    buffer = io.BytesIO()
+    fruit_image("Kiwi", index).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_keys_hadoop_cannot_address_become_their_own_error_rows_and_reconcile(
+    stack, spark, tmp_path, capsys
+):
+    bucket, s3 = stack.bucket, stack.client("s3")
+    photos = {key: jpeg(n) for n, key in enumerate([*UNADDRESSABLE, *ADDRESSABLE, OUTSIDE_RAW])}
+    for key, body in photos.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    while poll_and_invoke(stack, trigger.handler) is not None:
+        pass
+    (run,) = job_runs(stack)
+    manifest = f"manifests/{run['name']}.jsonl"
+    lines = s3.get_object(Bucket=bucket, Key=manifest)["Body"].read().decode().splitlines()
+    listed = sorted(json.loads(line)["uri"] for line in lines)
+    assert listed == sorted(f"s3://{bucket}/{key}" for key in [*UNADDRESSABLE, *ADDRESSABLE])
+
+    # The bucket as Hadoop sees it: a folder per bucket behind s3:// (emr_emulator's mount).
+    # Only keys that are files there are copied; the others have no file of their own.
+    mirror = tmp_path / "s3"
+    addressable = [manifest, *ADDRESSABLE, OUTSIDE_RAW, *list(UNADDRESSABLE)[4:]]
+    for key in addressable:
+        target = mirror / bucket / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, key, str(target))
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    mount = {
+        name.removeprefix("spark.hadoop."): value
+        for name, value in s3_mirror_conf([bucket], str(mirror)).items()
+    } | {"fs.s3.impl.disable.cache": "true"}
+    for name, value in mount.items():
+        hadoop.set(name, value)
+    try:
+        report = run_job(
+            spark, "--manifest", f"s3://{bucket}/{manifest}", "--output", f"s3://{bucket}/output"
+        )
+    finally:
+        for name in mount:
+            hadoop.unset(name)
+    assert (report.inputs, report.features, report.errors) == (10, 3, 7)
+
+    # The run's tables go to the bucket as EMR would have written them; reconcile reads them.
+    tables = mirror / bucket / "output"
+    for path in sorted(tables.rglob("*.parquet")):
+        s3.upload_file(str(path), bucket, f"output/{path.relative_to(tables).as_posix()}")
+    features = table(stack, "output/features/")
+    assert sorted(r["path"] for r in features) == sorted(f"s3://{bucket}/{k}" for k in ADDRESSABLE)
+    errors = {r["path"]: r["reason"] for r in table(stack, "output/errors/")}
+    assert errors == {f"s3://{bucket}/{key}": reason for key, reason in UNADDRESSABLE.items()}
+    assert len(table(stack, "output/errors/")) == len(UNADDRESSABLE)
+
+    capsys.readouterr()
+    out = tmp_path / "missing.jsonl"
+    assert reconcile.main(["--out", str(out)], env=stack.environment) == 0
+    assert "objects 10: featurized 3, errored 7, missing 0" in capsys.readouterr().out
+    assert not out.exists()
+    assert OUTSIDE_RAW in keys(stack, "output/")  # never read, never written over
+    assert Path(mirror / bucket / OUTSIDE_RAW).read_bytes() == photos[OUTSIDE_RAW]
