@@ -6,8 +6,11 @@ that the job needs no boto3 and the same code serves ``/tmp/...`` and ``s3://...
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 from pyspark.sql import SparkSession
@@ -88,6 +91,26 @@ def read_bytes(spark: SparkSession, uri: str) -> bytes:
         return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
     finally:
         stream.close()
+
+
+def publish(spark: SparkSession, uri: str, data: bytes) -> None:
+    """Replace one small file so that a reader sees the old content or the new, never a part.
+
+    On S3 an object appears whole when its single PUT completes (EMRFS sends it when the
+    stream closes). A local file is written beside and renamed over the old one (rename(2)
+    is atomic); Hadoop's create would truncate it first, and a reader could find it empty.
+    """
+    path, fs = _path_and_fs(spark, uri)
+    if str(fs.getScheme()) != "file":
+        write_bytes(spark, uri, data)
+        return
+    target = Path(str(fs.makeQualified(path).toUri().getPath()))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, staged = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    with os.fdopen(handle, "wb") as stream:
+        stream.write(data)
+    os.chmod(staged, 0o644)  # mkstemp's 0600 would hide the pointer from other readers
+    os.replace(staged, target)
 
 
 def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:

@@ -7,8 +7,9 @@ same run id replaces its own folders and nothing else):
                             pca_features, pca_model, featurized_at
     errors/run_id=<id>/     path, label, sha256, size_bytes, reason
     reports/run_id=<id>/report.json
-    pca_model/              (default --pca-model) the PCA fitted by the last backfill:
-                            projection.npz (mean, scale, components) + featurizer.json
+    pca_model/              (default --pca-model) every PCA fit, one version each, and the
+                            pointer to the current one (reduce.py): current.json,
+                            versions/<id>/projection.npz + featurizer.json
 """
 
 from __future__ import annotations
@@ -231,7 +232,8 @@ def _load_reduction(
         report.warnings.append(str(report.pca["status"]))
     else:
         report.pca["status"] = (
-            f"loaded from {config.pca_model} (fitted by run {loaded.info.fitted_by_run})"
+            f"loaded version {loaded.info.version} from {config.pca_model} "
+            f"(fitted by run {loaded.info.fitted_by_run})"
         )
     return loaded
 
@@ -261,8 +263,11 @@ def _fit_reduction(
         precision=chosen.precision,
         run_id=report.run_id,
         rows=n_ok,
+        version=reduce.new_version(datetime.now(UTC)),
     )
-    report.pca["status"] = f"fitted on {n_ok} images, saved to {config.pca_model}"
+    report.pca["status"] = (
+        f"fitted on {n_ok} images, saved as version {fitted.info.version} in {config.pca_model}"
+    )
     return fitted
 
 
@@ -366,6 +371,7 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
                 explained_variance=round(reduction.info.explained_variance, 6),
                 component_variance=[round(v, 6) for v in reduction.info.component_variance],
                 model=config.pca_model,
+                version=reduction.info.version,
             )
         if config.is_backfill and reduction is not None:
             features_out = reduce.apply(spark, reduction, ok.drop("pca_features"))

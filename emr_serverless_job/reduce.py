@@ -7,14 +7,24 @@ same pass that featurizes when the model is known before the run starts (manifes
 A manifest run must project an image exactly as the backfill would have, so the fitted
 reduction is saved with a metadata file naming what it was fitted on (image size,
 weights, precision), and loading checks that the current run matches.
+
+Every fit is a new version, saved once and never rewritten, and a pointer names the current
+one (``save``): runs and readers in flight during a refit see one whole version.
+
+    pca_model/current.json                      {"version": "v20261202T140000Z-1a2b3c4d", ...}
+    pca_model/versions/<version>/projection.npz mean, scale, components
+    pca_model/versions/<version>/featurizer.json k, spectrum, what it was fitted on, sha256
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import secrets
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -31,8 +41,10 @@ from emr_serverless_job.vectors import VECTOR_TYPE, to_list_array, to_matrix
 
 METADATA_FILE = "featurizer.json"
 PROJECTION_FILE = "projection.npz"
+POINTER_FILE = "current.json"  # {"version": ..., "fitted_by_run": ...}: written last
+VERSIONS_FOLDER = "versions"  # versions/<id>/{projection.npz,featurizer.json}, never rewritten
 MIN_ROWS_TO_FIT = 2
-PCA_MODEL_COLUMN = "pca_model"  # in the features table: the run that fitted the projection
+PCA_MODEL_COLUMN = "pca_model"  # in the features table: the version that projected the row
 # Rows per NumPy product when computing moments: large enough for BLAS to run at speed,
 # small enough (4096 x 1280 float64 = 40 MiB) to stay out of the executor's way.
 MOMENTS_BLOCK_ROWS = 4096
@@ -60,6 +72,8 @@ class ReductionInfo:
     fitted_rows: int
     scaling: str = "standard"
     precision: str = FP32
+    version: str = ""  # the fit's own id (new_version); older models: the run that fitted them
+    projection_sha256: str = ""  # of projection.npz: loading checks the two belong together
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,7 @@ def fit(
     precision: str,
     run_id: str,
     rows: int,
+    version: str,
 ) -> Reduction:
     """Fit PCA on a (cached) frame with a ``features`` array column.
 
@@ -99,6 +114,7 @@ def fit(
         fitted_rows=rows,
         scaling=scaling,
         precision=precision,
+        version=version,
     )
     return Reduction(projection=projection, info=info)
 
@@ -168,30 +184,107 @@ def _moments_batch(moments: Moments) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([pa.array([moments.to_bytes()], pa.binary())], ["moments"])
 
 
+def new_version(now: datetime) -> str:
+    """A fit's own id: its UTC time (ids sort as fits were made) and 8 random hex digits, so
+    two fits of the same prefix, even in the same second, never share a name."""
+    return f"v{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+def version_uri(uri: str, version: str) -> str:
+    return f"{uri}/{VERSIONS_FOLDER}/{version}"
+
+
 def save(spark: SparkSession, reduction: Reduction, uri: str) -> None:
-    """Replace whatever was saved at ``uri`` (a Spark ML pipeline from older runs too)."""
-    hadoopfs.delete(spark, uri)
-    hadoopfs.write_bytes(spark, f"{uri}/{PROJECTION_FILE}", reduction.projection.to_bytes())
-    hadoopfs.write_bytes(
-        spark, f"{uri}/{METADATA_FILE}", json.dumps(asdict(reduction.info), indent=2).encode()
-    )
+    """Save a new version under ``uri/versions/<id>/``, then point ``uri/current.json`` at it.
+
+    A version is never overwritten, and the pointer is written last in one replacement
+    (``hadoopfs.publish``): a run loading the model meanwhile reads the pointer once and gets
+    the old version whole or the new one whole, never a projection of one and the metadata
+    of another, nor nothing because a save was between its delete and its write.
+    """
+    info = reduction.info
+    if not info.version:
+        raise ValueError("a reduction is saved under its version: fit it with a version id")
+    folder = version_uri(uri, info.version)
+    if hadoopfs.exists(spark, f"{folder}/{METADATA_FILE}"):
+        raise FileExistsError(f"PCA model version {info.version} is already saved at {folder}")
+    data = reduction.projection.to_bytes()
+    info = replace(info, projection_sha256=hashlib.sha256(data).hexdigest())
+    hadoopfs.write_bytes(spark, f"{folder}/{PROJECTION_FILE}", data)
+    hadoopfs.write_bytes(spark, f"{folder}/{METADATA_FILE}", _json(asdict(info)))
+    pointer = {"version": info.version, "fitted_by_run": info.fitted_by_run}
+    hadoopfs.publish(spark, f"{uri}/{POINTER_FILE}", _json(pointer))
 
 
-def saved_info(spark: SparkSession, uri: str) -> ReductionInfo | None:
-    """What the reduction saved at ``uri`` is, or None when no backfill has saved one there."""
-    metadata_uri = f"{uri}/{METADATA_FILE}"
-    if not hadoopfs.exists(spark, metadata_uri):
+def current_version(spark: SparkSession, uri: str) -> str | None:
+    """The version the pointer names, or a model saved before versions existed (its id is the
+    run that fitted it, as its rows' ``pca_model`` say), or None before the first backfill."""
+    pointer_uri = f"{uri}/{POINTER_FILE}"
+    if hadoopfs.exists(spark, pointer_uri):
+        return str(json.loads(hadoopfs.read_bytes(spark, pointer_uri))["version"])
+    legacy = f"{uri}/{METADATA_FILE}"
+    if hadoopfs.exists(spark, legacy):
+        return str(json.loads(hadoopfs.read_bytes(spark, legacy))["fitted_by_run"])
+    return None
+
+
+def read(spark: SparkSession, uri: str, version: str | None = None) -> Reduction | None:
+    """Version ``version`` of the model at ``uri`` (default: the current one, the pointer read
+    once), checked whole; None when no backfill has saved one there yet."""
+    version = version or current_version(spark, uri)
+    if version is None:
         return None
-    return ReductionInfo(**json.loads(hadoopfs.read_bytes(spark, metadata_uri)))
+    folder = version_uri(uri, version)
+    if hadoopfs.exists(spark, f"{folder}/{METADATA_FILE}"):
+        info = _info(spark, f"{folder}/{METADATA_FILE}", version)
+        data = hadoopfs.read_bytes(spark, f"{folder}/{PROJECTION_FILE}")
+        return _checked(Reduction(Projection.from_bytes(data), info), data, folder)
+    legacy = f"{uri}/{METADATA_FILE}"
+    if hadoopfs.exists(spark, legacy):
+        info = _info(spark, legacy, version="")
+        if info.version == version:
+            projection_uri = f"{uri}/{PROJECTION_FILE}"
+            if hadoopfs.exists(spark, projection_uri):
+                data = hadoopfs.read_bytes(spark, projection_uri)
+                return _checked(Reduction(Projection.from_bytes(data), info), data, uri)
+            return _checked(Reduction(_spark_ml_projection(uri), info), None, uri)
+    raise ReductionMismatch(f"no PCA model version {version} at {uri}")
+
+
+def _info(spark: SparkSession, metadata_uri: str, version: str) -> ReductionInfo:
+    info = ReductionInfo(**json.loads(hadoopfs.read_bytes(spark, metadata_uri)))
+    # A model saved before versions existed is named by the run that fitted it.
+    return replace(info, version=info.version or version or info.fitted_by_run)
+
+
+def _checked(reduction: Reduction, data: bytes | None, where: str) -> Reduction:
+    """Refuse a projection and metadata that do not belong together (a hand copy, a partial
+    write of an older layout): the rows would get vectors of another length than ``k``."""
+    info, projection = reduction.info, reduction.projection
+    if data is not None and info.projection_sha256:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != info.projection_sha256:
+            raise ReductionMismatch(
+                f"{where}/{PROJECTION_FILE} (sha256 {digest[:12]}) is not the projection "
+                f"{METADATA_FILE} describes (sha256 {info.projection_sha256[:12]})"
+            )
+    if projection.k != info.k:
+        raise ReductionMismatch(
+            f"{where}/{PROJECTION_FILE} has {projection.k} components but {METADATA_FILE} "
+            f"says k={info.k}: they are not from the same fit"
+        )
+    return reduction
 
 
 def load(
     spark: SparkSession, uri: str, *, image_size: int, weights: str, precision: str
 ) -> Reduction | None:
-    """The saved reduction at ``uri``, or None when no backfill has saved one there yet."""
-    info = saved_info(spark, uri)
-    if info is None:
+    """The current reduction at ``uri``, checked against this run's features; None when no
+    backfill has saved one there yet."""
+    reduction = read(spark, uri)
+    if reduction is None:
         return None
+    info = reduction.info
     if info.image_size != image_size:
         raise ReductionMismatch(
             f"the PCA model at {uri} was fitted on {info.image_size} px features; "
@@ -208,12 +301,17 @@ def load(
             f"the PCA model at {uri} was fitted on features from weights {info.weights}; "
             f"this run uses {weights}"
         )
-    projection_uri = f"{uri}/{PROJECTION_FILE}"
-    if hadoopfs.exists(spark, projection_uri):
-        projection = Projection.from_bytes(hadoopfs.read_bytes(spark, projection_uri))
-    else:
-        projection = _spark_ml_projection(uri)
-    return Reduction(projection=projection, info=info)
+    return reduction
+
+
+def same_features(a: ReductionInfo, b: ReductionInfo) -> bool:
+    """Whether rows projected by ``a`` hold raw features ``b`` can project: the same model
+    (weights), image size and precision made them."""
+    return (a.image_size, a.weights, a.precision) == (b.image_size, b.weights, b.precision)
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, indent=2).encode()
 
 
 def _spark_ml_projection(uri: str) -> Projection:
@@ -246,17 +344,20 @@ def apply(spark: SparkSession, reduction: Reduction, features: DataFrame) -> Dat
             count = batch.num_rows
             projected = projection.project(to_matrix(batch.column("features")))
             columns = [*batch.columns, to_list_array(projected, range(count), count)]
-            yield pa.RecordBatch.from_arrays(columns, schema=arrow_schema)
+            # A timestamp arrives in the session's time zone and leaves declared in UTC: the
+            # same instants, relabelled so the batch matches the declared schema.
+            typed = [c.cast(f.type) for c, f in zip(columns, arrow_schema, strict=True)]
+            yield pa.RecordBatch.from_arrays(typed, schema=arrow_schema)
 
     return in_space(features.mapInArrow(project, schema), reduction)
 
 
 def in_space(features: DataFrame, reduction: Reduction | None) -> DataFrame:
-    """Add the id of the model that projected ``pca_features`` (``pca_model``: the run that
-    fitted it; null when there was no model and ``pca_features`` are null too).
+    """Add the id of the model version that projected ``pca_features`` (``pca_model``; null
+    when there was no model and ``pca_features`` are null too).
 
-    Two backfills fit two PCA spaces; rows of one must never be compared with rows of the
-    other, so every row names its space.
+    Two fits make two PCA spaces; rows of one must never be compared with rows of the
+    other, so every row names its space (``current.py`` re-projects older ones).
     """
-    model = F.lit(reduction.info.fitted_by_run if reduction is not None else None)
+    model = F.lit(reduction.info.version if reduction is not None else None)
     return features.withColumn(PCA_MODEL_COLUMN, model.cast("string"))

@@ -436,6 +436,7 @@ def test_pca_matches_numpy_whatever_the_partitioning(spark, backfill, partitions
         precision="fp32",
         run_id="t",
         rows=len(x),
+        version="v-test",
     )
     centred = x - x.mean(axis=0)
     if scaling == "standard":

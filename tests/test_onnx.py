@@ -207,7 +207,7 @@ def test_both_runtimes_agree_on_the_real_sample(spark, tmp_path):
         spark,
     )
     # The PCA model fitted on TensorFlow features is accepted: same weights, by sha256.
-    assert onnx.pca["status"].startswith("loaded from") and onnx.pca["k"] == 16
+    assert onnx.pca["status"].startswith("loaded version") and onnx.pca["k"] == 16
 
     ours, theirs = features_by_path(output, onnx.run_id), features_by_path(output, keras.run_id)
     assert ours.keys() == theirs.keys() and len(ours) == 100
