@@ -1,9 +1,10 @@
-"""What an output holds, per run and per PCA space: ``python -m emr_serverless_job.inventory OUT``.
+"""What an output holds, per run and per PCA version: ``python -m emr_serverless_job.inventory``.
 
-Reads only the small columns (``path``, ``pca_model``, the ``run_id`` partition) of the
-``features`` and ``errors`` tables, with pyarrow (a local folder, or ``s3://`` where pyarrow's
-S3 file system reaches), and prints a line per run and per PCA model, marking the current
-model (the one saved under ``pca_model/``) and how many photos ``current_features`` returns.
+Reads only the small columns (``path``, ``pca_model``, ``featurized_at``, the ``run_id``
+partition) of the ``features`` and ``errors`` tables, the ``erasures`` tombstones and the PCA
+versions' metadata, with pyarrow (a local folder, or ``s3://`` where pyarrow's S3 file system
+reaches), and prints a line per run and per PCA version, marking the current version and how
+many photos ``current_features`` returns, by the same rule (``current.py``).
 """
 
 from __future__ import annotations
@@ -13,31 +14,54 @@ import json
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from emr_serverless_job.config import PCA_MODEL_DIRNAME
-from emr_serverless_job.reduce import METADATA_FILE, PCA_MODEL_COLUMN
+from emr_serverless_job.erase import ERASED_AT_COLUMN, ERASURES_TABLE
+from emr_serverless_job.reduce import (
+    METADATA_FILE,
+    PCA_MODEL_COLUMN,
+    POINTER_FILE,
+    VERSIONS_FOLDER,
+    ReductionInfo,
+    same_features,
+)
+from lambda_trigger.reconcile import table_files
 
 FEATURES = "features"
 ERRORS = "errors"
+FEATURIZED_AT = "featurized_at"
+
+
+@dataclass(frozen=True)
+class Version:
+    info: ReductionInfo
+    rows: int  # feature rows this version projected
+    photos: int  # distinct paths among them
 
 
 @dataclass(frozen=True)
 class Inventory:
     runs: dict[str, tuple[int, int, str]]  # run id -> (feature rows, error rows, pca model)
-    models: dict[str, tuple[int, int]]  # pca model -> (rows, distinct photos)
+    versions: dict[str, Version]  # every saved version, oldest first
+    unversioned: int  # feature rows no readable version projected (none yet, or pruned)
     current: str | None
-    photos: int  # distinct paths with a feature row, any space
+    photos: int  # distinct paths with a feature row, any version
+    in_view: int  # photos current_features returns
+    erased: int  # photos whose newest projectable row a tombstone hides
 
 
 def _table(filesystem: pafs.FileSystem, path: str, columns: list[str]) -> pa.Table:
-    info = filesystem.get_file_info(path)
-    if info.type != pafs.FileType.Directory:
+    files = table_files(filesystem, path)
+    if not files:
         return pa.table({name: pa.array([], pa.string()) for name in [*columns, "run_id"]})
-    dataset = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning="hive")
+    dataset = ds.dataset(
+        files, filesystem=filesystem, format="parquet", partitioning="hive", partition_base_dir=path
+    )
     wanted = [c for c in columns if c in dataset.schema.names]
     table = dataset.to_table(columns=[*wanted, "run_id"])
     for missing in set(columns) - set(wanted):  # rows written before the column existed
@@ -45,43 +69,113 @@ def _table(filesystem: pafs.FileSystem, path: str, columns: list[str]) -> pa.Tab
     return table
 
 
-def take(features: pa.Table, errors: pa.Table, current: str | None) -> Inventory:
-    """Counts from the two tables' small columns (pure)."""
-    runs_rows = Counter(features.column("run_id").to_pylist())
-    error_rows = Counter(errors.column("run_id").to_pylist())
+def _values(table: pa.Table, column: str) -> list:
+    return table.column(column).to_pylist()
+
+
+def take(
+    features: pa.Table,
+    errors: pa.Table,
+    erasures: dict[str, datetime],
+    infos: dict[str, ReductionInfo],
+    current: str | None,
+) -> Inventory:
+    """Counts from the tables' small columns, the tombstones and the versions (pure)."""
+    runs_rows = Counter(_values(features, "run_id"))
+    error_rows = Counter(_values(errors, "run_id"))
     model_of: dict[str, str] = {}
     photos_of: dict[str, set[str]] = defaultdict(set)
     rows_of: Counter[str] = Counter()
-    for run_id, model, path in zip(
-        features.column("run_id").to_pylist(),
-        features.column(PCA_MODEL_COLUMN).to_pylist(),
-        features.column("path").to_pylist(),
+    projectable = {
+        name
+        for name, info in infos.items()
+        if current in infos and same_features(info, infos[current])
+    }
+    newest: dict[str, tuple] = {}
+    for run_id, model, path, at in zip(
+        _values(features, "run_id"),
+        _values(features, PCA_MODEL_COLUMN),
+        _values(features, "path"),
+        _values(features, FEATURIZED_AT),
         strict=True,
     ):
-        name = model or "(none)"
-        model_of[run_id] = name
-        rows_of[name] += 1
-        photos_of[name].add(path)
+        model_of[run_id] = model or "(none)"
+        rows_of[model or ""] += 1
+        photos_of[model or ""].add(path)
+        if model in projectable:
+            key = (at is not None, at or datetime.min, run_id)
+            if path not in newest or key > newest[path]:
+                newest[path] = key
+    erased = sum(
+        1
+        for path, (has_time, at, _) in newest.items()
+        if path in erasures and (not has_time or erasures[path] >= at)
+    )
     runs = {
         run: (runs_rows.get(run, 0), error_rows.get(run, 0), model_of.get(run, "-"))
         for run in sorted(set(runs_rows) | set(error_rows))
     }
-    models = {name: (rows_of[name], len(photos_of[name])) for name in sorted(rows_of)}
-    photos = len(set(features.column("path").to_pylist()))
-    return Inventory(runs=runs, models=models, current=current, photos=photos)
+    versions = {
+        name: Version(info, rows_of[name], len(photos_of[name])) for name, info in infos.items()
+    }
+    return Inventory(
+        runs=runs,
+        versions=versions,
+        unversioned=sum(rows for name, rows in rows_of.items() if name not in infos),
+        current=current,
+        photos=len(set(_values(features, "path"))),
+        in_view=len(newest) - erased,
+        erased=erased,
+    )
+
+
+def _read_json(filesystem: pafs.FileSystem, path: str) -> dict | None:
+    if filesystem.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return json.loads(stream.read())
+
+
+def read_versions(
+    filesystem: pafs.FileSystem, root: str
+) -> tuple[dict[str, ReductionInfo], str | None]:
+    """Every saved version's metadata (a model saved before versions, named by its run, too)
+    and the id the pointer names."""
+    model = f"{root}/{PCA_MODEL_DIRNAME}"
+    infos: dict[str, ReductionInfo] = {}
+    legacy = _read_json(filesystem, f"{model}/{METADATA_FILE}")
+    if legacy is not None:
+        infos[legacy["fitted_by_run"]] = ReductionInfo(**legacy)
+    folder = f"{model}/{VERSIONS_FOLDER}"
+    if filesystem.get_file_info(folder).type == pafs.FileType.Directory:
+        for entry in sorted(
+            filesystem.get_file_info(pafs.FileSelector(folder)), key=lambda e: e.base_name
+        ):
+            metadata = _read_json(filesystem, f"{entry.path}/{METADATA_FILE}")
+            if metadata is not None:
+                infos[entry.base_name] = ReductionInfo(**metadata)
+    pointer = _read_json(filesystem, f"{model}/{POINTER_FILE}")
+    current = pointer["version"] if pointer else (legacy["fitted_by_run"] if legacy else None)
+    return infos, current
+
+
+def read_erasures(filesystem: pafs.FileSystem, root: str) -> dict[str, datetime]:
+    """Each erased path's latest erasure time."""
+    table = _table(filesystem, f"{root}/{ERASURES_TABLE}", ["path", ERASED_AT_COLUMN])
+    latest: dict[str, datetime] = {}
+    for path, at in zip(_values(table, "path"), _values(table, ERASED_AT_COLUMN), strict=True):
+        if path not in latest or at > latest[path]:
+            latest[path] = at
+    return latest
 
 
 def read(output: str) -> Inventory:
     filesystem, root = pafs.FileSystem.from_uri(output)
     root = root.rstrip("/")
-    features = _table(filesystem, f"{root}/{FEATURES}", ["path", PCA_MODEL_COLUMN])
+    features = _table(filesystem, f"{root}/{FEATURES}", ["path", PCA_MODEL_COLUMN, FEATURIZED_AT])
     errors = _table(filesystem, f"{root}/{ERRORS}", ["path"])
-    current = None
-    metadata = f"{root}/{PCA_MODEL_DIRNAME}/{METADATA_FILE}"
-    if filesystem.get_file_info(metadata).type == pafs.FileType.File:
-        with filesystem.open_input_stream(metadata) as stream:
-            current = json.loads(stream.read())["fitted_by_run"]
-    return take(features, errors, current)
+    infos, current = read_versions(filesystem, root)
+    return take(features, errors, read_erasures(filesystem, root), infos, current)
 
 
 def lines(inventory: Inventory) -> list[str]:
@@ -89,15 +183,21 @@ def lines(inventory: Inventory) -> list[str]:
     for run, (rows, errors, model) in inventory.runs.items():
         out.append(f"{run:<28} {rows:>9} {errors:>7}  {model}")
     out.append("")
-    out.append(f"{'pca model':<28} {'rows':>9} {'photos':>7}")
-    for model, (rows, photos) in inventory.models.items():
-        mark = "  <- current" if model == inventory.current else ""
-        out.append(f"{model:<28} {rows:>9} {photos:>7}{mark}")
-    current = inventory.models.get(inventory.current or "", (0, 0))[1]
+    out.append(f"{'pca model version':<28} {'rows':>9} {'photos':>7}  {'k':>4}  fitted by")
+    for name, version in inventory.versions.items():
+        mark = "  <- current" if name == inventory.current else ""
+        info = version.info
+        out.append(
+            f"{name:<28} {version.rows:>9} {version.photos:>7}  {info.k:>4}  "
+            f"{info.fitted_by_run} ({info.image_size} px, {info.precision}){mark}"
+        )
+    if inventory.unversioned:
+        out.append(f"{'(no readable version)':<28} {inventory.unversioned:>9}")
     out.append("")
+    erased = f", {inventory.erased} more hidden as erased" if inventory.erased else ""
     out.append(
-        f"{inventory.photos} photos have feature rows; {current} in the current PCA space "
-        f"({inventory.current or 'no model saved yet'})"
+        f"{inventory.photos} photos have feature rows; {inventory.in_view} in the current view "
+        f"({inventory.current or 'no model saved yet'}){erased}"
     )
     return out
 
