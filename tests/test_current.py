@@ -107,6 +107,7 @@ def test_a_photo_erased_after_its_newest_row_is_hidden_until_its_rows_go(spark, 
     ).write.parquet(str(copy / "erasures" / "run_id=erase-0123456789abcdef"))
     paths = {r["path"] for r in current_features(spark, str(copy)).collect()}
     assert len(paths) == 14 and erased["path"] not in paths
+    (copy / "features" / "run_id=x_$folder$").write_bytes(b"")  # EMRFS's folder marker
     taken = inventory.read(str(copy))
     assert (taken.in_view, taken.erased) == (14, 1)
 
@@ -124,12 +125,13 @@ def test_a_refit_of_the_same_prefix_keeps_every_photo_in_one_space(spark, tmp_pa
     manifest = tmp_path / "batch.jsonl"
     manifest.write_text(json.dumps({"uri": str(late)}) + "\n")
     batch = run_job(spark, "--manifest", str(manifest), "--output", str(output))
+    write_image_set(raw, 1, classes=("Cherry",))  # one photo added before the refit
     refit = run_job(spark, "--input", str(raw), "--output", str(output), "--pca-k", "4")
     assert refit.run_id == first.run_id and refit.pca["version"] != first.pca["version"]
     assert batch.pca["version"] == first.pca["version"]
 
     rows = current_features(spark, str(output)).collect()
-    assert sorted(r["path"] for r in rows) == sorted({r["path"] for r in rows}) and len(rows) == 7
+    assert sorted(r["path"] for r in rows) == sorted({r["path"] for r in rows}) and len(rows) == 8
     current = reduce.read(spark, str(output / "pca_model"))
     assert current.info.version == refit.pca["version"] and current.projection.k == 4
     for row in rows:
@@ -139,4 +141,4 @@ def test_a_refit_of_the_same_prefix_keeps_every_photo_in_one_space(spark, tmp_pa
     assert any(
         r["path"].endswith("/uploads/Pear/0_100.jpg") and r["run_id"] == batch.run_id for r in rows
     )
-    assert inventory.read(str(output)).in_view == 7
+    assert inventory.read(str(output)).in_view == 8

@@ -15,6 +15,7 @@ import pytest
 
 from emr_serverless_job import erase
 from emr_serverless_job.config import ConfigError, parse_args
+from emr_serverless_job.current import current_features
 from emr_serverless_job.inputs import spark_spelling
 from emr_serverless_job.synthetic import write_image_set
 from tests.test_job import run_job
@@ -105,6 +106,8 @@ def test_an_erase_run_removes_the_photos_rows_and_leaves_the_others(spark, histo
     assert written["photos"] == 2
     stones = {r["path"] for r in erase.tombstones(spark, str(output)).collect()}
     assert erased <= stones
+    current = {r["path"] for r in current_features(spark, str(output)).collect()}
+    assert len(current) == 3 and not current & erased  # gone from the current view
 
 
 def test_a_rerun_of_an_erase_run_changes_nothing(spark, history, output):
@@ -137,6 +140,9 @@ def test_a_row_written_after_the_erase_by_an_earlier_run_goes_at_the_next_erase(
     assert batch.features == 1
     stones = {r["path"] for r in erase.tombstones(spark, str(output)).collect()}
     assert spark_spelling(str(kiwi)) in stones  # what the current view hides it by meanwhile
+    assert spark_spelling(str(kiwi)) not in {
+        r["path"] for r in current_features(spark, str(output)).collect()
+    }
     # THEN the next erase run, whatever it erases, removes that row too
     other = erasure_manifest(output.parent / "2.jsonl", (photos / "Nowhere" / "x.jpg", GONE))
     report = erase_run(spark, other, output)
