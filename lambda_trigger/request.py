@@ -42,8 +42,11 @@ RESUBMITTED_FIELDS = {
 # Worker sizes EMR Serverless accepts (2 vCPU: 4-16 GB, 4 vCPU: 8-30 GB; a worker is billed
 # for memory + memoryOverhead). Each Python worker (one per core) holds the model and a
 # batch's activations, which Spark counts as executor memory overhead: measured at 224 px and
-# batch 64, about 0.86 GiB with ONNX Runtime and 1.6 GiB with TensorFlow (BENCHMARKS.md), so
-# an ONNX executor bills 10 GB instead of 14. The driver's Python (pyarrow, the PCA moments'
+# batch 64, about 0.86 GiB with ONNX Runtime and 1.6 GiB with TensorFlow, and decoding the
+# largest photo the job admits adds up to 433 MiB (BENCHMARKS.md, "Decode memory"): four
+# workers need 5.1 GiB (ONNX) or 8.1 GiB (TensorFlow) of overhead at worst. The JVM heap only
+# holds the run's small result rows, so an ONNX executor bills 10 GB (4 + 6) instead of 14
+# (5 + 9 with TensorFlow). The driver's Python (pyarrow, the PCA moments'
 # 1280 x 1280 matrices, the manifest's file checks) lives in its overhead too: 2 GB, not
 # Spark's default 384 MiB, so the driver bills 6 GB.
 DRIVER_CORES = 2
@@ -53,8 +56,8 @@ EXECUTOR_CORES = 4
 # A new account may hold 16 vCPUs of EMR Serverless at once (quota L-D05C8A75): a 2-vCPU
 # driver and 3 executors of 4 vCPUs use 14 (template.yaml's MaxExecutors default).
 DEFAULT_MAX_EXECUTORS = 3
-EXECUTOR_MEMORY = {"onnx": "6g", "tensorflow": "7g"}
-EXECUTOR_MEMORY_OVERHEAD = {"onnx": "4g", "tensorflow": "7g"}
+EXECUTOR_MEMORY = {"onnx": "4g", "tensorflow": "5g"}
+EXECUTOR_MEMORY_OVERHEAD = {"onnx": "6g", "tensorflow": "9g"}
 # C1 compiler only, as emr_serverless_job.main gives local runs (the reason is there).
 JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 # An erase run (emr_serverless_job/erase.py) runs no model and no Python worker: it reads the

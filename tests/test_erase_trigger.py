@@ -82,7 +82,7 @@ def test_an_erase_run_is_requested_like_a_batch_but_small():
     assert "spark.dynamicAllocation.maxExecutors=2" in params
     batch = rq.start_job_run_request(deployment, rq.for_manifest(uri, b"x"), "t")
     assert (
-        "spark.executor.memoryOverhead=4g"
+        "spark.executor.memoryOverhead=6g"
         in batch["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"]
     )
     one = deployment_from_environment({**ENV, "MAX_EXECUTORS": "1"})
