@@ -41,7 +41,7 @@ from emr_serverless_job.featurize import (
     make_function,
 )
 from emr_serverless_job.logs import event
-from emr_serverless_job.model import FP32, ModelError, file_sha256, read_onnx_model
+from emr_serverless_job.model import FEATURE_DIM, FP32, ModelError, file_sha256, read_onnx_model
 from emr_serverless_job.run_report import RANDOM_WEIGHTS_WARNING, RunReport
 
 # Per-file cost Spark assumes when packing small files into read partitions. Each
@@ -54,6 +54,14 @@ FILE_OPEN_COST_BYTES = 128 << 10
 # one slow partition does not leave the others idle at the end.
 PARTITIONS_PER_CORE = 4
 ERROR_SAMPLE_LOGGED = 20
+# A run writes its features in as few Parquet files as this size allows (one for any batch
+# the trigger sends) and its errors in one: at one batch every two minutes, Spark's one file
+# per task (up to 48 per batch, 7 KB each for 100 photos) left readers tens of thousands of
+# files a day to open. 128 MiB is Parquet's default row group and a common read split.
+TARGET_FILE_BYTES = 128 << 20
+# What a features row takes on disk: 4 bytes per float of both vectors (floats barely
+# compress) and the path, label, hash and sizes.
+ROW_OVERHEAD_BYTES = 256
 FEATURES_TABLE = "features"
 ERRORS_TABLE = "errors"
 REPORTS_FOLDER = "reports"
@@ -128,6 +136,12 @@ def label_of(path: F.Column) -> F.Column:
 
 def _table_uri(config: JobConfig, table: str, run_id: str) -> str:
     return f"{config.output}/{table}/run_id={run_id}"
+
+
+def features_files(rows: int, k: int) -> int:
+    """How many files ``rows`` feature rows of ``k`` PCA values are written in."""
+    row_bytes = 4 * (FEATURE_DIM + k) + ROW_OVERHEAD_BYTES
+    return max(1, -(-rows * row_bytes // TARGET_FILE_BYTES))
 
 
 def _write(frame: DataFrame, uri: str) -> None:
@@ -382,11 +396,12 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
             FEATURES_TABLE: _table_uri(config, FEATURES_TABLE, report.run_id),
             ERRORS_TABLE: _table_uri(config, ERRORS_TABLE, report.run_id),
         }
+        files = features_files(n_ok, reduction.info.k if reduction is not None else 0)
         with timed(report, "write"):
             _write(
-                features_out.withColumn(FEATURIZED_AT_COLUMN, F.lit(started_clock)).select(
-                    *FEATURES_COLUMNS
-                ),
+                features_out.coalesce(files)
+                .withColumn(FEATURIZED_AT_COLUMN, F.lit(started_clock))
+                .select(*FEATURES_COLUMNS),
                 tables[FEATURES_TABLE],
             )
             _write(errors.coalesce(1), tables[ERRORS_TABLE])

@@ -595,3 +595,17 @@ def test_a_file_without_read_permission_is_an_error_row(spark, tmp_path):
     (row,) = read_table(spark, tmp_path / "out", "errors").collect()
     assert row["path"] == f"file:{locked}"
     assert row["reason"].startswith("unreadable: ") and "Permission denied" in row["reason"]
+
+
+def test_a_run_writes_its_features_in_as_few_files_as_the_target_size_allows(backfill):
+    report, output, _ = backfill
+    for table in ("features", "errors"):
+        files = list((output / table / f"run_id={report.run_id}").glob("*.parquet"))
+        assert len(files) == 1, f"{table}: {len(files)} files for {report.inputs} photos"
+    written = next((output / "features" / f"run_id={report.run_id}").glob("*.parquet"))
+    row_bytes = written.stat().st_size / report.features
+    estimate = 4 * (1280 + report.pca["k"]) + job.ROW_OVERHEAD_BYTES
+    assert row_bytes < estimate, "the estimate errs towards more, smaller files, never larger"
+    assert job.features_files(1_000, 200) == 1  # a trigger batch
+    assert job.features_files(1_000_000, 200) == 47  # 6.2 GB of rows, 128 MiB each
+    assert job.features_files(0, 0) == 1
