@@ -55,6 +55,36 @@ def map_files(
         return list(pool.map(lambda uri: look(spark, uri), uris))
 
 
+GLOB_SPECIALS = "\\{}[]*?"
+
+
+def glob_escaped(uri: str) -> str:
+    """``uri`` with Hadoop's glob characters escaped, so that it matches only itself."""
+    return "".join(f"\\{c}" if c in GLOB_SPECIALS else c for c in uri)
+
+
+def children_matching(spark: SparkSession, folder: str, pattern: str) -> list[tuple[str, bool]]:
+    """(path, is a folder) of the entries of ``folder`` whose names match the glob
+    ``pattern``: one listing of that folder, and only the matches cross to Python."""
+    path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(
+        f"{glob_escaped(folder.rstrip('/'))}/{pattern}"
+    )
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    statuses = fs.globStatus(path) or []
+    return [(str(s.getPath().toString()), bool(s.isDirectory())) for s in statuses]
+
+
+def files_under(spark: SparkSession, folder: str) -> list[str]:
+    """Every file below ``folder``, hidden ones included (Hadoop's listing filters nothing).
+    One round trip per file: for the few folders Spark's own listing skipped."""
+    path, fs = _path_and_fs(spark, folder)
+    found = fs.listFiles(path, True)
+    paths = []
+    while found.hasNext():
+        paths.append(str(found.next().getPath().toString()))
+    return paths
+
+
 def cause(error: Exception) -> str:
     """The Java exception's class and message, from py4j's long wrapped text."""
     java = getattr(error, "java_exception", None)

@@ -438,8 +438,8 @@ def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
     A local folder is listed in Python (``list_local``). Elsewhere (S3) Spark's file index
     lists it; empty files and files gone or unreadable when the scan reaches them are skipped
     by the scan and found afterwards by ``listed`` (see ``unscanned``). Spark's listing skips
-    hidden folders (``_drafts/``): ``reconcile`` reports their photos, and a manifest run
-    gives each an error row saying to move it.
+    hidden names and folders (``_drafts/``): ``hidden_inputs`` finds them, and each becomes
+    an error row saying to rename or move it.
     """
     if not hadoopfs.exists(spark, location):
         raise InputError(f"--input: nothing at {location}")
@@ -456,13 +456,53 @@ def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
     )
     images, too_large = _split_by_size(files, max_bytes)
     listed = [hadoop_path_string(uri) for uri in input_files(files)]
+    below = len(_split_uri(location)[2].strip("/").split("/"))
+    hidden = [
+        (path, None, hidden_reason(path, below=below) or HIDDEN_NAME)
+        for path in hidden_inputs(spark, location, listed)
+    ]
+    if hidden:
+        too_large = too_large.unionByName(spark.createDataFrame(hidden, REJECTED_SCHEMA))
     return Inputs(
         images=images,
         rejected=too_large,
         fingerprint=content_digest(location.encode()),
-        expected=len(listed),
+        expected=len(listed) + len(hidden),
         listed=listed,
     )
+
+
+HIDDEN_GLOB = "{_,.}*"
+
+
+def _hidden_children(spark: SparkSession, folder: str) -> list[tuple[str, bool]]:
+    return hadoopfs.children_matching(spark, folder, HIDDEN_GLOB)
+
+
+def hidden_inputs(spark: SparkSession, location: str, listed: list[str]) -> list[str]:
+    """Images under ``location`` that Spark's listing skipped for a hidden name or folder.
+
+    Spark never lists ``_drafts/``, ``.trash/`` or ``_IMG_1.jpg``, so a backfill gave them
+    no row and no count. Each folder that holds a listed file (and each folder between it and
+    ``location``) is asked for its hidden entries only, one listing per folder in parallel;
+    the hidden folders found, rare, are listed whole. A folder that holds no visible image at
+    any depth is not asked: ``reconcile`` still finds its photos.
+    """
+    root = hadoop_path_string(location).rstrip("/")
+    folders = {root}
+    for path in listed:
+        parent = path.rsplit("/", 1)[0]
+        while len(parent) > len(root) and parent not in folders:
+            folders.add(parent)
+            parent = parent.rsplit("/", 1)[0]
+    found: list[str] = []
+    for entries in hadoopfs.map_files(spark, sorted(folders), _hidden_children):
+        for path, is_folder in entries:
+            name = path.rsplit("/", 1)[-1]
+            if not _is_hidden(name):  # a partition-like `_x=1` folder, which Spark lists
+                continue
+            found.extend(hadoopfs.files_under(spark, path) if is_folder else [path])
+    return sorted(path for path in found if is_image_path(path))
 
 
 def from_manifest(spark: SparkSession, location: str, max_bytes: int) -> Inputs:

@@ -7,6 +7,7 @@ import json
 import os
 import struct
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -609,3 +610,56 @@ def test_a_run_writes_its_features_in_as_few_files_as_the_target_size_allows(bac
     assert job.features_files(1_000, 200) == 1  # a trigger batch
     assert job.features_files(1_000_000, 200) == 47  # 6.2 GB of rows, 128 MiB each
     assert job.features_files(0, 0) == 1
+
+
+@contextmanager
+def s3_mount(spark, mirror: Path, bucket: str):
+    """``s3://bucket/`` served from ``mirror/bucket`` (the emulator's mount): the remote listing
+    path of a backfill, Spark's own file index, instead of a local folder's Python listing."""
+    from emr_emulator.submit import s3_mirror_conf
+
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    mount = {
+        name.removeprefix("spark.hadoop."): value
+        for name, value in s3_mirror_conf([bucket], str(mirror)).items()
+    } | {"fs.s3.impl.disable.cache": "true"}
+    for name, value in mount.items():
+        hadoop.set(name, value)
+    try:
+        yield
+    finally:
+        for name in mount:
+            hadoop.unset(name)
+
+
+def test_an_s3_backfill_gives_hidden_names_and_folders_a_row_each(spark, tmp_path):
+    """Spark's listing of s3:// skips ``_drafts/``, ``.trash/`` and ``_IMG.jpg``: each is
+    an error row saying to rename it, counted in the run's inputs."""
+    mirror, bucket = tmp_path / "s3", "photos"
+    raw = mirror / bucket / "raw"
+    write_image_set(raw, 2, classes=("Kiwi", "Pear"))
+    hidden = {
+        "raw/_drafts/a.jpg": "HIDDEN_FOLDER",
+        "raw/Kiwi/.trash/b.jpg": "HIDDEN_FOLDER",
+        "raw/Kiwi/.trash/deeper/c.png": "HIDDEN_FOLDER",
+        "raw/Pear/_IMG_0001.jpg": "HIDDEN_NAME",
+    }
+    photo = (raw / "Kiwi" / "0_100.jpg").read_bytes()
+    for key in hidden:
+        (mirror / bucket / key).parent.mkdir(parents=True, exist_ok=True)
+        (mirror / bucket / key).write_bytes(photo)
+    (raw / "Kiwi" / ".trash" / "notes.txt").write_text("not an image")
+    (raw / "label=x").mkdir()  # a partition-like folder name Spark lists: not hidden
+    (raw / "label=x" / "d.jpg").write_bytes(photo)
+    with s3_mount(spark, mirror, bucket):
+        report = run_job(
+            spark, "--input", f"s3://{bucket}/raw", "--output", f"s3://{bucket}/output"
+        )
+        errors = {
+            r["path"]: r["reason"]
+            for r in spark.read.parquet(f"s3://{bucket}/output/errors").collect()
+        }
+    assert (report.inputs, report.features, report.errors) == (9, 5, 4)
+    assert errors == {
+        f"s3://{bucket}/{key}": getattr(job.inputs, reason) for key, reason in hidden.items()
+    }
