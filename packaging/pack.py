@@ -3,15 +3,17 @@
 The one packing script: ``packaging/Dockerfile`` runs it on Amazon Linux 2023 and
 ``packaging/build.py`` runs it on the build machine, so both pack the same way:
 
-1. a venv made from ``--python`` (default ``/usr/bin/python3.11``, the interpreter EMR 7.x
-   images have), so that ``bin/python`` is a link to that path;
+1. a venv made from ``--python`` (default ``/usr/bin/python3.11``, Amazon Linux 2023's
+   python3.11, which the preflight proves is on the EMR Serverless image: docs/interpreter.md),
+   so that ``bin/python`` is a link to that path;
 2. the pinned requirements, as binary wheels for the target platform (``manylinux_2_34``:
    Amazon Linux 2023's glibc), whatever the build machine's own glibc;
 3. slimmed (``slim.py``);
 4. packed by venv-pack without ``--python-prefix``, which would rewrite ``/usr/bin/python3.11``
    into ``/usr/bin/python3.113.11`` (string replacement, jcrist/venv-pack#14);
-5. checked: every ``bin/python*`` in the archive must resolve to ``/usr/bin/python3.11`` and
-   ``pyvenv.cfg`` must name ``/usr/bin`` as home. Otherwise the archive is deleted and the
+5. checked: every ``bin/python*`` in the archive must resolve to exactly ``/usr/bin/python3.11``
+   (``/usr/bin/python3`` is 3.9 on Amazon Linux 2023; ``/usr/local/bin/python3.11`` is not there)
+   and ``pyvenv.cfg`` must name ``/usr/bin`` as home. Otherwise the archive is deleted and the
    build fails: on EMR it would fail every run with ``Cannot run program
    "./environment/bin/python": error=2``.
 
@@ -38,7 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from slim import slim  # a sibling script, found through the line above
 
-EMR_PYTHON = "/usr/bin/python3.11"  # Amazon Linux 2023's python3.11, on every EMR 7.x worker
+# The interpreter every bin/python* of the archive must link to, exactly. No AWS page found says
+# the EMR Serverless 7.9/7.10 image has it (docs/interpreter.md, with what was searched): AWS
+# documents "Python 3.9, 3.11" for EMR on EC2 7.1+ (ReleaseGuide emr-710-release), the EMR
+# Serverless 7.9.0 page lists only Spark 3.5.5, Hive 3.1.3 and Tez 0.10.2, and aws-samples'
+# custom_python_version README says "EMR Serverless 7.x uses Python 3.9", its Python 3.11
+# recipe being a custom image that runs `dnf install -y python3.11`.
+# So this is Amazon Linux 2023's python3.11 package path, and the preflight job run proves it is
+# on the real application before the first backfill. /usr/bin/python3 is 3.9 there.
+EMR_PYTHON = "/usr/bin/python3.11"
 PYTHON_VERSION = "3.11"
 GLIBC_MINOR = 34  # Amazon Linux 2023 has glibc 2.34: wheels for it and older glibcs run there
 OLDEST_GLIBC_MINOR = 17  # manylinux2014
@@ -92,6 +102,28 @@ def _resolve(members: dict[str, tarfile.TarInfo], name: str) -> str:
     return f"{current} (link loop)"
 
 
+WRONG_TARGETS = {
+    "/usr/bin/python3": "on Amazon Linux 2023 (EMR 7.x) that is Python 3.9, which cannot import "
+    "the archive's cp311 wheels",
+    "/usr/bin/python": "on Amazon Linux 2023 (EMR 7.x) that is Python 3.9, or nothing",
+}
+
+
+def _why(target: str) -> str:
+    """What a link to ``target`` does on an EMR Serverless worker, for the pack error."""
+    if target in WRONG_TARGETS:
+        return WRONG_TARGETS[target]
+    if target.startswith("/"):
+        return (
+            f"{EMR_PYTHON} is the one path expected on an EMR Serverless worker "
+            "(docs/interpreter.md); where another is missing, every run fails with 'Cannot run "
+            'program "./environment/bin/python": error=2\''
+        )
+    if target.endswith("(link loop)"):
+        return "the links go round in a loop"
+    return "no such file in the archive"
+
+
 def check_python_links(archive: Path, interpreter: str = EMR_PYTHON) -> LinkCheck:
     """Every ``bin/python*`` must end at ``interpreter``: EMR runs ``./environment/bin/python``."""
     with tarfile.open(archive) as packed:
@@ -111,7 +143,7 @@ def check_python_links(archive: Path, interpreter: str = EMR_PYTHON) -> LinkChec
         if target in members:
             problems.append(f"{name} is a file in the archive, not a link to {interpreter}")
         elif target != interpreter:
-            problems.append(f"{name} resolves to {target}, not {interpreter}")
+            problems.append(f"{name} resolves to {target}, not {interpreter}: {_why(target)}")
     homes = [
         value.strip()
         for key, _, value in (line.partition("=") for line in pyvenv.splitlines())
@@ -128,8 +160,8 @@ def make_venv(python: str, venv: Path) -> Path:
     if not Path(python).is_file():
         raise PackError(
             f"--python {python}: no such interpreter on this machine. The archive must link to "
-            f"{EMR_PYTHON}, which EMR 7.x has: build on a machine that has it (Debian 12, "
-            "Amazon Linux 2023) or with Docker (packaging/Dockerfile)"
+            f"{EMR_PYTHON} (Amazon Linux 2023's python3.11): build on a machine that has it "
+            "(Debian 12, Amazon Linux 2023) or with Docker (packaging/Dockerfile)"
         )
     if venv.exists():
         shutil.rmtree(venv)

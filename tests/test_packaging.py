@@ -127,8 +127,29 @@ PYVENV = {"pyvenv.cfg": b"home = /usr/bin\ninclude-system-site-packages = false\
         ({"bin/python3": "python3.11"}, PYVENV, "no bin/python in the archive"),
         ({"bin/python": "python", **{}}, PYVENV, "link loop"),
         (GOOD_LINKS, {"pyvenv.cfg": b"home = /opt/venv/bin\n"}, "pyvenv.cfg home is"),
+        (
+            {**GOOD_LINKS, "bin/python3.11": "/usr/bin/python3"},
+            PYVENV,
+            "bin/python resolves to /usr/bin/python3, not /usr/bin/python3.11: on Amazon Linux "
+            "2023 (EMR 7.x) that is Python 3.9",
+        ),
+        (
+            {**GOOD_LINKS, "bin/python3.11": "/usr/local/bin/python3.11"},
+            {"pyvenv.cfg": b"home = /usr/local/bin\n"},
+            "bin/python resolves to /usr/local/bin/python3.11, not /usr/bin/python3.11: "
+            "/usr/bin/python3.11 is the one path expected",
+        ),
     ],
-    ids=["good", "venv-pack-python-prefix", "copied-binary", "no-python", "loop", "home"],
+    ids=[
+        "good",
+        "venv-pack-python-prefix",
+        "copied-binary",
+        "no-python",
+        "loop",
+        "home",
+        "usr-bin-python3",
+        "usr-local-bin",
+    ],
 )
 def test_python_link_check(tmp_path, links, files, problem):
     checked = pack.check_python_links(tar_with(tmp_path / "a.tar.gz", links, files))
@@ -152,6 +173,22 @@ def test_venv_pack_python_prefix_breaks_the_link_and_plain_venv_pack_does_not(tm
     plain = venv_pack.pack(prefix=str(venv), output=str(tmp_path / "plain.tar.gz"))
     assert any("/usr/bin/python3.113.11" in p for p in pack.check_python_links(prefixed).problems)
     assert pack.check_python_links(plain).problems == []
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").is_file(), reason="no /usr/bin/python3 here")
+def test_pack_refuses_a_venv_made_from_usr_bin_python3_and_leaves_no_archive(tmp_path, monkeypatch):
+    """The false green of issue 20: a venv of the image's plain python3 (3.11 on Debian, 3.9 on
+    Amazon Linux 2023) passed the e2e here. pack.py builds it for real (venv, slimming,
+    venv-pack; no wheels, to stay cheap) and its exact-path check refuses it."""
+    monkeypatch.setattr(pack, "install", lambda site, requirements, platforms: None)
+    output = tmp_path / "dist" / "pyspark_venv.tar.gz"
+    output.parent.mkdir()
+    with pytest.raises(pack.PackError) as refused:
+        pack.pack([], output, python="/usr/bin/python3", work=tmp_path / "work")
+    message = str(refused.value)
+    assert "bin/python resolves to /usr/bin/python3, not /usr/bin/python3.11" in message
+    assert "Python 3.9" in message
+    assert not output.exists()
 
 
 def test_archive_requirements_are_the_versions_installed_here_and_never_pyspark():
