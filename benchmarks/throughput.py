@@ -9,7 +9,9 @@ on the model packaging/ exports, TensorFlow/Keras on the weights file):
        Spark's Python workers run it: what the featurize stage would do with no Spark;
   job  the job end to end on local[N] over the same number of images, as a user runs
        it (`python -m emr_serverless_job`), from its run report;
-  seed the seed pattern (benchmarks/seed.py: Keras model.predict in a pandas UDF, Spark ML
+  seed the seed pattern (benchmarks/seed.py: Keras model.predict in a pandas UDF over a
+       repartition of 2 tasks per core, as its users run it; --seed-per-task adds the variant
+       without it as a labelled row; Spark ML
        StandardScaler + PCA) on the same photos, each whole process timed from outside;
 and the peak resident memory of the job's whole process tree (driver JVM and Python
 workers). Ratios, not single timings, are the result.
@@ -376,11 +378,14 @@ def manifest_vs_backfill(size: int, count: int, batch_size: int, cores: int) -> 
     }
 
 
-def seed(size: int, count: int, cores: int, folder: Path | None = None) -> dict:
+def seed(
+    size: int, count: int, cores: int, folder: Path | None = None, model_per: str = "worker"
+) -> dict:
     """The seed pattern on the same photos, as a whole process (needs the real weights file,
-    or a random one saved once: the recipe loads a file)."""
+    or a random one saved once: the recipe loads a file). ``model_per="task"`` is the
+    strawman variant without the repartition, reported as its own row."""
     folder = folder or image_folder(count)
-    output = WORK / f"out-seed-{size}-{folder.name}"
+    output = WORK / f"out-seed-{model_per}-{size}-{folder.name}"
     shutil.rmtree(output, ignore_errors=True)
     command = [
         sys.executable,
@@ -397,11 +402,14 @@ def seed(size: int, count: int, cores: int, folder: Path | None = None) -> dict:
         "64",
         "--master",
         f"local[{cores}]",
+        "--model-per",
+        model_per,
     ]
     seconds, peak, stdout = run_measured(command)
     assert int(stdout.strip().splitlines()[-1]) == count, stdout
     return {
         "images": count,
+        "model_per": model_per,
         "process_seconds": round(seconds, 1),
         "peak_rss_mib": round(peak / 2**20),
     }
@@ -464,6 +472,12 @@ def main() -> int:
     parser.add_argument(
         "--no-seed", action="store_true", help="skip the seed-pattern baseline (minutes per size)"
     )
+    parser.add_argument(
+        "--seed-per-task",
+        action="store_true",
+        help="also time the seed pattern without its repartition (a model per ~30 photos), "
+        "as a labelled extra row; the comparison is always against the repartitioned one",
+    )
     parser.add_argument("--out", type=Path, default=WORK / "results.json")
     parser.add_argument(
         "--precision",
@@ -493,6 +507,14 @@ def main() -> int:
             results["sizes"].setdefault(size, {})["seed"] = baseline
             print(
                 f"{size}px seed pattern: {baseline['process_seconds']} s whole process", flush=True
+            )
+        if args.seed_per_task and not args.no_seed:
+            strawman = seed(size, args.images, cores, model_per="task")
+            results["sizes"][size]["seed_model_per_task"] = strawman
+            print(
+                f"{size}px seed pattern without its repartition (a model per task): "
+                f"{strawman['process_seconds']} s whole process",
+                flush=True,
             )
         for runtime in args.runtimes:
             measured_raw, raw_peak = measure_raw(runtime, size, args.batch_size, PRECISION)
