@@ -5,15 +5,23 @@ The request is either a JSON file of StartJobRun's parameters (what
 submitted to an EMR Serverless API (``--application-id`` and ``--job-run-id``, read back with
 GetJobRun; with ``--endpoint-url`` a moto server on loopback). S3 is whatever the endpoint
 serves. Exit 0 on SUCCESS, 1 on FAILED or CANCELLED, 2 when the request cannot be run.
+
+The endpoint must be on loopback: a real account's buckets (growers' photos) would be
+copied to this machine, so AWS itself, or any other host, takes ``--allow-remote-endpoint``.
+S3 is only read unless ``--push``: then the run's own output partitions
+(``OUTPUT/*/run_id=RUN/``), the prefixes given with ``--push-also`` and the logs are written
+back, new objects only.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from emr_emulator.run import run_job
 from emr_emulator.submit import RequestError
@@ -21,6 +29,19 @@ from lambda_trigger.request import request_from_job_run
 
 EXIT_FAILED = 1
 EXIT_BAD_REQUEST = 2
+
+
+def is_loopback(endpoint: str | None) -> bool:
+    """Whether ``endpoint`` (None: AWS itself) is served on this machine's loopback."""
+    host = urlsplit(endpoint).hostname if endpoint else None
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +53,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
     parser.add_argument("--region")
     parser.add_argument("--workdir", type=Path, help="keep the run's files here")
+    parser.add_argument(
+        "--push",
+        action="store_true",
+        help="write back what the run created under its own output partitions, and its logs",
+    )
+    parser.add_argument(
+        "--push-also",
+        action="append",
+        default=[],
+        metavar="S3_PREFIX",
+        help="with --push, also what the run created under this s3:// prefix (repeatable)",
+    )
+    parser.add_argument(
+        "--allow-remote-endpoint",
+        action="store_true",
+        help="run against AWS or a non-loopback endpoint: copies the buckets the request "
+        "names to this machine",
+    )
     args = parser.parse_args(argv)
+    if not is_loopback(args.endpoint_url) and not args.allow_remote_endpoint:
+        print(
+            f"error: {args.endpoint_url or 'AWS (no --endpoint-url)'} is not a loopback "
+            "endpoint: the emulator would copy every bucket the request names to this machine. "
+            "Use a moto server on 127.0.0.1, or say --allow-remote-endpoint",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_REQUEST
+    if args.push_also and not args.push:
+        parser.error("--push-also needs --push")
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
@@ -56,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             release_label=release,
             workdir=args.workdir,
             keep=args.workdir is not None,
+            push=args.push,
+            push_also=tuple(args.push_also),
         )
     except (RequestError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

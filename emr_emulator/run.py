@@ -6,21 +6,29 @@ What the service does, and what this does in its place:
   unpacked under its ``#alias`` (``./environment``), with the environment the request's
   ``spark.emr-serverless.driverEnv.*`` confs give, and nothing of the caller's Python;
 - executors are separate JVMs (Spark's ``local-cluster`` master: a worker per executor) that
-  fetch and unpack the same archives in their own working directories, as Spark does on EMR;
+  fetch and unpack the same archives in their own working directories, as Spark does on EMR,
+  and start in an environment of their own: the container's plus ``spark.executorEnv.*``,
+  none of the driver's ``driverEnv`` (the EMR Serverless User Guide sets PYSPARK_PYTHON once
+  per side, "Using Python libraries with EMR Serverless"). ``local-cluster`` would start them
+  in the driver JVM's environment, so their ``java`` is a launcher that takes it away;
 - the entry point, ``--py-files`` and archives are read from ``s3://`` by Spark itself, through
-  a local mirror of the buckets the request names (``mirror.py``), synced back after the run;
-- driver and executor logs land under the request's ``logUri`` as
+  a local mirror of the buckets the request names (``mirror.py``: keys a folder cannot hold
+  as they are are left out and listed);
+- nothing is written back to S3 unless asked (``push``), and then only the files the run
+  created under its own output partitions (``--output``/``*/run_id=<--run-id>/``) and the
+  prefixes named in ``push_also``, never over an object that exists; driver and executor logs
+  then land under the request's ``logUri`` as
   ``applications/<app>/jobs/<run>/SPARK_DRIVER/stdout.gz`` (and ``stderr.gz``,
   ``SPARK_EXECUTOR/<id>/...``).
 
-Not emulated: IAM (every S3 call is allowed), EMRFS' ``_$folder$`` markers, capacity limits,
-pre-initialized capacity and dynamic allocation (the executors are fixed).
+Not emulated (also listed in every result, ``emulator.notEmulated``): see NOT_EMULATED.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -33,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from emr_emulator.mirror import Mirror
+from emr_emulator.mirror import Mirror, PushScope, remote_exists
 from emr_emulator.releases import spark_version_of
 from emr_emulator.submit import (
     Launch,
@@ -44,6 +52,17 @@ from emr_emulator.submit import (
     spark_submit_command,
 )
 
+NOT_EMULATED = (
+    "IAM: every S3 call is allowed, whatever the job role says",
+    "EMRFS: Hadoop's local file system serves s3:// from a copy; no _$folder$ markers, and "
+    "keys a folder cannot hold ('//', '.', '..', '.*.crc') are not seen",
+    "network isolation: the driver and executors reach whatever this machine reaches",
+    "capacity: no maximum capacity, worker sizes or memory limits are enforced",
+    "pre-initialized capacity and dynamic allocation (the executors are fixed)",
+    "JAVA_HOME: the driver's names the executors' java launcher",
+)
+EXECUTOR_MAIN = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
+LAUNCHER = "java-launcher"
 WORKERS = 2  # executors, each a separate JVM (the machine's 2 cores are enough)
 SPARK_HOME_PARTS = ("bin", "jars", "python", "sbin")
 # What the driver inherits from this process: enough to find Java and decode file names.
@@ -101,18 +120,23 @@ def failure_details(code: int, stderr: str) -> str:
 
 def _upload_logs(
     s3: Any, log_uri: str, application_id: str, job_run_id: str, logs: dict[str, Path]
-) -> list[str]:
-    """Every log gzipped under the service's layout; returns the URIs written."""
+) -> tuple[list[str], list[str]]:
+    """Every log gzipped under the service's layout, never over an existing object (a real
+    run's logs, when the emulator replays it); returns the URIs written and those kept."""
     parts = urlsplit(log_uri)
     prefix = f"{parts.path.strip('/')}/applications/{application_id}/jobs/{job_run_id}"
-    written = []
+    written, kept = [], []
     for name, path in logs.items():
         if not path.is_file():
             continue
         key = f"{prefix.lstrip('/')}/{name}.gz"
+        uri = f"s3://{parts.netloc}/{key}"
+        if remote_exists(s3, parts.netloc, key):
+            kept.append(uri)
+            continue
         s3.put_object(Bucket=parts.netloc, Key=key, Body=gzip.compress(path.read_bytes()))
-        written.append(f"s3://{parts.netloc}/{key}")
-    return written
+        written.append(uri)
+    return written, kept
 
 
 def _executor_logs(home: Path) -> dict[str, Path]:
@@ -124,11 +148,68 @@ def _executor_logs(home: Path) -> dict[str, Path]:
     return logs
 
 
-def _driver_environment(run: Launch, home: Path) -> dict[str, str]:
+def _container_environment(home: Path) -> dict[str, str]:
+    """What every process of the run starts with, as a container's own environment."""
     env = {"PATH": SYSTEM_PATH, "HOME": str(home.parent), "SPARK_HOME": str(home)}
     env.update({name: os.environ[name] for name in INHERITED if name in os.environ})
     env.setdefault("LANG", DEFAULT_LANG)
-    return {**env, **run.driver_env}
+    return env
+
+
+def _java_home(env: dict[str, str]) -> str | None:
+    """The Java that ``env`` runs: its JAVA_HOME, else the ``java`` on its PATH."""
+    if env.get("JAVA_HOME"):
+        return env["JAVA_HOME"]
+    found = shutil.which("java", path=env.get("PATH", SYSTEM_PATH))
+    return str(Path(found).resolve().parent.parent) if found else None
+
+
+def java_launcher(folder: Path, run: Launch, container: dict[str, str]) -> Path | None:
+    """A JAVA_HOME whose ``bin/java`` runs the real one, and starts executors (the only JVMs
+    whose main class is CoarseGrainedExecutorBackend) without the driver's ``driverEnv``:
+    each name goes back to its container value or is unset, unless ``spark.executorEnv.*``
+    set it for executors (Spark's worker already put that value in). None without Java."""
+    driver_java = _java_home({**container, **run.driver_env})
+    executor_java = _java_home(container)
+    if driver_java is None or executor_java is None:
+        return None
+    unsets, sets = [], []
+    for name in sorted({*run.driver_env, "JAVA_HOME"} - set(run.executor_env)):
+        if name in container:
+            sets.append(shlex.quote(f"{name}={container[name]}"))
+        else:
+            unsets += ["-u", shlex.quote(name)]
+    executor = shlex.quote(f"{executor_java}/bin/java")
+    script = "\n".join(
+        [
+            "#!/bin/sh",
+            "# emr_emulator: an executor starts in its own environment, not the driver's.",
+            "for arg do",
+            f'  if [ "$arg" = {EXECUTOR_MAIN} ]; then',
+            f'    exec env {" ".join([*unsets, *sets])} {executor} "$@"',
+            "  fi",
+            "done",
+            f'exec {shlex.quote(f"{driver_java}/bin/java")} "$@"',
+            "",
+        ]
+    )
+    launcher = folder / LAUNCHER
+    (launcher / "bin").mkdir(parents=True)
+    java = launcher / "bin" / "java"
+    java.write_text(script)
+    java.chmod(0o755)
+    return launcher
+
+
+def _driver_environment(
+    run: Launch, container: dict[str, str], launcher: Path | None
+) -> dict[str, str]:
+    """The container's environment and ``driverEnv``; JAVA_HOME names the launcher, which
+    runs the driver's Java (the request's JAVA_HOME, if it gives one) for the driver."""
+    env = {**container, **run.driver_env}
+    if launcher is not None:
+        env["JAVA_HOME"] = str(launcher)
+    return env
 
 
 def run_job(
@@ -141,8 +222,14 @@ def run_job(
     workdir: Path | None = None,
     workers: int = WORKERS,
     keep: bool = False,
+    push: bool = False,
+    push_also: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Run ``request`` to its end; returns a GetJobRun-like ``jobRun`` (plus ``emulator``)."""
+    """Run ``request`` to its end; returns a GetJobRun-like ``jobRun`` (plus ``emulator``).
+
+    S3 is only read unless ``push``: then the files the run created under its own output
+    partitions and under ``push_also`` (``s3://bucket/prefix/``) are uploaded, and its logs
+    written under ``logUri``, never over an existing object (``mirror.Mirror.push``)."""
     import pyspark
 
     run = launch(request)
@@ -161,6 +248,13 @@ def run_job(
     for bucket in run.buckets:
         mirror.pull(s3, bucket)
     home = spark_home(folder / "spark-home")
+    container = _container_environment(home)
+    launcher = java_launcher(folder, run, container)
+    if launcher is None or "JAVA_HOME" in run.executor_env:
+        warnings.append(
+            "executors start in the driver's environment, driverEnv included (no Java found, "
+            "or the request's spark.executorEnv.JAVA_HOME bypasses the emulator's launcher)"
+        )
     driver_dir = folder / "driver"
     driver_dir.mkdir()
     state, details, code = "SUCCESS", "", 0
@@ -185,7 +279,7 @@ def run_job(
             process = subprocess.Popen(
                 command,
                 cwd=driver_dir,
-                env=_driver_environment(run, home),
+                env=_driver_environment(run, container, launcher),
                 stdout=out,
                 stderr=err,
                 start_new_session=True,  # executors are its children: one group to stop
@@ -201,7 +295,12 @@ def run_job(
             state = "FAILED"
             details = failure_details(code, stderr.read_text(errors="replace"))
     duration = time.monotonic() - started
-    synced = {bucket: mirror.push(s3, bucket) for bucket in run.buckets}
+    scope = (
+        PushScope.for_run(run.argument("--output"), run.argument("--run-id"), push_also)
+        if push
+        else PushScope()
+    )
+    synced = {bucket: mirror.push(s3, bucket, scope) for bucket in run.buckets}
     log_uri = (
         request.get("configurationOverrides", {})
         .get("monitoringConfiguration", {})
@@ -209,7 +308,11 @@ def run_job(
         .get("logUri")
     )
     logs = {"SPARK_DRIVER/stdout": stdout, "SPARK_DRIVER/stderr": stderr, **_executor_logs(home)}
-    written = _upload_logs(s3, log_uri, application_id, job_run_id, logs) if log_uri else []
+    written, kept = (
+        _upload_logs(s3, log_uri, application_id, job_run_id, logs)
+        if log_uri and push
+        else ([], [])
+    )
     result = {
         "applicationId": application_id,
         "jobRunId": job_run_id,
@@ -234,8 +337,12 @@ def run_job(
             "droppedConf": run.dropped,
             "driverEnv": run.driver_env,
             "logs": written,
-            "uploaded": {bucket: up for bucket, (up, _) in synced.items()},
-            "deleted": {bucket: gone for bucket, (_, gone) in synced.items()},
+            "logsNotWritten": kept,
+            "pushScope": list(scope.prefixes),
+            "uploaded": {bucket: pushed.uploaded for bucket, pushed in synced.items()},
+            "notPushed": {bucket: pushed.refused for bucket, pushed in synced.items()},
+            "notMirrored": {f"s3://{b}/{key}": why for (b, key), why in mirror.skipped.items()},
+            "notEmulated": list(NOT_EMULATED),
             "warnings": warnings,
         },
     }

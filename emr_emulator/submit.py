@@ -3,7 +3,8 @@
 EMR Serverless reads ``jobDriver.sparkSubmit`` literally: the entry point, its arguments,
 and ``sparkSubmitParameters`` as spark-submit options. Confs under ``spark.emr-serverless.``
 mean something to the service only: ``driverEnv.NAME=VALUE`` becomes the driver's
-environment, the others are dropped here, by name. Every other option and conf is passed to
+environment and only the driver's (executors get ``spark.executorEnv.*``, which Spark passes
+on), the others are dropped here, by name. Every other option and conf is passed to
 spark-submit unchanged; the emulator only adds what stands in for the service itself (the
 master, and the Hadoop settings that serve ``s3://`` from a local mirror).
 """
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 
 EMR_ONLY_PREFIX = "spark.emr-serverless."
 DRIVER_ENV_PREFIX = "spark.emr-serverless.driverEnv."
+EXECUTOR_ENV_PREFIX = "spark.executorEnv."
 # spark-submit options that the service decides, not the request.
 SERVICE_OPTIONS = ("--master", "--deploy-mode")
 SWITCHES = ("--verbose", "--supervise")  # spark-submit options without a value
@@ -53,9 +55,26 @@ class Launch:
     dropped: dict[str, str] = field(default_factory=dict)  # meaningful on EMR only
     archives: list[Archive] = field(default_factory=list)
 
+    def argument(self, flag: str) -> str | None:
+        """The value after ``flag`` in the entry point's arguments (the job's ``--output``,
+        ``--run-id``), if it is there."""
+        for index, token in enumerate(self.arguments[:-1]):
+            if token == flag:
+                return self.arguments[index + 1]
+        return None
+
+    @property
+    def executor_env(self) -> dict[str, str]:
+        """``spark.executorEnv.*``: the only environment of the request executors get."""
+        return {
+            key.removeprefix(EXECUTOR_ENV_PREFIX): value
+            for key, value in self.conf.items()
+            if key.startswith(EXECUTOR_ENV_PREFIX)
+        }
+
     @property
     def buckets(self) -> list[str]:
-        """Every S3 bucket the run names: they are mirrored before it and synced after it."""
+        """Every S3 bucket the run names: mirrored before it (and pushed to only if asked)."""
         texts = [self.entry_point, *self.arguments, *self.options, *self.conf.values()]
         return sorted({match for text in texts for match in S3_URI.findall(text)})
 

@@ -63,6 +63,9 @@ def emulate(stack, job_run_id: str) -> dict:
         application_id=stack.application_id,
         job_run_id=job_run_id,
         release_label=submitted.get("releaseLabel"),
+        # The run's own partitions, and the backfill's fitted model for the batch run to read.
+        push=True,
+        push_also=(f"s3://{stack.bucket}/output/pca_model/",),
     )
 
 
@@ -205,7 +208,7 @@ def test_an_archive_whose_python_link_is_broken_fails_the_run_as_it_would_on_emr
     assert backfill.main(["--input", f"s3://{stack.bucket}/raw/"], env=stack.environment) == 0
     (run,) = job_runs(stack)
     capsys.readouterr()
-    command = ["--application-id", stack.application_id, "--job-run-id", run["jobRunId"]]
+    command = ["--application-id", stack.application_id, "--job-run-id", run["jobRunId"], "--push"]
     assert emulator_cli.main(command) == emulator_cli.EXIT_FAILED
     result = json.loads(capsys.readouterr().out)
     assert result["state"] == "FAILED" and result["jobRunId"] == run["jobRunId"]

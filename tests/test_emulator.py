@@ -1,14 +1,20 @@
-"""emr_emulator's pure core (what a request means to the service) and its S3 mirror on loopback.
-The emulator running whole requests is tested in test_deploy_path.py."""
+"""emr_emulator's pure core (what a request means to the service), its S3 mirror on loopback
+(which never harms the bucket), and one small run that keeps the driver's and the executors'
+environments apart. The emulator running the deployed job is tested in test_deploy_path.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from emr_emulator.mirror import Mirror
+from emr_emulator.mirror import NOT_PUSHED, Mirror, PushScope, unsafe_key
+from emr_emulator.run import EXECUTOR_MAIN, _container_environment, java_launcher, run_job
 from emr_emulator.submit import (
     Archive,
     RequestError,
@@ -98,7 +104,8 @@ def test_a_malformed_request_is_refused_before_anything_runs(parameters, message
 
 def test_executors_are_shaped_like_the_request_and_s3_is_served_from_the_mirror():
     run = launch(the_request())
-    assert local_cluster(run.conf, 2) == "local-cluster[2,4,6144]"
+    memory = memory_mb(run.conf["spark.executor.memory"])  # the request's, whatever it is
+    assert local_cluster(run.conf, 2) == f"local-cluster[2,4,{memory}]"
     assert local_cluster({}, 1) == "local-cluster[1,1,1024]"
     assert [memory_mb(v) for v in ("6g", "512m", "1t", "2147483648")] == [6144, 512, 1 << 20, 2048]
     with pytest.raises(RequestError, match="not a Spark memory size"):
@@ -136,24 +143,324 @@ def test_a_submitted_job_run_reads_back_as_its_request_and_resubmits_as_the_next
     assert again["jobDriver"] == request["jobDriver"] and again["name"] == request["name"]
 
 
-def test_the_mirror_uploads_what_a_run_wrote_and_deletes_what_it_removed(stack, tmp_path):
+# Keys a grower's tools can make that a local folder cannot hold as they are.
+HOSTILE_KEYS = {
+    "raw/Kiwi//a.jpg": "'//'",
+    "raw/Kiwi/./b.jpg": "'.' or '..' segment",
+    "raw/../../x": "'.' or '..' segment",
+    "raw/Kiwi/.notes.crc": "checksum file",
+}
+
+
+def bucket_state(s3, bucket: str) -> dict[str, tuple[bytes, str]]:
+    """Every object's bytes and ETag, to compare a bucket before and after."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {
+        item["Key"]: (s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read(), item["ETag"])
+        for page in pages
+        for item in page.get("Contents", [])
+    }
+
+
+def put_all(s3, bucket: str, objects: dict[str, bytes]) -> None:
+    for key, body in objects.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def test_unsafe_keys_are_named_and_ordinary_ones_pass():
+    for key, why in HOSTILE_KEYS.items():
+        assert why in unsafe_key(key), key
+    for key in ("raw/Kiwi/a.jpg", "raw/Empty/", "output/features/run_id=x/part-0.parquet"):
+        assert unsafe_key(key) is None, key
+    assert "starts with '/'" in unsafe_key("/etc/passwd")
+
+
+def test_the_mirror_leaves_out_keys_a_folder_cannot_hold_and_writes_nothing_outside_it(
+    stack, tmp_path
+):
     s3 = stack.client("s3")
-    for key in ("output/old/part-0.parquet", "output/keep.json", "raw/Kiwi/a.jpg"):
-        s3.put_object(Bucket=stack.bucket, Key=key, Body=b"before")
-    s3.put_object(Bucket=stack.bucket, Key="raw/Empty/", Body=b"")
+    ordinary = {"raw/Kiwi/a.jpg": b"kiwi", "raw/Apple": b"a file named like a folder"}
+    put_all(s3, stack.bucket, {**ordinary, **dict.fromkeys(HOSTILE_KEYS, b"hostile")})
+    s3.put_object(Bucket=stack.bucket, Key="raw/Apple/b.jpg", Body=b"under the file's name")
+    before = bucket_state(s3, stack.bucket)
+    assert set(HOSTILE_KEYS) <= set(before)  # S3 (moto) keeps them as written
+    root = tmp_path / "work" / "s3"
+    mirror = Mirror(root)
+    assert mirror.pull(s3, stack.bucket) == len(ordinary)
+    skipped = {key: why for (_, key), why in mirror.skipped.items()}
+    assert set(skipped) == {*HOSTILE_KEYS, "raw/Apple/b.jpg"}
+    for key, why in HOSTILE_KEYS.items():
+        assert why in skipped[key]
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    bucket = f"work/s3/{stack.bucket}"
+    assert files == [f"{bucket}/raw/Apple", f"{bucket}/raw/Kiwi/a.jpg"]  # nothing outside
+    with pytest.raises(ValueError, match="cannot be mirrored"):
+        mirror.path(stack.bucket, "raw/../../x")
+    # Nothing to push, so nothing changes: every object byte-identical, the hostile ones too.
+    for scope in (None, PushScope.for_run(f"s3://{stack.bucket}/output", "r1", ["s3://x/y/"])):
+        pushed = mirror.push(s3, stack.bucket, scope)
+        assert pushed.uploaded == [] and pushed.refused == {}
+    assert bucket_state(s3, stack.bucket) == before
+
+
+def test_the_mirror_never_re_uploads_overwrites_or_deletes_what_the_run_did_not_write(
+    stack, tmp_path
+):
+    s3 = stack.client("s3")
+    put_all(
+        s3,
+        stack.bucket,
+        {
+            "raw/Kiwi/a.jpg": b"kiwi",
+            "output/pca_model/current.json": b'{"version": "real"}',
+            "output/features/run_id=r0/part-0.parquet": b"another run's rows",
+            "output/features/run_id=r2/part-0.parquet": b"r2's rows from the service",
+        },
+    )
+    before = bucket_state(s3, stack.bucket)
     mirror = Mirror(tmp_path)
-    assert mirror.pull(s3, stack.bucket) == 3
-    assert mirror.path(stack.bucket, "raw/Empty").is_dir()
-    mirror.path(stack.bucket, "output/old/part-0.parquet").unlink()
-    new = mirror.path(stack.bucket, "output/new/part-0.parquet")
-    new.parent.mkdir(parents=True)
-    new.write_bytes(b"after")
-    (new.parent / ".part-0.parquet.crc").write_bytes(b"checksum")  # Hadoop's, not EMRFS'
-    uploaded, deleted = mirror.push(s3, stack.bucket)
-    assert uploaded == ["output/new/part-0.parquet"] and deleted == ["output/old/part-0.parquet"]
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=stack.bucket)
-    keys = sorted(item["Key"] for page in pages for item in page.get("Contents", []))
-    assert keys == ["output/keep.json", "output/new/part-0.parquet", "raw/Empty/", "raw/Kiwi/a.jpg"]
+    mirror.pull(s3, stack.bucket)
+    local = lambda key: mirror.path(stack.bucket, key)  # noqa: E731
+    local("raw/Kiwi/a.jpg").write_bytes(b"re-encoded by the run")
+    local("output/pca_model/current.json").write_bytes(b'{"version": "fitted here"}')
+    local("output/features/run_id=r0/part-0.parquet").unlink()
+    local("output/features/run_id=r2/part-0.parquet").unlink()  # a rerun replaces its partition
+    written = {
+        "output/features/run_id=r1/part-0.parquet": b"r1",
+        "output/errors/run_id=r1/part-0.parquet": b"r1 errors",
+        "output/errors/run_id=r1/.part-0.parquet.crc": b"Hadoop's checksum",
+        "output/features/run_id=r2/part-1.parquet": b"r2 again",
+        "output/features/run_id=r3/part-0.parquet": b"another run id",
+        "output/pca_model/versions/v9/projection.npz": b"a model fitted here",
+        "output/late/x.json": b"exists in S3 by the time of the push",
+    }
+    for key, body in written.items():
+        path = mirror.root / stack.bucket / key  # mirror.path refuses the checksum's name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+    s3.put_object(Bucket=stack.bucket, Key="output/late/x.json", Body=b"someone else's")
+    before["output/late/x.json"] = bucket_state(s3, stack.bucket)["output/late/x.json"]
+
+    # Not asked: nothing at all.
+    pushed = mirror.push(s3, stack.bucket)
+    assert pushed.uploaded == []
+    assert pushed.refused["output/features/run_id=r1/part-0.parquet"] == NOT_PUSHED
+    assert bucket_state(s3, stack.bucket) == before
+
+    # The run's own partitions (run id r2, then r1), and a prefix named in so many words.
+    output = f"s3://{stack.bucket}/output"
+    pushed = mirror.push(s3, stack.bucket, PushScope.for_run(output, "r2"))
+    assert pushed.uploaded == []  # r2's partition held an object the run did not write
+    assert (
+        "held objects the run did not write"
+        in pushed.refused["output/features/run_id=r2/part-1.parquet"]
+    )
+    also = [f"{output}/pca_model/", f"{output}/late/"]
+    pushed = mirror.push(s3, stack.bucket, PushScope.for_run(output, "r1", also[:1]))
+    assert pushed.uploaded == [
+        "output/errors/run_id=r1/part-0.parquet",
+        "output/features/run_id=r1/part-0.parquet",
+    ]
+    refused = pushed.refused
+    # pca_model/ was named, but the run rewrote its pointer: none of that prefix goes.
+    assert (
+        "held objects the run did not write"
+        in refused["output/pca_model/versions/v9/projection.npz"]
+    )
+    assert "not re-uploaded" in refused["raw/Kiwi/a.jpg"]
+    assert "not re-uploaded" in refused["output/pca_model/current.json"]
+    assert "not deleted" in refused["output/features/run_id=r0/part-0.parquet"]
+    assert (
+        "outside what the run may write back" in refused["output/features/run_id=r3/part-0.parquet"]
+    )
+    assert "outside" in refused["output/late/x.json"]
+    late = mirror.push(s3, stack.bucket, PushScope.for_run(output, "r1", also)).refused
+    assert "the key exists in S3" in late["output/late/x.json"]
+    after = bucket_state(s3, stack.bucket)
+    assert {k: v for k, v in after.items() if k in before} == before  # untouched, every one
+    assert set(after) - set(before) == set(pushed.uploaded)
+
+
+def test_a_run_pushes_nothing_unless_asked(stack, tmp_path):
+    """The default run_job writes nothing to S3, not even logs (here a run that cannot fetch
+    its archive, which ends before Spark starts)."""
+    s3 = stack.client("s3")
+    put_all(s3, stack.bucket, {"raw/Kiwi/a.jpg": b"kiwi", "artifacts/main.py": b"print(1)"})
+    before = bucket_state(s3, stack.bucket)
+    archive = f"s3://{stack.bucket}/artifacts/missing.tar.gz#environment"
+    request = {
+        "jobDriver": {
+            "sparkSubmit": {
+                "entryPoint": f"s3://{stack.bucket}/artifacts/main.py",
+                "entryPointArguments": ["--output", f"s3://{stack.bucket}/output", "--run-id", "r"],
+                "sparkSubmitParameters": f"--conf spark.archives={archive}",
+            }
+        },
+        "configurationOverrides": {
+            "monitoringConfiguration": {
+                "s3MonitoringConfiguration": {"logUri": f"s3://{stack.bucket}/logs/"}
+            }
+        },
+    }
+    result = run_job(request, s3, workdir=tmp_path / "run", keep=True)
+    assert result["state"] == "FAILED" and "could not fetch" in result["stateDetails"]
+    assert result["emulator"]["logs"] == [] and result["emulator"]["pushScope"] == []
+    assert (
+        "IAM: every S3 call is allowed, whatever the job role says"
+        in result["emulator"]["notEmulated"]
+    )
+    assert bucket_state(s3, stack.bucket) == before
+
+
+def test_the_java_launcher_starts_executors_without_the_drivers_environment(tmp_path):
+    """The mechanism, without Spark: a stand-in java prints its environment."""
+    fake = tmp_path / "jdk"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "bin" / "java").write_text("#!/bin/sh\nenv\n")
+    (fake / "bin" / "java").chmod(0o755)
+    request = the_request()
+    request["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"] = " ".join(
+        [
+            "--conf spark.emr-serverless.driverEnv.DRIVER_ONLY=d",
+            "--conf spark.emr-serverless.driverEnv.BOTH=driver",
+            "--conf spark.executorEnv.BOTH=executor",
+            "--conf spark.emr-serverless.driverEnv.LANG=C",
+        ]
+    )
+    run = launch(request)
+    container = {**_container_environment(tmp_path / "home"), "JAVA_HOME": str(fake)}
+    launcher = java_launcher(tmp_path, run, container)
+    inherited = {**container, **run.driver_env, "JAVA_HOME": str(launcher), "BOTH": "executor"}
+
+    def environment(*args: str) -> dict[str, str]:
+        out = subprocess.run(
+            [str(launcher / "bin" / "java"), *args],
+            env=inherited,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    executor = environment("-cp", "x", EXECUTOR_MAIN, "--driver-url", "spark://d")
+    assert "DRIVER_ONLY" not in executor
+    assert executor["BOTH"] == "executor"  # spark.executorEnv wins, as Spark's worker set it
+    assert executor["LANG"] == container["LANG"]  # the container's, not the driver's C
+    assert executor["JAVA_HOME"] == str(fake)
+    driver = environment("-cp", "x", "org.apache.spark.deploy.SparkSubmit")
+    assert driver["DRIVER_ONLY"] == "d" and driver["LANG"] == "C"
+
+
+PROBE = """
+import json, os, sys, time
+from pyspark.sql import SparkSession
+
+NAMES = ("FRUITS_DRIVER_ONLY", "FRUITS_EXECUTOR_ONLY", "FRUITS_BOTH", "LANG")
+args = sys.argv[1:]
+output, run_id = args[args.index("--output") + 1], args[args.index("--run-id") + 1]
+spark = SparkSession.builder.getOrCreate()
+sc = spark.sparkContext
+deadline = time.monotonic() + 120
+while sc._jsc.sc().getExecutorMemoryStatus().size() < 3 and time.monotonic() < deadline:
+    time.sleep(0.5)  # the driver and both executors
+
+
+def seen(_):
+    values = {n: os.environ.get(n) for n in NAMES}
+    yield json.dumps({"side": "executor", "cwd": os.getcwd(), **values})
+
+
+rows = sc.parallelize(range(8), 8).mapPartitions(seen).collect()
+rows.append(json.dumps({"side": "driver", **{n: os.environ.get(n) for n in NAMES}}))
+sc.parallelize(rows, 1).saveAsTextFile(f"{output}/probe/run_id={run_id}")
+# What a run may do that must not reach the bucket: a model of its own, a deleted partition.
+sc.parallelize(["fitted here"], 1).saveAsTextFile(f"{output}/pca_model/stolen")
+gone = sc._jvm.org.apache.hadoop.fs.Path(f"{output}/features/run_id=other")
+gone.getFileSystem(sc._jsc.hadoopConfiguration()).delete(gone, True)
+spark.stop()
+"""
+
+
+def test_one_run_keeps_driver_and_executor_environments_apart_and_leaves_the_bucket_alone(
+    stack, tmp_path
+):
+    """One small Spark run on two executor JVMs, as the service would run its request."""
+    s3 = stack.client("s3")
+    bucket = stack.bucket
+    put_all(
+        s3,
+        bucket,
+        {
+            "artifacts/probe.py": PROBE.encode(),
+            "output/features/run_id=other/part-0.parquet": b"another run's rows",
+            "output/pca_model/current.json": b'{"version": "real"}',
+            **dict.fromkeys(HOSTILE_KEYS, b"hostile"),
+        },
+    )
+    before = bucket_state(s3, bucket)
+    confs = {
+        "spark.emr-serverless.driverEnv.FRUITS_DRIVER_ONLY": "driver",
+        "spark.emr-serverless.driverEnv.FRUITS_BOTH": "driver",
+        "spark.emr-serverless.driverEnv.LANG": "C",
+        "spark.emr-serverless.driverEnv.PYSPARK_PYTHON": sys.executable,
+        "spark.executorEnv.PYSPARK_PYTHON": sys.executable,
+        "spark.executorEnv.FRUITS_EXECUTOR_ONLY": "executor",
+        "spark.executorEnv.FRUITS_BOTH": "executor",
+        "spark.executor.cores": "1",
+        "spark.executor.memory": "1g",
+    }
+    request = {
+        "name": "probe-1",
+        "jobDriver": {
+            "sparkSubmit": {
+                "entryPoint": f"s3://{bucket}/artifacts/probe.py",
+                "entryPointArguments": ["--output", f"s3://{bucket}/output", "--run-id", "probe-1"],
+                "sparkSubmitParameters": " ".join(f"--conf {k}={v}" for k, v in confs.items()),
+            }
+        },
+        "configurationOverrides": {
+            "monitoringConfiguration": {
+                "s3MonitoringConfiguration": {"logUri": f"s3://{bucket}/logs/"}
+            }
+        },
+        "executionTimeoutMinutes": 10,
+    }
+    result = run_job(request, s3, workdir=tmp_path / "run", keep=True, push=True)
+    assert result["state"] == "SUCCESS", result["stateDetails"]
+
+    rows = [
+        json.loads(line)
+        for key in s3.list_objects_v2(Bucket=bucket, Prefix="output/probe/")["Contents"]
+        for line in s3.get_object(Bucket=bucket, Key=key["Key"])["Body"].read().splitlines()
+    ]
+    (driver,) = [r for r in rows if r["side"] == "driver"]
+    executors = [r for r in rows if r["side"] == "executor"]
+    assert driver["FRUITS_DRIVER_ONLY"] == "driver" and driver["FRUITS_BOTH"] == "driver"
+    assert driver["FRUITS_EXECUTOR_ONLY"] is None and driver["LANG"] == "C"
+    assert len({Path(r["cwd"]).name for r in executors}) == 2  # both executor JVMs
+    container_lang = os.environ.get("LANG", "C.UTF-8")
+    for row in executors:
+        assert row["FRUITS_DRIVER_ONLY"] is None, row  # the leak this run guards against
+        assert row["FRUITS_EXECUTOR_ONLY"] == "executor" and row["FRUITS_BOTH"] == "executor"
+        assert row["LANG"] == container_lang
+
+    emulator = result["emulator"]
+    assert sorted(emulator["uploaded"][bucket]) == [
+        "output/probe/run_id=probe-1/_SUCCESS",
+        "output/probe/run_id=probe-1/part-00000",
+    ]
+    refused = emulator["notPushed"][bucket]
+    assert "not deleted" in refused["output/features/run_id=other/part-0.parquet"]
+    assert "outside" in refused["output/pca_model/stolen/part-00000"]
+    assert set(emulator["notMirrored"]) == {f"s3://{bucket}/{k}" for k in HOSTILE_KEYS}
+    assert not (tmp_path / "run" / "s3" / "x").exists() and not (tmp_path / "run" / "x").exists()
+    assert emulator["logs"] and all(u.startswith(f"s3://{bucket}/logs/") for u in emulator["logs"])
+    after = bucket_state(s3, bucket)
+    assert {k: v for k, v in after.items() if k in before} == before  # every object as it was
+    new = set(after) - set(before)
+    assert new == set(emulator["uploaded"][bucket]) | {
+        u.removeprefix(f"s3://{bucket}/") for u in emulator["logs"]
+    }
 
 
 def test_the_command_refuses_a_request_it_cannot_run_before_running_anything(tmp_path, capsys):
@@ -172,5 +479,23 @@ def test_the_command_refuses_a_request_it_cannot_run_before_running_anything(tmp
             }
         )
     )
-    assert cli.main(["--request", str(request), "--region", "eu-west-1"]) == cli.EXIT_BAD_REQUEST
+    local = ["--endpoint-url", "http://127.0.0.1:9"]
+    assert cli.main(["--request", str(request), "--region", "eu-west-1", *local]) == 2
     assert "is not KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "endpoint", [[], ["--endpoint-url", "https://s3.eu-west-1.amazonaws.com"]], ids=["aws", "host"]
+)
+def test_the_command_refuses_an_endpoint_that_is_not_loopback_unless_told(
+    tmp_path, capsys, monkeypatch, endpoint
+):
+    from emr_emulator import __main__ as cli
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"jobDriver": {"sparkSubmit": {"entryPoint": "x.py"}}}))
+    assert cli.main(["--request", str(request), "--region", "eu-west-1", *endpoint]) == 2
+    assert "is not a loopback endpoint" in capsys.readouterr().err
+    assert cli.is_loopback("http://127.0.0.1:5000") and cli.is_loopback("http://[::1]:5000")
+    assert cli.is_loopback("http://localhost:5000") and not cli.is_loopback("http://10.0.0.1")
