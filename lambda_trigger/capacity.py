@@ -1,0 +1,252 @@
+"""What a photo costs on EMR Serverless, and how long it waits: a model of the service.
+
+    python -m lambda_trigger.capacity [--vcpu-hour PRICE --gb-hour PRICE]
+
+A model, not a measurement: the work per photo and a run's fixed time come from this project's
+benchmark runs (``sizing.py``, BENCHMARKS.md); the service's rules from AWS's documentation,
+each with its source below, and what no page here states is a parameter with its assumption.
+For each arrival rate (the trigger path) and backfill size it prints the vCPU-seconds and
+GB-seconds billed per 1,000 photos, the cost per 1,000 photos when prices are given
+(``--vcpu-hour``, ``--gb-hour``: your region's, from aws.amazon.com/emr/pricing), else the
+formula, and the upload-to-features latency, for today's fixed request and the sized one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+
+from lambda_trigger import request, sizing
+
+# Billing: "from the time workers are ready to run your workload until the time they stop,
+# rounded up to the nearest second with a 1-minute minimum" (aws.amazon.com/emr/pricing, EMR
+# Serverless; that page could not be read from this build machine, so this is a parameter:
+# --billing-minimum).
+BILLING_MINIMUM_S = 60
+# Not documented as figures anywhere found: assumptions, parameters of the CLI.
+WORKER_START_S = 20  # a driver or executor from request to ready ("tens of seconds")
+APPLICATION_START_S = 60  # a STOPPED application to STARTED ("about a minute")
+# The template stops the application after 5 idle minutes (AutoStopConfiguration; the
+# service's default is 15, app-behavior.html).
+AUTO_STOP_S = 5 * 60
+# Driver time of a run that is not featurizing, measured on 2 vCPU: a 1,000-photo manifest
+# run's whole process 19.3-23.0 s, its featurize stage 8.4-10.1 s (a review's figures, issue
+# 21): JVM and session start, listing, model load, writing, the report.
+RUN_FIXED_S = 12.0
+# Today's request holds its executors for the run's life: 12 pending tasks make dynamic
+# allocation ask for all 3 within a second (Spark's schedulerBacklogTimeout).
+TODAY = sizing.RunSize(
+    driver=sizing.Worker(
+        request.DRIVER_CORES,
+        int(request.DRIVER_MEMORY[:-1]),
+        int(request.DRIVER_MEMORY_OVERHEAD[:-1]),
+    ),
+    executor=sizing.Worker(
+        request.EXECUTOR_CORES,
+        int(request.EXECUTOR_MEMORY["onnx"][:-1]),
+        int(request.EXECUTOR_MEMORY_OVERHEAD["onnx"][:-1]),
+    ),
+    min_executors=request.DEFAULT_MAX_EXECUTORS,
+    initial_executors=request.DEFAULT_MAX_EXECUTORS,
+    max_executors=request.DEFAULT_MAX_EXECUTORS,
+)
+ARRIVALS_PER_HOUR = {
+    "100 photos/hour": 100,
+    "10,000 photos/hour": 10_000,
+    "1,000,000/day": 1e6 / 24,
+}
+BACKFILLS = (10_000, 1_000_000)
+
+
+@dataclass(frozen=True)
+class Service:
+    billing_minimum_s: float = BILLING_MINIMUM_S
+    worker_start_s: float = WORKER_START_S
+    application_start_s: float = APPLICATION_START_S
+    auto_stop_s: float = AUTO_STOP_S
+    run_fixed_s: float = RUN_FIXED_S
+
+
+@dataclass(frozen=True)
+class RunCost:
+    photos: float
+    seconds: float  # from StartJobRun to SUCCESS, the application already started
+    vcpu_s: float
+    gb_s: float
+
+
+def run_cost(photos: float, size: sizing.RunSize, service: Service) -> RunCost:
+    """One run of ``photos`` photos: the driver is billed from ready to the end, each
+    executor from ready (a worker start after the driver) to the end, each at least the
+    billing minimum."""
+    cores = size.initial_executors * size.executor.cores
+    work_s = sizing.work_vcpu_s(math.ceil(photos)) / cores
+    driver_s = service.run_fixed_s + service.worker_start_s + work_s
+    executor_s = max(work_s, 1.0)
+    driver = max(driver_s, service.billing_minimum_s)
+    executor = max(executor_s, service.billing_minimum_s)
+    n = size.initial_executors
+    return RunCost(
+        photos=photos,
+        seconds=service.worker_start_s + driver_s,
+        vcpu_s=driver * size.driver.cores + n * executor * size.executor.cores,
+        gb_s=driver * size.driver.billed_gb + n * executor * size.executor.billed_gb,
+    )
+
+
+@dataclass(frozen=True)
+class Figures:
+    name: str
+    photos_per_run: float
+    vcpu_s_per_1000: float
+    gb_s_per_1000: float
+    p50_s: float
+    p95_s: float
+    saturated: bool  # runs would arrive faster than MaxConcurrentRuns can finish them
+
+
+def trigger(
+    name: str,
+    per_hour: float,
+    *,
+    batch_size: int,
+    window_s: float,
+    sized: bool,
+    service: Service,
+    max_executors: int,
+    max_concurrent_runs: int,
+) -> Figures:
+    """Uploads at ``per_hour``, batched by SQS: a batch closes at ``batch_size`` messages or
+    ``window_s`` seconds, whichever comes first; an upload waits for its batch to close
+    (uniformly, for a steady rate), then for its run."""
+    fill_s = batch_size / per_hour * 3600
+    wait_s = min(window_s, fill_s)
+    photos = max(1.0, min(batch_size, per_hour * window_s / 3600))
+    size = (
+        sizing.size_run(math.ceil(photos), runtime="onnx", max_executors=max_executors)
+        if sized
+        else TODAY
+    )
+    run = run_cost(photos, size, service)
+    gap_s = 3600 * photos / per_hour
+    stopped = gap_s > service.auto_stop_s + run.seconds
+    start = service.application_start_s if stopped else 0.0
+    runs_per_hour = per_hour / photos
+    return Figures(
+        name=name,
+        photos_per_run=photos,
+        vcpu_s_per_1000=run.vcpu_s / photos * 1000,
+        gb_s_per_1000=run.gb_s / photos * 1000,
+        p50_s=0.5 * wait_s + start + run.seconds,
+        p95_s=0.95 * wait_s + start + run.seconds,
+        saturated=runs_per_hour * run.seconds > 3600 * max_concurrent_runs,
+    )
+
+
+def backfill(photos: int, *, sized: bool, service: Service, max_executors: int) -> Figures:
+    size = sizing.size_run(photos, runtime="onnx", max_executors=max_executors) if sized else TODAY
+    run = run_cost(photos, size, service)
+    latency = service.application_start_s + run.seconds
+    return Figures(
+        name=f"backfill of {photos:,}",
+        photos_per_run=photos,
+        vcpu_s_per_1000=run.vcpu_s / photos * 1000,
+        gb_s_per_1000=run.gb_s / photos * 1000,
+        p50_s=latency,
+        p95_s=latency,
+        saturated=False,
+    )
+
+
+def price(figures: Figures, vcpu_hour: float | None, gb_hour: float | None) -> str:
+    if vcpu_hour is None or gb_hour is None:
+        return "-"
+    cost = figures.vcpu_s_per_1000 / 3600 * vcpu_hour + figures.gb_s_per_1000 / 3600 * gb_hour
+    return f"${cost:.4f}"
+
+
+def table(
+    rows: list[tuple[str, Figures]], vcpu_hour: float | None, gb_hour: float | None
+) -> list[str]:
+    out = [
+        f"{'':<22} {'request':<7} {'photos/run':>10} {'vCPU-s/1k':>10} {'GB-s/1k':>9} "
+        f"{'$/1k':>8} {'p50 s':>7} {'p95 s':>7}"
+    ]
+    for label, f in rows:
+        flag = "  runs queue: over MaxConcurrentRuns" if f.saturated else ""
+        out.append(
+            f"{f.name:<22} {label:<7} {f.photos_per_run:>10,.0f} {f.vcpu_s_per_1000:>10,.0f} "
+            f"{f.gb_s_per_1000:>9,.0f} {price(f, vcpu_hour, gb_hour):>8} {f.p50_s:>7,.0f} "
+            f"{f.p95_s:>7,.0f}{flag}"
+        )
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--batch-size", type=int, default=1000, help="the stack's BatchSize")
+    parser.add_argument(
+        "--batch-window", type=float, default=120, help="the stack's BatchWindowSeconds"
+    )
+    parser.add_argument(
+        "--max-executors", type=int, default=request.DEFAULT_MAX_EXECUTORS, help="MaxExecutors"
+    )
+    parser.add_argument("--max-concurrent-runs", type=int, default=1, help="MaxConcurrentRuns")
+    parser.add_argument("--vcpu-hour", type=float, help="price per vCPU-hour in your region")
+    parser.add_argument("--gb-hour", type=float, help="price per GB-hour in your region")
+    parser.add_argument("--billing-minimum", type=float, default=BILLING_MINIMUM_S)
+    parser.add_argument("--worker-start", type=float, default=WORKER_START_S)
+    parser.add_argument("--application-start", type=float, default=APPLICATION_START_S)
+    parser.add_argument("--run-fixed", type=float, default=RUN_FIXED_S)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    service = Service(
+        billing_minimum_s=args.billing_minimum,
+        worker_start_s=args.worker_start,
+        application_start_s=args.application_start,
+        run_fixed_s=args.run_fixed,
+    )
+    rows: list[tuple[str, Figures]] = []
+    for name, per_hour in ARRIVALS_PER_HOUR.items():
+        for label, sized in (("today", False), ("sized", True)):
+            rows.append(
+                (
+                    label,
+                    trigger(
+                        name,
+                        per_hour,
+                        batch_size=args.batch_size,
+                        window_s=args.batch_window,
+                        sized=sized,
+                        service=service,
+                        max_executors=args.max_executors,
+                        max_concurrent_runs=args.max_concurrent_runs,
+                    ),
+                )
+            )
+    for photos in BACKFILLS:
+        for label, sized in (("today", False), ("sized", True)):
+            rows.append(
+                (
+                    label,
+                    backfill(
+                        photos, sized=sized, service=service, max_executors=args.max_executors
+                    ),
+                )
+            )
+    print("\n".join(table(rows, args.vcpu_hour, args.gb_hour)))
+    if args.vcpu_hour is None or args.gb_hour is None:
+        print("\n$ per 1,000 photos = vCPU-s/1k / 3600 x (price per vCPU-hour)")
+        print("                   + GB-s/1k / 3600 x (price per GB-hour)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
