@@ -1,14 +1,18 @@
 """Build everything a job run reads from ``s3://BUCKET/artifacts/`` into ``dist/``.
 
-    python packaging/build.py [--weights imagenet|FILE] [--runtime onnx|tensorflow]
-                              [--image-size 224] [--parity-images DIR] [--arch x86_64|arm64]
-                              [--archive auto|docker|local|keep] [--dist dist]
+    python packaging/build.py [--weights imagenet|FILE|random:SEED] [--runtime onnx|tensorflow]
+                              [--image-size 224] [--photos DIR] [--calibration DIR]
+                              [--arch x86_64|arm64] [--archive auto|docker|local|keep] [--dist dist]
 
 - ``main.py`` (the entry point) and ``emr_serverless_job.zip`` (the package, reproducible:
   the same sources give the same bytes, so an unchanged package is never re-uploaded);
-- ``mobilenet_v2_weights.h5``: Keras' ImageNet download (needs internet) or a given file;
+- ``mobilenet_v2_weights.h5``: Keras' ImageNet download (needs internet), a given file, or
+  ``random:SEED`` weights (offline demos and tests only: said loudly here and in every run);
 - ``mobilenet_v2.onnx`` (runtime onnx, the default): the same model exported to ONNX at
-  ``--image-size``, shipped only if ONNX Runtime matches Keras on real photos (export_onnx.py);
+  ``--image-size``, shipped only if ONNX Runtime matches Keras on ``--photos`` (default: photos
+  generated here, ``emr_serverless_job.synthetic``) and, for int8, if its features stay close to
+  fp32 there; int8 is calibrated on ``--calibration`` (your own photos), else on ``--photos``
+  when given, else on generated photos, with a warning in the output and ``artifacts.json``;
 - ``pyspark_venv.tar.gz``: the job's pinned runtime requirements for ``--runtime`` (onnx: no
   TensorFlow; never pyspark, which EMR provides), packed by ``packaging/pack.py``: wheels for
   Amazon Linux 2023's glibc, ``bin/python`` linked to ``/usr/bin/python3.11`` (checked; the
@@ -30,12 +34,19 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from emr_serverless_job.model import file_sha256  # noqa: E402 (the root is added just above)
+from emr_serverless_job.model import (  # noqa: E402 (the root is added just above)
+    RANDOM_PREFIX,
+    Weights,
+    build_keras_model,
+    file_sha256,
+)
+from emr_serverless_job.synthetic import CLASSES, fruit_image  # noqa: E402
 from lambda_trigger.request import (  # noqa: E402
     ENTRY_POINT,
     JOB_PACKAGE,
@@ -51,7 +62,18 @@ ARCHIVE_REQUIREMENTS = {
     "onnx": ("requirements/job.txt", "requirements/onnx.txt"),
     "tensorflow": ("requirements/job.txt", "requirements/tensorflow.txt"),
 }
-DEFAULT_PARITY_IMAGES = ROOT.parent / "shared" / "data" / "fruits-sample"
+# Without --photos, the export is checked on photos generated here: 6 classes x 6 = 36, of which
+# the parity check uses 32 (export_onnx.PARITY_BATCH). Without --calibration or --photos, int8
+# is calibrated on 6 x 16 = 96 other generated photos (indices from 1000 on).
+GENERATED_PARITY_PER_CLASS = 6
+GENERATED_CALIBRATION_PER_CLASS = 16
+GENERATED_CALIBRATION_FIRST_INDEX = 1000
+# A sample of your own photos for --calibration: about one in ten numbered photos of every label
+# (the export uses at most 500, the first in path order: export_onnx.CALIBRATION_LIMIT).
+CALIBRATION_SYNC = (
+    'aws s3 sync s3://BUCKET/raw/ calibration/ --exclude "*" --include "*0.jpg" '
+    '--include "*0.jpeg" --include "*0.png"'
+)
 PACKER_REQUIREMENTS = "requirements/packaging.txt"
 DOCKERFILE = ROOT / "packaging" / "Dockerfile"
 PACK = ROOT / "packaging" / "pack.py"
@@ -76,18 +98,111 @@ def job_package(dest: Path) -> Path:
     return dest
 
 
-def fetch_weights(spec: str, dest: Path) -> str:
-    """Copy a weights file, or let Keras download ImageNet's (a build machine has internet)."""
+def fetch_weights(spec: str, dest: Path) -> tuple[str, Weights]:
+    """The weights file at ``dest``: Keras' ImageNet download (a build machine with internet),
+    a copy of a given file, or ``random:SEED`` weights written there (offline demos, tests).
+    Returns how it was got and the weights the ONNX export is made from: the file, except for
+    random weights, which the model is stamped with so that every run says so."""
+    if spec.startswith(RANDOM_PREFIX):
+        import keras
+
+        try:
+            weights = Weights.parse(spec)
+        except ValueError as error:
+            raise SystemExit(f"error: --weights {error}") from None
+        # Legacy HDF5 (the ImageNet file's format), which MobileNetV2(weights=FILE) loads; the
+        # weights do not depend on the input size.
+        keras.saving.save_model(build_keras_model(96, weights), dest)
+        return f"{weights.describe()} (random weights: tests and offline demos only)", weights
     if spec == "imagenet":
         import keras
 
-        source = Path(keras.utils.get_file(IMAGENET_FILE, IMAGENET_URL, cache_subdir="models"))
+        try:
+            source = Path(keras.utils.get_file(IMAGENET_FILE, IMAGENET_URL, cache_subdir="models"))
+        except Exception as error:  # no internet: say where weights can come from
+            raise SystemExit(
+                f"error: --weights imagenet: Keras could not download {IMAGENET_URL} ({error}). "
+                "Build on a machine with internet (Keras caches it in ~/.keras/models), or give "
+                "the file: --weights FILE.h5"
+            ) from None
     else:
         source = Path(spec).expanduser().resolve()
         if not source.is_file():
-            raise SystemExit(f"--weights: no file at {source}")
+            raise SystemExit(f"error: --weights: no file at {source}")
     shutil.copyfile(source, dest)
-    return "imagenet (Keras download)" if spec == "imagenet" else str(source)
+    described = "imagenet (Keras download)" if spec == "imagenet" else str(source)
+    return described, Weights(kind="file", location=str(dest))
+
+
+@dataclass
+class Photos:
+    """The photos the export is checked on and int8 is calibrated on, and where they came from."""
+
+    parity: Path
+    parity_source: str
+    calibration: Path | None = None
+    calibration_source: str | None = None
+    generated_calibration: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def generate_photos(folder: Path, per_class: int, first_index: int = 0) -> int:
+    """``folder/<label>/<i>.jpg``: fruit-like blobs on white (emr_serverless_job.synthetic)."""
+    for label in CLASSES:
+        target = folder / label
+        target.mkdir(parents=True, exist_ok=True)
+        for index in range(first_index, first_index + per_class):
+            fruit_image(label, index).save(target / f"{index}.jpg", quality=90)
+    return per_class * len(CLASSES)
+
+
+def choose_photos(
+    photos: Path | None, calibration: Path | None, precision: str, scratch: Path
+) -> Photos:
+    """``--photos`` or generated ones for parity; for int8, ``--calibration``, else ``--photos``,
+    else generated ones (which the build warns about)."""
+    for flag, folder in (("--photos", photos), ("--calibration", calibration)):
+        if folder is not None and not folder.is_dir():
+            raise SystemExit(f"error: {flag}: no folder at {folder}")
+    if photos is not None:
+        chosen = Photos(parity=photos, parity_source=f"given: {photos}")
+    else:
+        count = generate_photos(scratch / "parity", GENERATED_PARITY_PER_CLASS)
+        chosen = Photos(
+            parity=scratch / "parity",
+            parity_source=f"generated: {count} photos (emr_serverless_job.synthetic)",
+        )
+    if precision != "int8":
+        return chosen
+    if calibration is not None:
+        chosen.calibration, chosen.calibration_source = calibration, f"given: {calibration}"
+    elif photos is not None:
+        chosen.calibration, chosen.calibration_source = photos, f"--photos: {photos}"
+    else:
+        generate_photos(
+            scratch / "calibration",
+            GENERATED_CALIBRATION_PER_CLASS,
+            GENERATED_CALIBRATION_FIRST_INDEX,
+        )
+        chosen.calibration = scratch / "calibration"
+        chosen.calibration_source = "generated (emr_serverless_job.synthetic)"
+        chosen.generated_calibration = True
+    return chosen
+
+
+def calibration_warning(count: int) -> str:
+    return (
+        f"INT8 CALIBRATED ON GENERATED IMAGES: {count} synthetic fruit blobs on white, not your "
+        "photos. Its activation ranges come from them, so real photos may be clipped; rebuild "
+        "with --calibration DIR, a few hundred of your own photos (e.g. "
+        f"{CALIBRATION_SYNC}), or with --precision fp32"
+    )
+
+
+def loud(message: str) -> None:
+    """A warning nobody scrolling past the build output can miss."""
+    bar = "!" * 78
+    print(f"{bar}\nWARNING: {message}\n{bar}", file=sys.stderr)
 
 
 def docker_available() -> bool:
@@ -186,12 +301,11 @@ def export_model(
     parity_images: Path,
     precision: str = "int8",
     calibration_images: Path | None = None,
+    weights: Weights | None = None,
 ) -> dict[str, object]:
     """The .onnx next to the weights it came from; raises (no model shipped) on a mismatch."""
-    from emr_serverless_job.model import Weights
-
     export_onnx = load_script("export_onnx")
-    weights = Weights(kind="file", location=str(dist / WEIGHTS_FILE))
+    weights = weights or Weights(kind="file", location=str(dist / WEIGHTS_FILE))
     try:
         result = export_onnx.export(
             weights,
@@ -227,19 +341,46 @@ def build(
     archive: str,
     runtime: str = "onnx",
     image_size: int = 224,
-    parity_images: Path = DEFAULT_PARITY_IMAGES,
+    parity_images: Path | None = None,
     precision: str = "int8",
     calibration_images: Path | None = None,
 ) -> dict[str, object]:
     dist.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(JOB_SOURCES / "main.py", dist / ENTRY_POINT)
-    job_package(dist / JOB_PACKAGE)
-    weights_source = fetch_weights(weights, dist / WEIGHTS_FILE)
-    model = (
-        export_model(dist, image_size, parity_images, precision, calibration_images)
-        if runtime == "onnx"
-        else None
-    )
+    warnings = []
+    with tempfile.TemporaryDirectory() as scratch:
+        photos = (
+            choose_photos(parity_images, calibration_images, precision, Path(scratch))
+            if runtime == "onnx"
+            else None
+        )
+        if photos and photos.generated_calibration:
+            loud(calibration_warning(GENERATED_CALIBRATION_PER_CLASS * len(CLASSES)))
+        shutil.copyfile(JOB_SOURCES / "main.py", dist / ENTRY_POINT)
+        job_package(dist / JOB_PACKAGE)
+        weights_source, export_weights = fetch_weights(weights, dist / WEIGHTS_FILE)
+        if export_weights.is_random:
+            warnings.append(
+                f"RANDOM WEIGHTS ({export_weights.describe()}): the features mean nothing; "
+                "for tests and offline demos only, never a deployment"
+            )
+            loud(warnings[-1])
+        model = (
+            export_model(
+                dist,
+                image_size,
+                photos.parity,
+                precision,
+                photos.calibration,
+                export_weights if export_weights.is_random else None,
+            )
+            if photos
+            else None
+        )
+    if model is not None:
+        model["parity_source"] = photos.parity_source
+        model["calibration_source"] = photos.calibration_source
+        if photos.generated_calibration:
+            warnings.append(calibration_warning(model["calibration_images"]))
     if model is None:
         (dist / MODEL_FILE).unlink(missing_ok=True)
     previous = dist / MANIFEST
@@ -265,8 +406,9 @@ def build(
         },
         "runtime": runtime,
         "archive": built,
-        "weights": {"source": weights_source},
+        "weights": {"source": weights_source, "random": export_weights.is_random},
         "model": model,
+        "warnings": warnings,
         "python": platform.python_version(),
         "requirements": list(ARCHIVE_REQUIREMENTS[runtime]),
     }
@@ -277,7 +419,12 @@ def build(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the job's artifacts into dist/.")
     parser.add_argument("--dist", type=Path, default=ROOT / "dist")
-    parser.add_argument("--weights", default="imagenet", help="'imagenet' or a weights file")
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (Keras downloads it: needs internet), a weights .h5 file, or "
+        "random:SEED (offline demos and tests only)",
+    )
     parser.add_argument("--arch", choices=sorted(PLATFORMS), default="x86_64")
     parser.add_argument(
         "--runtime",
@@ -288,10 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--image-size", type=int, default=224, help="of the exported model")
     parser.add_argument(
+        "--photos",
         "--parity-images",
+        dest="photos",
         type=Path,
-        default=DEFAULT_PARITY_IMAGES,
-        help="real photos the export is checked on (default ../shared/data/fruits-sample)",
+        default=None,
+        help="photos the export is checked on, e.g. a sample of yours (default: photos "
+        "generated here)",
     )
     parser.add_argument(
         "--precision",
@@ -301,11 +451,14 @@ def main(argv: list[str] | None = None) -> int:
         "fp32; fp32 keeps features comparable with older runs: see README, The model's precision)",
     )
     parser.add_argument(
+        "--calibration",
         "--calibration-images",
+        dest="calibration",
         type=Path,
         default=None,
-        help="int8: a few hundred of your own photos that set the activation ranges "
-        "(default: --parity-images)",
+        help="int8: a few hundred of your own photos that set the activation ranges, e.g. "
+        f"synced from raw/: {CALIBRATION_SYNC} (default: --photos; without it, generated "
+        "photos, with a warning)",
     )
     parser.add_argument(
         "--archive",
@@ -321,9 +474,9 @@ def main(argv: list[str] | None = None) -> int:
         args.archive,
         args.runtime,
         args.image_size,
-        args.parity_images,
+        args.photos,
         args.precision,
-        args.calibration_images,
+        args.calibration,
     )
     mib = 2**20
     archive = manifest["archive"]
@@ -341,13 +494,17 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{MODEL_FILE}: {model['image_size']} px, opset {model['opset']}, ONNX Runtime vs "
             f"Keras max abs diff {model['parity_max_abs_diff']:.2g} on {model['parity_images']} "
-            f"photos; {model['precision']}"
+            f"photos ({model['parity_source']}); {model['precision']}"
             + (
-                f" (cosine to fp32 min {model['int8_min_cosine']:.4f})"
+                f" calibrated on {model['calibration_images']} photos "
+                f"({model['calibration_source']}), cosine to fp32 min "
+                f"{model['int8_min_cosine']:.4f}"
                 if model["precision"] == "int8"
                 else ""
             )
         )
+    for warning in manifest["warnings"]:
+        loud(warning)
     return 0
 
 

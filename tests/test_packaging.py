@@ -534,3 +534,30 @@ def test_upload_to_a_graviton_stack_refuses_the_default_x86_64_archive(stack, tm
 def test_upload_refuses_a_dist_without_a_manifest(tmp_path, capsys):
     assert upload.main(["--artifacts", "s3://b/artifacts", "--dist", str(tmp_path)]) == 2
     assert "run packaging/build.py first" in capsys.readouterr().err
+
+
+# --- the photos the export is checked and calibrated on, without ../shared -----------------
+
+
+def test_photos_for_parity_and_calibration_come_from_the_user_or_are_generated(tmp_path):
+    mine, theirs = tmp_path / "mine", tmp_path / "calibration"
+    mine.mkdir()
+    theirs.mkdir()
+    given = build.choose_photos(mine, theirs, "int8", tmp_path / "a")
+    assert (given.parity, given.calibration, given.generated_calibration) == (mine, theirs, False)
+    # --photos alone calibrates on them too: they are the user's, not generated.
+    photos_only = build.choose_photos(mine, None, "int8", tmp_path / "b")
+    assert photos_only.calibration == mine and photos_only.calibration_source == f"--photos: {mine}"
+    generated = build.choose_photos(None, None, "int8", tmp_path / "c")
+    parity = sorted(generated.parity.rglob("*.jpg"))
+    calibration = sorted(generated.calibration.rglob("*.jpg"))
+    assert (len(parity), len(calibration), generated.generated_calibration) == (36, 96, True)
+    assert not {p.relative_to(generated.parity) for p in parity} & {
+        p.relative_to(generated.calibration) for p in calibration
+    }  # calibrated on other photos than those it is checked on
+    fp32 = build.choose_photos(None, None, "fp32", tmp_path / "d")
+    assert fp32.calibration is None and not fp32.generated_calibration
+    with pytest.raises(SystemExit, match="--calibration: no folder at"):
+        build.choose_photos(None, tmp_path / "absent", "int8", tmp_path / "e")
+    assert "96 synthetic" in build.calibration_warning(96)
+    assert "aws s3 sync s3://BUCKET/raw/" in build.calibration_warning(96)
