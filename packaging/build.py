@@ -69,7 +69,7 @@ GENERATED_PARITY_PER_CLASS = 6
 GENERATED_CALIBRATION_PER_CLASS = 16
 GENERATED_CALIBRATION_FIRST_INDEX = 1000
 # A sample of your own photos for --calibration: about one in ten numbered photos of every label
-# (the export uses at most 500, the first in path order: export_onnx.CALIBRATION_LIMIT).
+# (the export uses at most 500, spread evenly in path order: export_onnx.CALIBRATION_LIMIT).
 CALIBRATION_SYNC = (
     'aws s3 sync s3://BUCKET/raw/ calibration/ --exclude "*" --include "*0.jpg" '
     '--include "*0.jpeg" --include "*0.png"'

@@ -131,13 +131,21 @@ def parity_batch(folder: Path, image_size: int, limit: int = PARITY_BATCH) -> np
     return preprocess(pixels)
 
 
+def evenly(items: list[Path], count: int) -> list[Path]:
+    """At most ``count`` of ``items`` spread evenly over the whole list (in its order): the
+    first ``count`` in path order would calibrate on the labels that sort first."""
+    if len(items) <= count:
+        return items
+    return [items[i * len(items) // count] for i in range(count)]
+
+
 def calibration_set(
     folder: Path, image_size: int, limit: int = CALIBRATION_LIMIT
 ) -> tuple[np.ndarray, str]:
     """The calibration photos, preprocessed, and their fingerprint: sha256 over each used
     photo's path (relative to ``folder``) and content, so the same set gives the same id."""
     digest = hashlib.sha256()
-    paths = photo_paths(folder)[: limit * 2]  # room for broken ones, as parity_batch allows
+    paths = evenly(photo_paths(folder), limit * 2)  # room for broken ones, as parity_batch allows
     contents = [path.read_bytes() for path in paths]
     names = [path.relative_to(folder).as_posix() for path in paths]
     decoded = decode_batch(contents, image_size)

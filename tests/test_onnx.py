@@ -216,3 +216,16 @@ def test_both_runtimes_agree_on_the_real_sample(spark, tmp_path):
     scale = max(float(np.abs(v).max()) for v in reference.values())
     worst = max(float(np.abs(projected[p] - reference[p]).max()) for p in projected)
     assert worst <= 1e-3 * scale, (worst, scale)
+
+
+def test_calibration_photos_are_spread_over_every_label():
+    """The first 500 in path order calibrated int8 on the labels that sort first."""
+    paths = [Path(f"{label}/{i}.jpg") for label in ("Apple", "Kiwi", "Pear") for i in range(400)]
+    chosen = export_onnx.evenly(paths, 300)
+    assert len(chosen) == 300 and len(set(chosen)) == 300
+    assert {p.parent.name: sum(c.parent == p.parent for c in chosen) for p in paths} == {
+        "Apple": 100,
+        "Kiwi": 100,
+        "Pear": 100,
+    }
+    assert export_onnx.evenly(paths[:10], 300) == paths[:10]
