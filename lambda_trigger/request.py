@@ -2,13 +2,17 @@
 
 Everything EMR Serverless needs to run the job is decided here, from plain data, so the
 request a batch of uploads produces and the one an operator's backfill produces can only
-differ where they mean to: the job's input flag, the run id and the client token.
+differ where they mean to: the job's input flag, the run id and the client token. A preflight
+differs from them there too, and in its pipeline tag and shorter timeout: never in the entry
+point, archive, job package, model or Spark parameters it proves.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 # What packaging/ uploads under the artifacts prefix, by name (the packaging contract).
@@ -17,6 +21,7 @@ JOB_PACKAGE = "emr_serverless_job.zip"
 VENV_ARCHIVE = "pyspark_venv.tar.gz"
 WEIGHTS_FILE = "mobilenet_v2_weights.h5"
 MODEL_FILE = "mobilenet_v2.onnx"
+ARTIFACTS_MANIFEST = "artifacts.json"  # what packaging/build.py measured; upload.py sends it last
 
 VENV_PYTHON = "./environment/bin/python"
 RUN_ID_DIGITS = 16
@@ -28,6 +33,15 @@ PIPELINE_KEY = "pipeline"
 RUN_ID_KEY = "run-id"
 ATTEMPT_KEY = "attempt"
 LAST_ATTEMPT_KEY = "last-attempt"
+# A preflight (emr_serverless_job/preflight.py) is tagged as its own pipeline: the watcher leaves
+# it alone (no receipt, no retry, no alert about photos), since it featurizes nothing.
+PREFLIGHT_TAG = "fruits-features-preflight"
+PREFLIGHT_RUN_PREFIX = "preflight-"
+# Seconds of work on a warm application; the rest is the application's and the workers' start.
+PREFLIGHT_TIMEOUT_MINUTES = 15
+# Where the job writes a preflight's report under the output URI (emr_serverless_job.preflight
+# has the same; a test keeps the two equal, since the CLI does not ship the job's code).
+PREFLIGHT_REPORT = "reports/preflight/{run_id}/report.json"
 # GetJobRun's field -> StartJobRun's parameter, for what a resubmission repeats unchanged.
 RESUBMITTED_FIELDS = {
     "applicationId": "applicationId",
@@ -95,19 +109,21 @@ class Deployment:
 
 
 # The job's flags that name what a run reads: its first entry point argument.
-SOURCE_FLAGS = ("--input", "--manifest", "--erase")
+SOURCE_FLAGS = ("--input", "--manifest", "--erase", "--preflight")
 
 
 @dataclass(frozen=True)
 class JobSource:
-    """What one run reads: ``--input`` (a backfill), ``--manifest`` (a batch of uploads) or
-    ``--erase`` (an erasure manifest)."""
+    """What one run reads: ``--input`` (a backfill), ``--manifest`` (a batch of uploads),
+    ``--erase`` (an erasure manifest) or ``--preflight`` (one photo, to check a deployment)."""
 
     flag: str  # one of SOURCE_FLAGS
     uri: str
     run_id: str
     extra_args: tuple[str, ...] = ()
     spark_conf: tuple[tuple[str, str], ...] = ()  # over the deployment's sizing
+    pipeline: str = PIPELINE_TAG  # the pipeline tag: the watcher acts on PIPELINE_TAG only
+    timeout_minutes: int | None = None  # at most the deployment's
 
 
 @dataclass(frozen=True)
@@ -199,6 +215,38 @@ def for_backfill(input_uri: str, extra_args: tuple[str, ...] = ()) -> JobSource:
     )
 
 
+def preflight_run_id(now: datetime, nonce: str) -> str:
+    """``preflight-20261202t141502z-1a2b3c4d``: each preflight is its own run (UTC time + 8 hex)."""
+    if not re.fullmatch(r"[0-9a-f]{8,}", nonce):
+        raise ValueError(f"nonce {nonce!r}: at least 8 lowercase hex digits")
+    return f"{PREFLIGHT_RUN_PREFIX}{now.astimezone(UTC):%Y%m%dt%H%M%S}z-{nonce[:8]}"
+
+
+def for_preflight(
+    deployment: Deployment, raw_uri: str, run_id: str, reference_model: str | None = None
+) -> JobSource:
+    """A preflight: the real run's entry point, archive, job package, model and Spark
+    parameters, with ``--preflight`` as its source. ``raw_uri`` is a prefix ending in ``/``
+    (the job reads the first photo under it) or one object. The job also reads
+    ``artifacts.json`` (what the build measured) and, if given, an fp32 ``reference_model`` to
+    compare the deployed int8 model with on the job's own CPUs."""
+    extra = ["--preflight-artifacts", deployment.artifact(ARTIFACTS_MANIFEST)]
+    if reference_model:
+        extra += ["--preflight-reference", reference_model]
+    return JobSource(
+        flag="--preflight",
+        uri=raw_uri,
+        run_id=run_id,
+        extra_args=tuple(extra),
+        pipeline=PREFLIGHT_TAG,
+        timeout_minutes=PREFLIGHT_TIMEOUT_MINUTES,
+    )
+
+
+def preflight_report_uri(deployment: Deployment, run_id: str) -> str:
+    return f"{deployment.output_uri}/{PREFLIGHT_REPORT.format(run_id=run_id)}"
+
+
 def spark_submit_parameters(
     deployment: Deployment, overrides: tuple[tuple[str, str], ...] = ()
 ) -> str:
@@ -273,9 +321,11 @@ def start_job_run_request(
                 "s3MonitoringConfiguration": {"logUri": f"{deployment.logs_uri}/"}
             }
         },
-        "executionTimeoutMinutes": deployment.timeout_minutes,
+        "executionTimeoutMinutes": min(
+            deployment.timeout_minutes, source.timeout_minutes or deployment.timeout_minutes
+        ),
         "tags": {
-            PIPELINE_KEY: PIPELINE_TAG,
+            PIPELINE_KEY: source.pipeline,
             RUN_ID_KEY: source.run_id,
             **(attempt or Attempt()).tags(),
         },
