@@ -1,8 +1,10 @@
 """S3 buckets staged on local disk around an emulated run, without harming them.
 
-Hadoop here has no S3 client (EMR's EMRFS is not public), so the buckets a request names are
-copied to a folder before the run and Spark reads and writes that folder through ``s3://``
-paths (``submit.s3_mirror_conf``).
+Hadoop here has no S3 client (EMR's EMRFS is not public), so what a request reads
+(``reads.reads``: its artifacts, its input prefix or its manifest's photos, the output files
+its kind of run consults) is copied to a folder before the run, and nothing else of the
+buckets, and Spark reads and writes that folder through ``s3://`` paths
+(``submit.s3_mirror_conf``).
 
 The buckets may be real ones, so the mirror never harms them:
 
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from emr_emulator.reads import Reads, first_photo
 
 # Hadoop's local file system writes a checksum file next to every file; EMRFS does not. It
 # also reads ``.NAME.crc`` as the checksum of NAME, so such an object is never mirrored.
@@ -98,6 +102,7 @@ class Mirror:
     root: Path
     snapshot: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     skipped: dict[tuple[str, str], str] = field(default_factory=dict)  # not mirrored, and why
+    absent: dict[tuple[str, str], str] = field(default_factory=dict)  # named, not in S3
 
     def path(self, bucket: str, key: str) -> Path:
         """Where ``key`` is mirrored; raises ValueError for a key that cannot be."""
@@ -110,29 +115,64 @@ class Mirror:
             raise ValueError(f"s3://{bucket}/{key} would be written outside {folder}")
         return folder / key
 
-    def pull(self, s3: Any, bucket: str) -> int:
-        """Copy every object of ``bucket`` that a local folder can hold; returns how many.
-        Folder markers become folders; the others are in ``skipped``."""
-        copied = 0
-        (self.root / bucket).mkdir(parents=True, exist_ok=True)
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+    def _copy(self, s3: Any, bucket: str, key: str) -> bool:
+        """Copy one object if a local folder can hold it (else it is in ``skipped``); a folder
+        marker becomes a folder. True when a file was copied."""
+        if (bucket, key) in self.snapshot or (bucket, key) in self.skipped:
+            return False
+        try:
+            target = self.path(bucket, key)
+            if key.endswith("/"):
+                target.mkdir(parents=True, exist_ok=True)
+                return False
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_dir():
+                raise ValueError("a folder of the same name is mirrored already")
+            s3.download_file(bucket, key, str(target))
+        except (ValueError, OSError) as error:
+            self.skipped[(bucket, key)] = str(error)
+            return False
+        stat = target.stat()
+        self.snapshot[(bucket, key)] = (stat.st_size, stat.st_mtime_ns)
+        return True
+
+    def _listing(self, s3: Any, bucket: str, prefix: str = "") -> Iterable[str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
             for item in page.get("Contents", []):
-                key = item["Key"]
-                try:
-                    target = self.path(bucket, key)
-                    if key.endswith("/"):
-                        target.mkdir(parents=True, exist_ok=True)
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    if target.is_dir():
-                        raise ValueError("a folder of the same name is mirrored already")
-                    s3.download_file(bucket, key, str(target))
-                except (ValueError, OSError) as error:
-                    self.skipped[(bucket, key)] = str(error)
-                    continue
-                stat = target.stat()
-                self.snapshot[(bucket, key)] = (stat.st_size, stat.st_mtime_ns)
-                copied += 1
+                yield item["Key"]
+
+    def pull(self, s3: Any, bucket: str, prefix: str = "") -> int:
+        """Copy every object of ``bucket`` under ``prefix`` that a local folder can hold;
+        returns how many. Folder markers become folders; the others are in ``skipped``."""
+        (self.root / bucket).mkdir(parents=True, exist_ok=True)
+        return sum(self._copy(s3, bucket, key) for key in self._listing(s3, bucket, prefix))
+
+    def pull_reads(self, s3: Any, wanted: Reads) -> int:
+        """Copy what a run reads (``reads.reads``): its objects, what its prefixes hold, the
+        first photo under each preflight prefix; nothing else of the buckets is listed or
+        read. A named object that does not exist is in ``absent``. Returns how many."""
+        copied = 0
+        for bucket in wanted.buckets:
+            (self.root / bucket).mkdir(parents=True, exist_ok=True)
+        for bucket, key in sorted(wanted.keys):
+            if (bucket, key) in self.snapshot:
+                continue
+            try:
+                copied += self._copy(s3, bucket, key)
+            except s3.exceptions.ClientError as error:
+                code = error.response.get("Error", {}).get("Code")
+                if code not in ("404", "NoSuchKey", "NotFound", "NoSuchBucket", "403"):
+                    raise
+                self.absent[(bucket, key)] = f"not copied: {code}"
+        for bucket, prefix in sorted(wanted.prefixes):
+            for key in self._listing(s3, bucket, prefix):
+                if wanted.wants(bucket, key):
+                    copied += self._copy(s3, bucket, key)
+        for bucket, under in sorted(wanted.first_photo):
+            key = first_photo(self._listing(s3, bucket, under), under)
+            if key is not None:
+                copied += self._copy(s3, bucket, key)
         return copied
 
     def _files(self, bucket: str) -> dict[str, Path]:

@@ -12,8 +12,9 @@ What the service does, and what this does in its place:
   per side, "Using Python libraries with EMR Serverless"). ``local-cluster`` would start them
   in the driver JVM's environment, so their ``java`` is a launcher that takes it away;
 - the entry point, ``--py-files`` and archives are read from ``s3://`` by Spark itself, through
-  a local mirror of the buckets the request names (``mirror.py``: keys a folder cannot hold
-  as they are are left out and listed);
+  a local mirror of what the request reads and nothing else (``reads.py``: the artifacts it
+  names, its input prefix or its manifest and the photos listed, the output files its kind of
+  run consults; ``mirror.py``: keys a folder cannot hold as they are are left out and listed);
 - nothing is written back to S3 unless asked (``push``), and then only the files the run
   created under its own output partitions (``--output``/``*/run_id=<--run-id>/``) and the
   prefixes named in ``push_also``, never over an object that exists; driver and executor logs
@@ -42,6 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from emr_emulator.mirror import Mirror, PushScope, remote_exists
+from emr_emulator.reads import Reads, reads
 from emr_emulator.releases import spark_version_of
 from emr_emulator.submit import (
     Launch,
@@ -116,6 +118,21 @@ def failure_details(code: int, stderr: str) -> str:
         line.strip() for line in stderr.splitlines() if any(m in line for m in FAILURE_MARKERS)
     ]
     return STATE_DETAILS_FAILED.format(code=code, lines=" | ".join(lines[-FAILURE_LINES:]))
+
+
+def pull(s3: Any, run: Launch, mirror: Mirror) -> Reads:
+    """Copy what ``run`` reads into ``mirror``: the objects its request names, then what its
+    manifest lists and the PCA version its pointer names (``reads.reads``)."""
+    wanted = reads(run)
+    mirror.pull_reads(s3, wanted)
+    texts = {}
+    for name, at in (("manifest", wanted.manifest), ("pointer", wanted.pointer)):
+        if at is not None and at in mirror.snapshot:
+            texts[name] = mirror.path(*at).read_text(errors="replace")
+    if texts:
+        wanted = reads(run, **texts)
+        mirror.pull_reads(s3, wanted)
+    return wanted
 
 
 def _upload_logs(
@@ -245,8 +262,10 @@ def run_job(
             f"this emulator runs PySpark {pyspark.__version__}"
         )
     mirror = Mirror(folder / "s3")
-    for bucket in run.buckets:
-        mirror.pull(s3, bucket)
+    wanted = pull(s3, run, mirror)
+    buckets = sorted({*run.buckets, *wanted.buckets})
+    for bucket in buckets:  # each is a mount of the s3:// scheme, even with nothing copied
+        (mirror.root / bucket).mkdir(parents=True, exist_ok=True)
     home = spark_home(folder / "spark-home")
     container = _container_environment(home)
     launcher = java_launcher(folder, run, container)
@@ -269,7 +288,7 @@ def run_job(
         str(home / "bin" / "spark-submit"),
         run,
         master,
-        {**s3_mirror_conf(run.buckets, str(mirror.root)), "spark.ui.enabled": "false"},
+        {**s3_mirror_conf(buckets, str(mirror.root)), "spark.ui.enabled": "false"},
     )
     stdout, stderr = driver_dir.parent / "driver.stdout", driver_dir.parent / "driver.stderr"
     timeout = 60 * int(request.get("executionTimeoutMinutes", 720))
@@ -300,7 +319,7 @@ def run_job(
         if push
         else PushScope()
     )
-    synced = {bucket: mirror.push(s3, bucket, scope) for bucket in run.buckets}
+    synced = {bucket: mirror.push(s3, bucket, scope) for bucket in buckets}
     log_uri = (
         request.get("configurationOverrides", {})
         .get("monitoringConfiguration", {})
@@ -341,6 +360,8 @@ def run_job(
             "pushScope": list(scope.prefixes),
             "uploaded": {bucket: pushed.uploaded for bucket, pushed in synced.items()},
             "notPushed": {bucket: pushed.refused for bucket, pushed in synced.items()},
+            "pulled": {**wanted.to_json(), "copied": len(mirror.snapshot)},
+            "notInS3": {f"s3://{b}/{key}": why for (b, key), why in mirror.absent.items()},
             "notMirrored": {f"s3://{b}/{key}": why for (b, key), why in mirror.skipped.items()},
             "notEmulated": list(NOT_EMULATED),
             "warnings": warnings,

@@ -414,7 +414,10 @@ def test_one_run_keeps_driver_and_executor_environments_apart_and_leaves_the_buc
         "jobDriver": {
             "sparkSubmit": {
                 "entryPoint": f"s3://{bucket}/artifacts/probe.py",
-                "entryPointArguments": ["--output", f"s3://{bucket}/output", "--run-id", "probe-1"],
+                "entryPointArguments": [
+                    *("--input", f"s3://{bucket}/raw/"),  # copied, its hostile keys left out
+                    *("--output", f"s3://{bucket}/output", "--run-id", "probe-1"),
+                ],
                 "sparkSubmitParameters": " ".join(f"--conf {k}={v}" for k, v in confs.items()),
             }
         },
@@ -450,7 +453,9 @@ def test_one_run_keeps_driver_and_executor_environments_apart_and_leaves_the_buc
         "output/probe/run_id=probe-1/part-00000",
     ]
     refused = emulator["notPushed"][bucket]
-    assert "not deleted" in refused["output/features/run_id=other/part-0.parquet"]
+    # A backfill reads nothing of the output: the partition it deletes was never copied.
+    assert "output/features/run_id=other/part-0.parquet" not in refused
+    assert not (tmp_path / "run" / "s3" / bucket / "output" / "features" / "run_id=other").exists()
     assert "outside" in refused["output/pca_model/stolen/part-00000"]
     assert set(emulator["notMirrored"]) == {f"s3://{bucket}/{k}" for k in HOSTILE_KEYS}
     assert not (tmp_path / "run" / "s3" / "x").exists() and not (tmp_path / "run" / "x").exists()

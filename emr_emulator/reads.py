@@ -1,0 +1,204 @@
+"""What a run reads from S3, decided from its request alone: the emulator copies that, no more.
+
+A plain function of the request (``reads``), and of the two small files that name further
+reads: the ``--manifest`` (the photos it lists) and the PCA model's pointer (the version a
+batch run loads). By the job's flags (emr_serverless_job/config.py):
+
+- every artifact the request names: the entry point, ``--py-files``/``--archives``/
+  ``--files``/``--jars`` and every ``s3://`` conf value (``spark.archives``), and each
+  ``s3://`` argument that is not a location below (``--model``, ``--weights``,
+  ``--preflight-artifacts``, ``--preflight-reference``), one object each;
+- ``--input PREFIX`` (a backfill): everything under the prefix; it reads nothing of
+  ``--output`` (it writes its own partitions and a new PCA version);
+- ``--manifest FILE`` (a batch): the file, the objects its lines name, and the PCA model
+  (``--pca-model``, default ``OUTPUT/pca_model``): its pointer and the files beside it (a
+  model from before versions), not ``versions/`` except the one the pointer names;
+- ``--erase FILE``: the file and the tables an erase run rewrites or consults under
+  ``--output`` (features, errors, erasures, and reports for the runs' start times), not the
+  photos it names (they are gone) nor the PCA model;
+- ``--preflight PREFIX_OR_KEY``: the object, or the first photo under the prefix in S3's
+  order (which is the order EMRFS lists it in).
+
+A flag unknown here that names a prefix is copied as one object (so, usually, not at all):
+the run then fails or reads nothing, where on EMR it would read it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from emr_emulator.submit import Launch
+from lambda_trigger.events import IMAGE_SUFFIXES
+
+# The job's layout under --output (emr_serverless_job: config.PCA_MODEL_DIRNAME, reduce's
+# POINTER_FILE and VERSIONS_FOLDER, the tables job.py and erase.py read; a test keeps them
+# equal, since the emulator does not import the job).
+PCA_MODEL_DIRNAME = "pca_model"
+POINTER_FILE = "current.json"
+VERSIONS_FOLDER = "versions"
+ERASE_READS = ("features", "errors", "erasures", "reports")
+# Flags whose value is a location the run reads as described above, or only writes.
+LOCATION_FLAGS = ("--input", "--manifest", "--erase", "--preflight", "--output", "--pca-model")
+ARTIFACT_OPTIONS = ("--py-files", "--archives", "--files", "--jars")
+SCHEMES = ("s3://", "s3a://")
+
+
+def split_uri(uri: str) -> tuple[str, str] | None:
+    """``(bucket, key)`` of an ``s3://`` URI, the key exactly as written (a ``#`` or ``?`` in
+    it is part of the key, which urlsplit would cut); None for another scheme."""
+    for scheme in SCHEMES:
+        if uri.startswith(scheme):
+            bucket, _, key = uri[len(scheme) :].partition("/")
+            return (bucket, key) if bucket else None
+    return None
+
+
+def _folder(key: str) -> str:
+    return key if not key or key.endswith("/") else f"{key}/"
+
+
+def _is_photo(key: str, under: str) -> bool:
+    below = key[len(under) :].split("/")
+    return not any(part.startswith(("_", ".")) for part in below) and key.lower().endswith(
+        IMAGE_SUFFIXES
+    )
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What to copy: objects, everything under prefixes (but not under ``excluded`` ones unless
+    a longer prefix takes them back), and the first photo under each of ``first_photo``."""
+
+    keys: frozenset[tuple[str, str]] = frozenset()
+    prefixes: frozenset[tuple[str, str]] = frozenset()
+    excluded: frozenset[tuple[str, str]] = frozenset()
+    first_photo: frozenset[tuple[str, str]] = frozenset()
+    manifest: tuple[str, str] | None = None  # its lines name more objects
+    pointer: tuple[str, str] | None = None  # names the PCA version a batch loads
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def buckets(self) -> list[str]:
+        named = [*self.keys, *self.prefixes, *self.first_photo]
+        return sorted({bucket for bucket, _ in named})
+
+    def wants(self, bucket: str, key: str) -> bool:
+        """Whether ``key`` is copied: named, or under a prefix the longest match includes."""
+        if (bucket, key) in self.keys:
+            return True
+        best, include = -1, False
+        for prefixes, verdict in ((self.prefixes, True), (self.excluded, False)):
+            for b, prefix in prefixes:
+                if b == bucket and key.startswith(prefix) and len(prefix) > best:
+                    best, include = len(prefix), verdict
+        return include
+
+    def to_json(self) -> dict[str, list[str]]:
+        uri = lambda pair: f"s3://{pair[0]}/{pair[1]}"  # noqa: E731
+        return {
+            "objects": sorted(map(uri, self.keys)),
+            "prefixes": sorted(map(uri, self.prefixes)),
+            "excluded": sorted(map(uri, self.excluded)),
+            "firstPhotoUnder": sorted(map(uri, self.first_photo)),
+        }
+
+
+def manifest_uris(text: str) -> list[str]:
+    """The ``uri`` of each JSON line that has one (the job makes an error row of the rest)."""
+    uris = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("uri"), str):
+            uris.append(entry["uri"])
+    return uris
+
+
+def _artifact_uris(run: Launch) -> list[str]:
+    uris = [run.entry_point]
+    options = run.options
+    for index, token in enumerate(options[:-1]):
+        if token in ARTIFACT_OPTIONS:
+            uris += options[index + 1].split(",")
+    for value in run.conf.values():
+        uris += [part for part in value.split(",") if part.strip().startswith(SCHEMES)]
+    arguments = run.arguments
+    for index, token in enumerate(arguments):
+        previous = arguments[index - 1] if index else None
+        if token.startswith(SCHEMES) and previous not in LOCATION_FLAGS:
+            uris.append(token)
+    return [uri.strip().partition("#")[0] for uri in uris]
+
+
+def reads(run: Launch, manifest: str | None = None, pointer: str | None = None) -> Reads:
+    """What ``run`` reads, given its manifest's text and the PCA pointer's when they are known
+    (copy those two first: ``Reads.manifest``, ``Reads.pointer``, then ask again)."""
+    keys: set[tuple[str, str]] = set()
+    prefixes: set[tuple[str, str]] = set()
+    excluded: set[tuple[str, str]] = set()
+    first: set[tuple[str, str]] = set()
+    notes: list[str] = []
+    for uri in _artifact_uris(run):
+        if (found := split_uri(uri)) is not None:
+            keys.add(found)
+    output = split_uri(run.argument("--output") or "")
+    manifest_at = pointer_at = None
+    if (source := split_uri(run.argument("--input") or "")) is not None:
+        prefixes.add((source[0], _folder(source[1])))
+    if (source := split_uri(run.argument("--manifest") or "")) is not None:
+        keys.add(source)
+        manifest_at = source
+        for uri in manifest_uris(manifest or ""):
+            if (found := split_uri(uri)) is not None:
+                keys.add(found)
+        model = split_uri(run.argument("--pca-model") or "") or (
+            (output[0], f"{_folder(output[1])}{PCA_MODEL_DIRNAME}") if output else None
+        )
+        if model is not None:
+            folder = (model[0], _folder(model[1]))
+            pointer_at = (folder[0], folder[1] + POINTER_FILE)
+            prefixes.add(folder)
+            excluded.add((folder[0], folder[1] + f"{VERSIONS_FOLDER}/"))
+            version = _pointed_version(pointer)
+            if version:
+                prefixes.add((folder[0], folder[1] + f"{VERSIONS_FOLDER}/{version}/"))
+            elif pointer is not None:
+                notes.append(f"s3://{pointer_at[0]}/{pointer_at[1]} names no version")
+    if (source := split_uri(run.argument("--erase") or "")) is not None:
+        keys.add(source)
+        if output is not None:
+            for table in ERASE_READS:
+                prefixes.add((output[0], f"{_folder(output[1])}{table}/"))
+    if (source := split_uri(run.argument("--preflight") or "")) is not None:
+        if source[1] and not source[1].endswith("/"):
+            keys.add(source)
+        first.add((source[0], _folder(source[1])))
+    return Reads(
+        keys=frozenset(keys),
+        prefixes=frozenset(prefixes),
+        excluded=frozenset(excluded),
+        first_photo=frozenset(first),
+        manifest=manifest_at,
+        pointer=pointer_at,
+        notes=tuple(notes),
+    )
+
+
+def _pointed_version(pointer: str | None) -> str | None:
+    if not pointer:
+        return None
+    try:
+        version = json.loads(pointer).get("version")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(version, str) and version and "/" not in version and version not in ("..", "."):
+        return version
+    return None
+
+
+def first_photo(keys: list[str], under: str) -> str | None:
+    """The first key under ``under`` (in the listing's order) the preflight would read."""
+    return next((key for key in keys if key.startswith(under) and _is_photo(key, under)), None)
