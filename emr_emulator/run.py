@@ -15,6 +15,9 @@ What the service does, and what this does in its place:
   a local mirror of what the request reads and nothing else (``reads.py``: the artifacts it
   names, its input prefix or its manifest and the photos listed, the output files its kind of
   run consults; ``mirror.py``: keys a folder cannot hold as they are are left out and listed);
+- the driver and each executor are held to their worker's size (memory + memoryOverhead):
+  one over it is killed, the JVM with its Python workers, as the service kills a worker
+  (``limits.py``; ``emulator.memory`` has the limits, each worker's peak and the kills);
 - nothing is written back to S3 unless asked (``push``), and then only the files the run
   created under its own output partitions (``--output``/``*/run_id=<--run-id>/``) and the
   prefixes named in ``push_also``, never over an object that exists; driver and executor logs
@@ -42,6 +45,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from emr_emulator.limits import (
+    KILLED_EXIT_CODE,
+    Watchdog,
+    container_mib,
+    killed_details,
+)
 from emr_emulator.mirror import Mirror, PushScope, remote_exists
 from emr_emulator.reads import Reads, reads
 from emr_emulator.releases import spark_version_of
@@ -59,7 +68,9 @@ NOT_EMULATED = (
     "EMRFS: Hadoop's local file system serves s3:// from a copy; no _$folder$ markers, and "
     "keys a folder cannot hold ('//', '.', '..', '.*.crc') are not seen",
     "network isolation: the driver and executors reach whatever this machine reaches",
-    "capacity: no maximum capacity, worker sizes or memory limits are enforced",
+    "capacity: no maximum capacity and no check of worker sizes; memory is held to each "
+    "worker's size by sampling its processes' RSS every 0.2 s (a shorter spike, or page cache, "
+    "is not seen)",
     "pre-initialized capacity and dynamic allocation (the executors are fixed)",
     "JAVA_HOME: the driver's names the executors' java launcher",
 )
@@ -112,12 +123,14 @@ def _local(uri: str, mirror: Mirror) -> Path:
     return Path(parts.path if parts.scheme == "file" else uri)
 
 
-def failure_details(code: int, stderr: str) -> str:
-    """The last exception lines of the driver's log, as the service quotes them."""
+def failure_details(code: int, stderr: str, first: str | None = None) -> str:
+    """The last exception lines of the driver's log, as the service quotes them; ``first``
+    (a worker killed for its memory) before them."""
     lines = [
         line.strip() for line in stderr.splitlines() if any(m in line for m in FAILURE_MARKERS)
     ]
-    return STATE_DETAILS_FAILED.format(code=code, lines=" | ".join(lines[-FAILURE_LINES:]))
+    quoted = [*([first] if first else []), *lines[-FAILURE_LINES:]]
+    return STATE_DETAILS_FAILED.format(code=code, lines=" | ".join(quoted))
 
 
 def pull(s3: Any, run: Launch, mirror: Mirror) -> Reads:
@@ -293,6 +306,10 @@ def run_job(
     stdout, stderr = driver_dir.parent / "driver.stdout", driver_dir.parent / "driver.stderr"
     timeout = 60 * int(request.get("executionTimeoutMinutes", 720))
     started = time.monotonic()
+    watchdog = None
+    sizes = (container_mib(run.conf, "driver"), container_mib(run.conf, "executor"))
+    if not Watchdog.available():
+        warnings.append("no /proc here: worker memory is not held to the request's sizes")
     if state == "SUCCESS":
         with stdout.open("wb") as out, stderr.open("wb") as err:
             process = subprocess.Popen(
@@ -303,6 +320,8 @@ def run_job(
                 stderr=err,
                 start_new_session=True,  # executors are its children: one group to stop
             )
+            if Watchdog.available():
+                watchdog = Watchdog(process.pid, *sizes).start()
             try:
                 code = process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -310,9 +329,16 @@ def run_job(
                 code = process.wait()
                 state = "CANCELLED"
                 details = f"Job run exceeded executionTimeoutMinutes ({timeout // 60})"
+            finally:
+                if watchdog is not None:
+                    watchdog.stop()
+        killed = watchdog.killed if watchdog is not None else []
+        if any(kill.worker == "driver" for kill in killed):
+            code = KILLED_EXIT_CODE
         if state == "SUCCESS" and code != 0:
             state = "FAILED"
-            details = failure_details(code, stderr.read_text(errors="replace"))
+            cause = killed_details(killed) if killed else None
+            details = failure_details(code, stderr.read_text(errors="replace"), first=cause)
     duration = time.monotonic() - started
     scope = (
         PushScope.for_run(run.argument("--output"), run.argument("--run-id"), push_also)
@@ -363,6 +389,7 @@ def run_job(
             "pulled": {**wanted.to_json(), "copied": len(mirror.snapshot)},
             "notInS3": {f"s3://{b}/{key}": why for (b, key), why in mirror.absent.items()},
             "notMirrored": {f"s3://{b}/{key}": why for (b, key), why in mirror.skipped.items()},
+            "memory": watchdog.report() if watchdog is not None else None,
             "notEmulated": list(NOT_EMULATED),
             "warnings": warnings,
         },
