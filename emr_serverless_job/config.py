@@ -47,6 +47,9 @@ class JobConfig:
     batch_size: int
     max_file_bytes: int
     erase: str | None = None  # an erasure manifest: remove these photos' rows (erase.py)
+    preflight: str | None = None  # check the deployment instead of featurizing (preflight.py)
+    preflight_artifacts: str | None = None  # the uploaded artifacts.json
+    preflight_reference: str | None = None  # an fp32 .onnx to compare the deployed model with
 
     @property
     def is_backfill(self) -> bool:
@@ -83,6 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSON Lines file of {"uri": ..., "erased_at": ISO-8601 UTC} objects: photos deleted '
         "from raw/, whose rows are removed from every features and errors partition "
         "(GDPR erasure; docs/erasure.md). The model flags are ignored.",
+    )
+    source.add_argument(
+        "--preflight",
+        help="Check this deployment in seconds instead of featurizing (preflight.py): the "
+        "interpreter, imports and CPU of the driver and of each executor, one photo read from "
+        "this folder or prefix (the first photo found) or this object, a marker written and "
+        "deleted under --output, the model on the executors' CPUs; a report under "
+        "OUTPUT/reports/preflight/RUN_ID/. Exit 1 names the first failed check.",
+    )
+    parser.add_argument(
+        "--preflight-artifacts",
+        default=None,
+        help="With --preflight: the uploaded artifacts.json, to compare what runs with what "
+        "was built (checksums, interpreter, package versions, the build's int8 cosine).",
+    )
+    parser.add_argument(
+        "--preflight-reference",
+        default=None,
+        help="With --preflight: an fp32 .onnx of the same weights; the deployed int8 model's "
+        "features are compared with it on each executor's CPU.",
     )
     parser.add_argument(
         "--output", required=True, help="Folder or s3:// prefix under which tables and reports go."
@@ -220,6 +243,9 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
     _require_local(args.input, "--input", Path.is_dir, "folder")
     _require_local(args.manifest, "--manifest", Path.is_file, "file")
     _require_local(args.erase, "--erase", Path.is_file, "file")
+    for flag in ("preflight_artifacts", "preflight_reference"):
+        if getattr(args, flag) is not None and args.preflight is None:
+            raise ConfigError(f"--{flag.replace('_', '-')}: only used with --preflight")
     output = normalize_location(args.output)
     return JobConfig(
         output=output,
@@ -241,4 +267,11 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         batch_size=args.batch_size,
         max_file_bytes=args.max_file_bytes,
         erase=normalize_location(args.erase) if args.erase is not None else None,
+        preflight=_optional_location(args.preflight),
+        preflight_artifacts=_optional_location(args.preflight_artifacts),
+        preflight_reference=_optional_location(args.preflight_reference),
     )
+
+
+def _optional_location(location: str | None) -> str | None:
+    return normalize_location(location) if location else None

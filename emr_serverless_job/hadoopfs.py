@@ -45,6 +45,35 @@ def stat(spark: SparkSession, uri: str) -> tuple[str, int] | None:
     return str(status.getPath().toString()), int(status.getLen())
 
 
+def first_file(
+    spark: SparkSession, uri: str, accept: Callable[[str], bool], limit: int
+) -> tuple[str | None, int, int]:
+    """(URI, length, files looked at) of ``uri`` itself when it is a file, else of the first
+    file under it that ``accept``s, skipping hidden names (``_*``, ``.*``), looking at no more
+    than ``limit`` files (S3 lists a page at a time). (None, 0, n) when there is none."""
+    path, fs = _path_and_fs(spark, uri)
+    try:
+        status = fs.getFileStatus(path)
+    except Exception as error:  # py4j wraps java.io.FileNotFoundException
+        if "FileNotFoundException" in str(error) or "No such file" in str(error):
+            return None, 0, 0
+        raise
+    if not status.isDirectory():
+        return str(status.getPath().toString()), int(status.getLen()), 1
+    root = str(status.getPath().toString()).rstrip("/")
+    files = fs.listFiles(path, True)
+    looked = 0
+    while looked < limit and files.hasNext():
+        found = files.next()
+        looked += 1
+        name = str(found.getPath().toString())
+        below = name[len(root) :].strip("/").split("/") if name.startswith(root) else [name]
+        if any(part.startswith(("_", ".")) for part in below) or not accept(name):
+            continue
+        return name, int(found.getLen()), looked
+    return None, 0, looked
+
+
 def map_files(
     spark: SparkSession, uris: list[str], look: Callable[[SparkSession, str], T]
 ) -> list[T]:

@@ -16,7 +16,6 @@ if __package__ in (None, ""):
     # Run as a file from a checkout: make the package next to this file importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emr_serverless_job.config import ConfigError, JobConfig, parse_args
 
 LOCAL_DRIVER_MEMORY = "4g"
 EXIT_CONFIG_ERROR = 2
@@ -62,7 +61,20 @@ def spark_session(app_name: str) -> object:
     return spark
 
 
+def is_preflight(argv: list[str]) -> bool:
+    return any(arg == "--preflight" or arg.startswith("--preflight=") for arg in argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if is_preflight(argv):
+        # Before anything imports the archive's libraries: a preflight reports an interpreter
+        # or a library that cannot load, where a run would only die with a traceback.
+        from emr_serverless_job import preflight
+
+        return preflight.main(argv)
+    from emr_serverless_job.config import ConfigError, JobConfig, parse_args
+
     try:
         config: JobConfig = parse_args(argv)
     except ConfigError as error:

@@ -162,15 +162,23 @@ class OnnxModelInfo:
         return self.weights_source.startswith(RANDOM_PREFIX)
 
 
-def onnx_session(path: str | Path, threads: int) -> object:
-    """An ONNX Runtime session sized like a Spark task: ``threads`` cores, one op at a time."""
+def onnx_session(path: str | Path, threads: int, optimized: bool = True) -> object:
+    """An ONNX Runtime session sized like a Spark task: ``threads`` cores, one op at a time.
+
+    ``optimized=False`` runs the graph as written, operator by operator: an int8 (QDQ) model's
+    QuantizeLinear/DequantizeLinear pairs around fp32 convolutions instead of the fused int8
+    kernels this CPU has (the preflight's reference for those kernels)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimized
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
@@ -204,9 +212,11 @@ def read_onnx_model(path: str | Path) -> OnnxModelInfo:
     )
 
 
-def onnx_featurizer(path: str | Path, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+def onnx_featurizer(
+    path: str | Path, threads: int = 1, optimized: bool = True
+) -> Callable[[np.ndarray], np.ndarray]:
     """One inference session for this process; reused for every batch it is given."""
-    session = onnx_session(path, threads)
+    session = onnx_session(path, threads, optimized)
     (model_input,) = session.get_inputs()
     name, size = model_input.name, model_input.shape[1]
 
