@@ -90,11 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def merged_settings(
-    args: argparse.Namespace, env: Mapping[str, str], stack: Mapping[str, str]
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    stack: Mapping[str, str],
+    flags: Mapping[str, str] = FLAG_SETTINGS,
 ) -> dict[str, str]:
-    merged = {name: env[name] for name in FLAG_SETTINGS.values() if env.get(name)}
+    """The environment's values of the settings ``flags`` name (flag -> setting), then every
+    stack output, then the flags given, each over the one before (the preflight adds --raw)."""
+    merged = {name: env[name] for name in flags.values() if env.get(name)}
     merged.update(stack)
-    for flag, name in FLAG_SETTINGS.items():
+    for flag, name in flags.items():
         value = getattr(args, flag)
         if value is not None:
             merged[name] = str(value)

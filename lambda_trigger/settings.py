@@ -215,6 +215,13 @@ def deployment_from_environment(env: Mapping[str, str]) -> Deployment:
     return _deployment(_read_all(env, DEPLOYMENT_FIELDS))
 
 
+def preflight_from_environment(env: Mapping[str, str]) -> tuple[Deployment, S3Location]:
+    """What a preflight needs: the job's side of the settings and where photos arrive (it
+    reads one); every problem of either named at once."""
+    values = _read_all(env, (*DEPLOYMENT_FIELDS, RAW_URI))
+    return _deployment(values), values[RAW_URI]
+
+
 def from_environment(env: Mapping[str, str]) -> Settings:
     """Validate every variable; a SettingsError names each missing or malformed one."""
     values = _read_all(env, tuple(FIELDS))
