@@ -249,16 +249,26 @@ def folder_keys(key: str) -> list[str]:
 
 
 def job_paths() -> tuple[list[str], list[str]]:
-    """The keys one backfill and one batch read and write, from the request and the job."""
+    """The keys one backfill, one batch and one preflight read and write, from the request
+    and the job."""
     from emr_serverless_job.config import PCA_MODEL_DIRNAME
     from emr_serverless_job.job import ERRORS_TABLE, FEATURES_TABLE, REPORTS_FOLDER
-    from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE
+    from emr_serverless_job.preflight import MARKER_FOLDER
+    from lambda_trigger.request import (
+        ARTIFACTS_MANIFEST,
+        ENTRY_POINT,
+        JOB_PACKAGE,
+        MODEL_FILE,
+        PREFLIGHT_REPORT,
+        VENV_ARCHIVE,
+    )
 
-    run_id = "batch-0123456789abcdef"
+    run_id, preflight = "batch-0123456789abcdef", "preflight-20261202t141502z-1a2b3c4d"
+    artifacts = (ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE, ARTIFACTS_MANIFEST)
     reads = [
         "raw/Apple Braeburn/0_100.jpg",
         f"manifests/{run_id}.jsonl",
-        *(f"artifacts/{name}" for name in (ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE)),
+        *(f"artifacts/{name}" for name in artifacts),
         f"output/{PCA_MODEL_DIRNAME}/metadata/part-00000",
     ]
     writes = [
@@ -266,6 +276,8 @@ def job_paths() -> tuple[list[str], list[str]]:
         f"output/{ERRORS_TABLE}/run_id={run_id}/_SUCCESS",
         f"output/{REPORTS_FOLDER}/run_id={run_id}/report.json",
         f"output/{PCA_MODEL_DIRNAME}/stages/1_PCAModel/data/part-00000.parquet",
+        f"output/{MARKER_FOLDER}/{preflight}",  # written, read back and deleted
+        f"output/{PREFLIGHT_REPORT.format(run_id=preflight)}",
     ]
     return reads, writes
 
@@ -352,7 +364,7 @@ def ancestors(key: str) -> list[str]:
 
 
 def job_listings() -> dict[str, list[str]]:
-    """The s3:prefix of every listing a backfill, a batch and an erase run make, by purpose.
+    """The s3:prefix of every listing a backfill, a batch, an erase run and a preflight make.
 
     From Hadoop's FileSystem contract as S3 filesystems implement it: ``getFileStatus`` of a
     key that is not an object (a folder, or a file not there yet: ``exists``) lists
@@ -365,9 +377,18 @@ def job_listings() -> dict[str, list[str]]:
     from emr_serverless_job.config import PCA_MODEL_DIRNAME
     from emr_serverless_job.erase import ERASURES_TABLE, JOURNAL_SUFFIX, STAGING_PREFIX
     from emr_serverless_job.job import ERRORS_TABLE, FEATURES_TABLE, REPORTS_FOLDER
-    from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE
+    from emr_serverless_job.preflight import MARKER_FOLDER
+    from lambda_trigger.request import (
+        ARTIFACTS_MANIFEST,
+        ENTRY_POINT,
+        JOB_PACKAGE,
+        MODEL_FILE,
+        PREFLIGHT_REPORT,
+        VENV_ARCHIVE,
+    )
 
     run, erase_run, version = "batch-0123456789abcdef", "erase-0123456789abcdef", "v-1"
+    preflight = "preflight-20261202t141502z-1a2b3c4d"
     photo = "raw/Apple Braeburn/0_100.jpg"
     listings: dict[str, list[str]] = {
         # --input s3://BUCKET/raw/: the folder, each label's folder, a deeper one.
@@ -375,9 +396,17 @@ def job_listings() -> dict[str, list[str]]:
         # --manifest: the manifest, then every key it names is probed before it is read.
         "batch": [f"manifests/{run}.jsonl/", f"{photo}/", *ancestors(photo)],
         "artifacts": [
-            f"artifacts/{name}/" for name in (ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE)
+            f"artifacts/{name}/"
+            for name in (ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE, ARTIFACTS_MANIFEST)
         ]
         + ["artifacts/"],
+        # --preflight s3://BUCKET/raw/: the first photo of a recursive listing, a marker
+        # probed, written and deleted, the report probed and written.
+        "preflight": [
+            "raw/",
+            f"output/{MARKER_FOLDER}/{preflight}/",
+            f"output/{PREFLIGHT_REPORT.format(run_id=preflight)}/",
+        ],
     }
     tables = []
     for table in (FEATURES_TABLE, ERRORS_TABLE, ERASURES_TABLE):
