@@ -127,6 +127,11 @@ def test_photos_become_rows_when_run_as_emr_serverless_runs_the_deployed_artifac
 
     # One row per upload in each run: features for the photos, an error for the broken file.
     for run in (first, second):
+        # Held to the deployed worker sizes (10 GB executors, 6 GB driver) and within them.
+        memory = run["emulator"]["memory"]
+        assert memory["limitsMiB"] == {"driver": 6 * 1024, "executor": 10 * 1024}
+        assert memory["killed"] == [] and memory["failedSamples"] == 0
+        assert len(memory["peakMiB"]) == 3, memory["peakMiB"]  # the driver and 2 executors
         run_id = run["name"]
         features = table(stack, f"output/features/run_id={run_id}/")
         errors = table(stack, f"output/errors/run_id={run_id}/")
