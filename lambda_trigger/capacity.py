@@ -8,7 +8,8 @@ each with its source below, and what no page here states is a parameter with its
 For each arrival rate (the trigger path) and backfill size it prints the vCPU-seconds and
 GB-seconds billed per 1,000 photos, the cost per 1,000 photos when prices are given
 (``--vcpu-hour``, ``--gb-hour``: your region's, from aws.amazon.com/emr/pricing), else the
-formula, and the upload-to-features latency, for today's fixed request and the sized one.
+formula, and the upload-to-features latency, for the fixed request runs had before sizing and
+the sized one they have now (``request.run_size``).
 """
 
 from __future__ import annotations
@@ -35,22 +36,15 @@ AUTO_STOP_S = 5 * 60
 # run's whole process 19.3-23.0 s, its featurize stage 8.4-10.1 s (a review's figures, issue
 # 21): JVM and session start, listing, model load, writing, the report.
 RUN_FIXED_S = 12.0
-# Today's request holds its executors for the run's life: 12 pending tasks make dynamic
-# allocation ask for all 3 within a second (Spark's schedulerBacklogTimeout).
-TODAY = sizing.RunSize(
-    driver=sizing.Worker(
-        request.DRIVER_CORES,
-        int(request.DRIVER_MEMORY[:-1]),
-        int(request.DRIVER_MEMORY_OVERHEAD[:-1]),
-    ),
-    executor=sizing.Worker(
-        request.EXECUTOR_CORES,
-        int(request.EXECUTOR_MEMORY["onnx"][:-1]),
-        int(request.EXECUTOR_MEMORY_OVERHEAD["onnx"][:-1]),
-    ),
-    min_executors=request.DEFAULT_MAX_EXECUTORS,
-    initial_executors=request.DEFAULT_MAX_EXECUTORS,
-    max_executors=request.DEFAULT_MAX_EXECUTORS,
+# The request before runs were sized (until December 2026), for comparison: a 2-vCPU driver of
+# 6 GB and three 4-vCPU executors of 10 GB, held for every run's life (12 pending tasks make
+# dynamic allocation ask for all 3 within a second, Spark's schedulerBacklogTimeout).
+FIXED = sizing.RunSize(
+    driver=sizing.Worker(2, 4, 2),
+    executor=sizing.Worker(4, 4, 6),
+    min_executors=3,
+    initial_executors=3,
+    max_executors=3,
 )
 ARRIVALS_PER_HOUR = {
     "100 photos/hour": 100,
@@ -127,7 +121,7 @@ def trigger(
     size = (
         sizing.size_run(math.ceil(photos), runtime="onnx", max_executors=max_executors)
         if sized
-        else TODAY
+        else FIXED
     )
     run = run_cost(photos, size, service)
     gap_s = 3600 * photos / per_hour
@@ -146,7 +140,8 @@ def trigger(
 
 
 def backfill(photos: int, *, sized: bool, service: Service, max_executors: int) -> Figures:
-    size = sizing.size_run(photos, runtime="onnx", max_executors=max_executors) if sized else TODAY
+    """A backfill by hand: its request does not know the count, so it is as wide as allowed."""
+    size = sizing.widest("onnx", max_executors) if sized else FIXED
     run = run_cost(photos, size, service)
     latency = service.application_start_s + run.seconds
     return Figures(
@@ -215,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[tuple[str, Figures]] = []
     for name, per_hour in ARRIVALS_PER_HOUR.items():
-        for label, sized in (("today", False), ("sized", True)):
+        for label, sized in (("fixed", False), ("sized", True)):
             rows.append(
                 (
                     label,
@@ -232,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     for photos in BACKFILLS:
-        for label, sized in (("today", False), ("sized", True)):
+        for label, sized in (("fixed", False), ("sized", True)):
             rows.append(
                 (
                     label,

@@ -32,10 +32,13 @@ class Manifest:
     images: int
     duplicates: int  # events for a URI already in the batch (re-uploads, redelivery)
     erasure: bool = False  # an erasure manifest: its run is an erase run (--erase)
+    total_bytes: int | None = None  # of the photos whose size S3 sent: the run's size follows
 
     def source(self, uri: str) -> JobSource:
         """What the job run reads, once the manifest is stored at ``uri``."""
-        return (for_erasure if self.erasure else for_manifest)(uri, self.body)
+        if self.erasure:
+            return for_erasure(uri, self.body)
+        return for_manifest(uri, self.body, photos=self.images, total_bytes=self.total_bytes)
 
     @property
     def file_name(self) -> str:
@@ -78,7 +81,9 @@ def split_batch(objects: Iterable[S3Object]) -> tuple[list[S3Object], list[S3Obj
     return creations, removals
 
 
-def _manifest(lines: list[str], events: int, erasure: bool = False) -> Manifest:
+def _manifest(
+    lines: list[str], events: int, erasure: bool = False, total_bytes: int | None = None
+) -> Manifest:
     """The manifest of these lines (one per URI, sorted) and the run id its bytes name."""
     body = ("\n".join(lines) + "\n").encode() if lines else b""
     return Manifest(
@@ -87,6 +92,7 @@ def _manifest(lines: list[str], events: int, erasure: bool = False) -> Manifest:
         images=len(lines),
         duplicates=events - len(lines),
         erasure=erasure,
+        total_bytes=total_bytes,
     )
 
 
@@ -113,4 +119,5 @@ def build_manifest(objects: Iterable[S3Object]) -> Manifest:
         if obj.etag is not None:
             entry["etag"] = obj.etag
         lines.append(json.dumps(entry, ensure_ascii=False, sort_keys=True))
-    return _manifest(lines, events=seen)
+    sizes = [latest[uri].size for uri in latest if latest[uri].size is not None]
+    return _manifest(lines, events=seen, total_bytes=sum(sizes) if sizes else None)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from lambda_trigger import sizing
+
 # What packaging/ uploads under the artifacts prefix, by name (the packaging contract).
 ENTRY_POINT = "main.py"
 JOB_PACKAGE = "emr_serverless_job.zip"
@@ -53,25 +55,19 @@ RESUBMITTED_FIELDS = {
     "tags": "tags",
 }
 
-# Worker sizes EMR Serverless accepts (2 vCPU: 4-16 GB, 4 vCPU: 8-30 GB; a worker is billed
-# for memory + memoryOverhead). Each Python worker (one per core) holds the model and a
-# batch's activations, which Spark counts as executor memory overhead: measured at 224 px and
-# batch 64, about 0.86 GiB with ONNX Runtime and 1.6 GiB with TensorFlow, and decoding the
-# largest photo the job admits adds up to 433 MiB (BENCHMARKS.md, "Decode memory"): four
-# workers need 5.1 GiB (ONNX) or 8.1 GiB (TensorFlow) of overhead at worst. The JVM heap only
-# holds the run's small result rows, so an ONNX executor bills 10 GB (4 + 6) instead of 14
-# (5 + 9 with TensorFlow). The driver's Python (pyarrow, the PCA moments'
-# 1280 x 1280 matrices, the manifest's file checks) lives in its overhead too: 2 GB, not
-# Spark's default 384 MiB, so the driver bills 6 GB.
-DRIVER_CORES = 2
-DRIVER_MEMORY = "4g"
-DRIVER_MEMORY_OVERHEAD = "2g"
-EXECUTOR_CORES = 4
+# Worker sizes: sizing.py, from the run's photos and bytes (a batch holds one small executor, a
+# backfill every executor the stack allows). The largest executor, as a backfill gets it:
+DRIVER_CORES, _DRIVER_HEAP, _DRIVER_OVERHEAD = sizing.DRIVER
+DRIVER_MEMORY = f"{_DRIVER_HEAP}g"
+DRIVER_MEMORY_OVERHEAD = f"{_DRIVER_OVERHEAD}g"
+EXECUTOR_CORES = sizing.LARGE_EXECUTOR["onnx"][0]
+EXECUTOR_MEMORY = {runtime: f"{heap}g" for runtime, (_, heap, _) in sizing.LARGE_EXECUTOR.items()}
+EXECUTOR_MEMORY_OVERHEAD = {
+    runtime: f"{overhead}g" for runtime, (_, _, overhead) in sizing.LARGE_EXECUTOR.items()
+}
 # A new account may hold 16 vCPUs of EMR Serverless at once (quota L-D05C8A75): a 2-vCPU
 # driver and 3 executors of 4 vCPUs use 14 (template.yaml's MaxExecutors default).
 DEFAULT_MAX_EXECUTORS = 3
-EXECUTOR_MEMORY = {"onnx": "4g", "tensorflow": "5g"}
-EXECUTOR_MEMORY_OVERHEAD = {"onnx": "6g", "tensorflow": "9g"}
 # C1 compiler only, as emr_serverless_job.main gives local runs (the reason is there).
 JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 # An erase run (emr_serverless_job/erase.py) runs no model and no Python worker: it reads the
@@ -83,6 +79,7 @@ ERASE_RUN_PREFIX = "erase-"
 ERASE_SPARK_CONF = (
     ("spark.executor.memory", "7g"),
     ("spark.executor.memoryOverhead", "1g"),
+    ("spark.dynamicAllocation.initialExecutors", "2"),
     ("spark.dynamicAllocation.maxExecutors", "2"),
     ("spark.default.parallelism", str(2 * EXECUTOR_CORES)),
 )
@@ -124,6 +121,8 @@ class JobSource:
     spark_conf: tuple[tuple[str, str], ...] = ()  # over the deployment's sizing
     pipeline: str = PIPELINE_TAG  # the pipeline tag: the watcher acts on PIPELINE_TAG only
     timeout_minutes: int | None = None  # at most the deployment's
+    photos: int | None = None  # what the run reads, when known: its size follows (sizing.py)
+    total_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -205,8 +204,20 @@ def for_erasure(manifest_uri: str, manifest: bytes) -> JobSource:
     )
 
 
-def for_manifest(manifest_uri: str, manifest: bytes) -> JobSource:
-    return JobSource(flag="--manifest", uri=manifest_uri, run_id=manifest_run_id(manifest))
+def for_manifest(
+    manifest_uri: str,
+    manifest: bytes,
+    photos: int | None = None,
+    total_bytes: int | None = None,
+) -> JobSource:
+    """A batch's run, sized to its ``photos`` (and their ``total_bytes``, when S3 sent sizes)."""
+    return JobSource(
+        flag="--manifest",
+        uri=manifest_uri,
+        run_id=manifest_run_id(manifest),
+        photos=photos,
+        total_bytes=total_bytes,
+    )
 
 
 def for_backfill(input_uri: str, extra_args: tuple[str, ...] = ()) -> JobSource:
@@ -247,12 +258,22 @@ def preflight_report_uri(deployment: Deployment, run_id: str) -> str:
     return f"{deployment.output_uri}/{PREFLIGHT_REPORT.format(run_id=run_id)}"
 
 
-def spark_submit_parameters(
-    deployment: Deployment, overrides: tuple[tuple[str, str], ...] = ()
-) -> str:
-    """The venv archive as every process's Python, the job package, and executor sizing
-    (``overrides`` replace single settings: an erase run's smaller executors)."""
-    parallelism = deployment.max_executors * EXECUTOR_CORES
+def run_size(deployment: Deployment, source: JobSource) -> sizing.RunSize:
+    """A run of known photos sized to them; a backfill (its count unknown here) as wide as the
+    stack allows."""
+    if source.photos is None:
+        return sizing.widest(deployment.runtime, deployment.max_executors)
+    return sizing.size_run(
+        source.photos,
+        runtime=deployment.runtime,
+        max_executors=deployment.max_executors,
+        total_bytes=source.total_bytes,
+    )
+
+
+def spark_submit_parameters(deployment: Deployment, source: JobSource) -> str:
+    """The venv archive as every process's Python, the job package, and the run's size
+    (``source.spark_conf`` replaces single settings: an erase run's smaller executors)."""
     conf = {
         "spark.archives": f"{deployment.artifact(VENV_ARCHIVE)}#environment",
         "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON": VENV_PYTHON,
@@ -261,18 +282,14 @@ def spark_submit_parameters(
         # Added to whatever JVM options EMR sets (extraJavaOptions would replace them).
         "spark.emr-serverless.driverEnv.JAVA_TOOL_OPTIONS": JVM_OPTIONS,
         "spark.executorEnv.JAVA_TOOL_OPTIONS": JVM_OPTIONS,
-        "spark.driver.cores": str(DRIVER_CORES),
-        "spark.driver.memory": DRIVER_MEMORY,
-        "spark.driver.memoryOverhead": DRIVER_MEMORY_OVERHEAD,
-        "spark.executor.cores": str(EXECUTOR_CORES),
-        "spark.executor.memory": EXECUTOR_MEMORY[deployment.runtime],
-        "spark.executor.memoryOverhead": EXECUTOR_MEMORY_OVERHEAD[deployment.runtime],
-        "spark.dynamicAllocation.maxExecutors": str(deployment.max_executors),
-        # The job splits its input into 4 x this many partitions; without it, the count
-        # would follow the few executors that exist when the job starts.
-        "spark.default.parallelism": str(parallelism),
+        **run_size(deployment, source).spark_conf(),
     }
-    conf.update(overrides)
+    conf.update(source.spark_conf)
+    # An override never exceeds the stack's cap, and the executor counts stay ordered.
+    top = min(int(conf["spark.dynamicAllocation.maxExecutors"]), deployment.max_executors)
+    for name in ("minExecutors", "initialExecutors", "maxExecutors"):
+        key = f"spark.dynamicAllocation.{name}"
+        conf[key] = str(min(int(conf[key]), top))
     cap = "spark.dynamicAllocation.maxExecutors"  # an override never exceeds the stack's cap
     conf[cap] = str(min(int(conf[cap]), deployment.max_executors))
     parts = ["--py-files", deployment.artifact(JOB_PACKAGE)]
@@ -313,7 +330,7 @@ def start_job_run_request(
             "sparkSubmit": {
                 "entryPoint": deployment.artifact(ENTRY_POINT),
                 "entryPointArguments": arguments,
-                "sparkSubmitParameters": spark_submit_parameters(deployment, source.spark_conf),
+                "sparkSubmitParameters": spark_submit_parameters(deployment, source),
             }
         },
         "configurationOverrides": {

@@ -32,7 +32,6 @@ DRIVER = (2, 4, 2)  # its Python holds the PCA moments' 1280 x 1280 matrices and
 # Runs whose work fits one small executor within TARGET_WORK_S use one: 240 vCPU-s is about
 # 19,000 small photos, or 1,000 phone photos.
 SMALL_RUN_VCPU_S = SMALL_EXECUTOR["onnx"][0] * TARGET_WORK_S
-TASKS_PER_CORE = 2
 
 
 @dataclass(frozen=True)
@@ -70,9 +69,9 @@ class RunSize:
             "spark.dynamicAllocation.minExecutors": str(self.min_executors),
             "spark.dynamicAllocation.initialExecutors": str(self.initial_executors),
             "spark.dynamicAllocation.maxExecutors": str(self.max_executors),
-            "spark.default.parallelism": str(
-                TASKS_PER_CORE * self.max_executors * self.executor.cores
-            ),
+            # The job splits its input into 4 x this many partitions; without it, the count
+            # would follow the few executors that exist when the job starts.
+            "spark.default.parallelism": str(self.max_executors * self.executor.cores),
         }
 
 
@@ -81,6 +80,18 @@ def work_vcpu_s(photos: int, total_bytes: int | None = None) -> float:
     (unknown: counted as small photos, as a backfill's listing does not sum sizes)."""
     megabytes = (total_bytes or 0) / 1e6
     return photos * PHOTO_VCPU_S + megabytes * MB_VCPU_S
+
+
+def widest(runtime: str, max_executors: int) -> RunSize:
+    """A run whose size is not known when it is submitted (a backfill of a prefix): every
+    executor the stack allows, from the start."""
+    return RunSize(
+        driver=Worker(*DRIVER),
+        executor=Worker(*LARGE_EXECUTOR[runtime]),
+        min_executors=1,
+        initial_executors=max_executors,
+        max_executors=max_executors,
+    )
 
 
 def size_run(

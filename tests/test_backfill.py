@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from lambda_trigger import backfill
+from lambda_trigger import backfill, sizing
 from lambda_trigger import handler as trigger
 from lambda_trigger.request import backfill_run_id
 from tests.loopback import REGION, FakeContext, job_runs, receive_batch, sqs_event
@@ -50,6 +50,11 @@ def outputs_stack(stack) -> str:
     return "fruits-test"
 
 
+def confs(submit: dict) -> dict[str, str]:
+    words = submit["sparkSubmitParameters"].split()
+    return dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--conf")
+
+
 def test_backfill_from_stack_outputs_matches_the_lambdas_request(stack, capsys):
     from_lambda = lambda_run(stack)
     name = outputs_stack(stack)
@@ -60,7 +65,17 @@ def test_backfill_from_stack_outputs_matches_the_lambdas_request(stack, capsys):
     assert run["name"] == backfill_run_id(raw)
     ours, theirs = run["jobDriver"]["sparkSubmit"], from_lambda["jobDriver"]["sparkSubmit"]
     assert ours["entryPoint"] == theirs["entryPoint"]
-    assert ours["sparkSubmitParameters"] == theirs["sparkSubmitParameters"]
+    # The same archive, package, environment and JVM options; the size follows the run: the
+    # batch of one photo holds one small executor, the backfill every executor allowed.
+    ours_conf, theirs_conf = confs(ours), confs(theirs)
+    sized = set(sizing.widest("onnx", 3).spark_conf())
+    assert {k: v for k, v in ours_conf.items() if k not in sized} == {
+        k: v for k, v in theirs_conf.items() if k not in sized
+    }
+    assert ours["sparkSubmitParameters"].startswith("--py-files ")
+    assert ours_conf["spark.dynamicAllocation.maxExecutors"] == "3"
+    assert theirs_conf["spark.dynamicAllocation.maxExecutors"] == "1"
+    assert theirs_conf["spark.executor.cores"] == "2"
     assert ours["entryPointArguments"][:2] == ["--input", raw]
     assert ours["entryPointArguments"][2:-2] == theirs["entryPointArguments"][2:-2]
     assert run["executionRole"] == from_lambda["executionRole"]

@@ -124,12 +124,15 @@ def test_photos_become_rows_when_run_as_emr_serverless_runs_the_deployed_artifac
     (batch_run,) = [r for r in job_runs(stack) if r["jobRunId"] != backfill_job]
     second = emulate(stack, batch_run["jobRunId"])
     assert second["state"] == "SUCCESS", second["stateDetails"]
+    # Sized to its batch (lambda_trigger/sizing.py): one small executor, not the backfill's.
+    assert second["emulator"]["master"].startswith("local-cluster[2,2,")
 
     # One row per upload in each run: features for the photos, an error for the broken file.
-    for run in (first, second):
-        # Held to the deployed worker sizes (10 GB executors, 6 GB driver) and within them.
+    for run, executor_gb in ((first, 10), (second, 6)):
+        # Held to the requested worker sizes (6 GB driver; a 10 GB executor for the backfill,
+        # 6 GB for the batch) and within them.
         memory = run["emulator"]["memory"]
-        assert memory["limitsMiB"] == {"driver": 6 * 1024, "executor": 10 * 1024}
+        assert memory["limitsMiB"] == {"driver": 6 * 1024, "executor": executor_gb * 1024}
         assert memory["killed"] == [] and memory["failedSamples"] == 0
         assert len(memory["peakMiB"]) == 3, memory["peakMiB"]  # the driver and 2 executors
         run_id = run["name"]

@@ -52,19 +52,19 @@ def test_the_request_confs_name_the_size():
     assert conf["spark.executor.cores"] == "2"
     assert conf["spark.executor.memory"] == "2g" and conf["spark.executor.memoryOverhead"] == "4g"
     assert conf["spark.dynamicAllocation.maxExecutors"] == "1"
-    assert conf["spark.default.parallelism"] == "4"
+    assert conf["spark.default.parallelism"] == "2"
     with pytest.raises(ValueError, match="at least 1"):
         sizing.size_run(50, runtime="onnx", max_executors=0)
 
 
-def test_a_sized_trigger_batch_is_billed_a_fraction_of_todays():
+def test_a_sized_trigger_batch_is_billed_a_fraction_of_the_fixed_request():
     service = capacity.Service()
     common = {"batch_size": 1000, "window_s": 120, "service": service, "max_executors": 3}
-    today = capacity.trigger("t", 30_000, sized=False, max_concurrent_runs=1, **common)
+    fixed = capacity.trigger("t", 30_000, sized=False, max_concurrent_runs=1, **common)
     sized = capacity.trigger("t", 30_000, sized=True, max_concurrent_runs=1, **common)
-    assert today.photos_per_run == sized.photos_per_run == 1000
+    assert fixed.photos_per_run == sized.photos_per_run == 1000
     # Both are billing minimums: 60 s x (2 + 3 x 4) vCPU against 60 s x (2 + 2).
-    assert today.vcpu_s_per_1000 == pytest.approx(840)
+    assert fixed.vcpu_s_per_1000 == pytest.approx(840)
     assert sized.vcpu_s_per_1000 == pytest.approx(240)
     assert sized.p50_s < sized.p95_s
 
@@ -106,7 +106,7 @@ def test_the_command_prints_every_scenario_and_prices_when_given(capsys):
     assert capacity.main(["--vcpu-hour", "0.05", "--gb-hour", "0.005"]) == 0
     out = capsys.readouterr().out
     for name in ("100 photos/hour", "10,000 photos/hour", "1,000,000/day", "backfill of 10,000"):
-        assert out.count(name) == 2  # today's request and the sized one
+        assert out.count(name) == 2  # the fixed request and the sized one
     assert "$" in out and "formula" not in out
     capacity.main([])
     assert "price per vCPU-hour" in capsys.readouterr().out
