@@ -125,6 +125,16 @@ def wait_for(
         time.sleep(poll_seconds)
 
 
+def shown_instead(request: dict[str, Any], args: argparse.Namespace) -> bool:
+    """``--dry-run`` prints the request as an ``aws`` command, ``--print-request`` as JSON
+    (the emulator's input): either instead of starting it."""
+    if args.dry_run:
+        print(aws_cli_command(request))
+    elif args.print_request:
+        print(json.dumps(request, indent=2))
+    return bool(args.dry_run or args.print_request)
+
+
 def aws_cli_command(request: dict[str, Any]) -> str:
     """The same StartJobRun as an AWS CLI command, one option per line, to read or paste.
 
@@ -187,11 +197,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     request = start_job_run_request(
         deployment, source, client_token=str(uuid.uuid4()), attempt=Attempt(1, 1 + args.retries)
     )
-    if args.dry_run:
-        print(aws_cli_command(request))
-        return 0
-    if args.print_request:
-        print(json.dumps(request, indent=2))
+    if shown_instead(request, args):
         return 0
     emr = session.client("emr-serverless")
     job_run_id = emr.start_job_run(**request)["jobRunId"]

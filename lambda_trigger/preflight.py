@@ -31,9 +31,9 @@ from lambda_trigger import settings as config
 from lambda_trigger.backfill import (
     DEFAULT_POLL_SECONDS,
     FLAG_SETTINGS,
-    aws_cli_command,
     describe_end,
     merged_settings,
+    shown_instead,
     stack_settings,
     wait_for,
 )
@@ -255,11 +255,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     run_id = preflight_run_id(datetime.now(UTC), uuid.uuid4().hex)
     job_source = for_preflight(deployment, source, run_id, args.reference_model)
     request = start_job_run_request(deployment, job_source, client_token=run_id)
-    if args.dry_run:
-        print(aws_cli_command(request))
-        return 0
-    if args.print_request:
-        print(json.dumps(request, indent=2))
+    if shown_instead(request, args):
         return 0
     emr = session.client("emr-serverless")
     s3 = session.client("s3")

@@ -12,7 +12,6 @@ import io
 import json
 from pathlib import Path
 
-from emr_emulator.submit import s3_mirror_conf
 from emr_serverless_job import inputs
 from emr_serverless_job.synthetic import fruit_image
 from lambda_trigger import handler as trigger
@@ -21,7 +20,7 @@ from lambda_trigger.request import MODEL_FILE
 from tests.conftest import needs_real_data
 from tests.loopback import FakeContext, alerts, job_runs, keys, poll_and_invoke, state_change
 from tests.test_deploy_path import emulate, sample_photos, table
-from tests.test_job import run_job
+from tests.test_job import run_job, s3_mount
 from tests.test_packaging import load
 
 MISSED_BY_THE_FILTER = "raw/Kiwi/Phone Upload.Jpg"
@@ -162,20 +161,10 @@ def test_keys_hadoop_cannot_address_become_their_own_error_rows_and_reconcile(
         target = mirror / bucket / key
         target.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(bucket, key, str(target))
-    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
-    mount = {
-        name.removeprefix("spark.hadoop."): value
-        for name, value in s3_mirror_conf([bucket], str(mirror)).items()
-    } | {"fs.s3.impl.disable.cache": "true"}
-    for name, value in mount.items():
-        hadoop.set(name, value)
-    try:
+    with s3_mount(spark, mirror, bucket):
         report = run_job(
             spark, "--manifest", f"s3://{bucket}/{manifest}", "--output", f"s3://{bucket}/output"
         )
-    finally:
-        for name in mount:
-            hadoop.unset(name)
     assert (report.inputs, report.features, report.errors) == (10, 3, 7)
 
     # The run's tables go to the bucket as EMR would have written them; reconcile reads them.
