@@ -143,7 +143,7 @@ def test_output_keys_name_settings(key, name):
     assert backfill.setting_name(key) == name
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+OPERATING = Path(__file__).resolve().parent.parent / "docs" / "operating.md"
 EXAMPLE_BUCKET = "fruits-prod-111122223333-eu-west-1"
 EXAMPLE_FLAGS = [
     "--input",
@@ -175,10 +175,11 @@ def test_dry_run_prints_the_same_request_as_an_aws_cli_command(capsys):
 
 
 def test_readme_shows_exactly_what_the_builder_sends(capsys):
-    """The README's `aws emr-serverless start-job-run` block is this command's output."""
+    """The `aws emr-serverless start-job-run` block users copy (docs/operating.md, "Running a
+    backfill", linked from the README) is this command's output."""
     assert backfill.main(EXAMPLE_FLAGS, env={}) == 0
     command = capsys.readouterr().out.strip()
-    assert f"```bash\n{command}\n```" in README.read_text()
+    assert f"```bash\n{command}\n```" in OPERATING.read_text()
 
 
 def test_print_request_writes_the_request_as_json_for_the_emulator(stack, capsys):

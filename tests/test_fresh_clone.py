@@ -1,5 +1,5 @@
-"""README "First deployment", step 3, on a fresh clone: the packaging command builds the archive
-and the model with nothing beside the checkout (no ../shared), on this project's .venv."""
+"""docs/deploy.md "First deployment", step 3, on a fresh clone: the packaging command builds the
+archive and the model with nothing beside the checkout (no ../shared), on this project's .venv."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ SMALL = 96  # px: the cheapest export the checks accept; the archive is the same
 
 
 def readme_packaging_command() -> list[str]:
-    """The ``./dev package ...`` of README "First deployment", step 3 "The artifacts"."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### First deployment", 1)[1].split("\n### ", 1)[0]
+    """The ``./dev package ...`` of docs/deploy.md "First deployment", step 3 "The artifacts"
+    (the README's summary of that step links there)."""
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    section = guide.split("\n## First deployment\n", 1)[1].split("\n## ", 1)[0]
     (step,) = re.findall(r"^3\. \*\*The artifacts\.\*\*.*?(?=^\d\. )", section, re.M | re.S)
     (command,) = re.findall(r"^\s*(\./dev package[^`\n]*)$", step, re.M)
     return shlex.split(command)
