@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from emr_emulator.reads import Reads, first_photo
+from lambda_trigger.request import PREFLIGHT_REPORT
 
 # Hadoop's local file system writes a checksum file next to every file; EMRFS does not. It
 # also reads ``.NAME.crc`` as the checksum of NAME, so such an object is never mirrored.
@@ -70,8 +71,13 @@ class PushScope:
 
     @classmethod
     def for_run(cls, output: str | None, run_id: str | None, also: Iterable[str] = ()) -> PushScope:
-        """The run's own output partitions (``OUTPUT/*/run_id=RUN/``), plus ``also``."""
-        own = (f"{output.rstrip('/')}/*/run_id={run_id}/",) if output and run_id else ()
+        """The run's own output partitions (``OUTPUT/*/run_id=RUN/``) and preflight report
+        folder (``OUTPUT/reports/preflight/RUN/``), plus ``also``."""
+        own: tuple[str, ...] = ()
+        if output and run_id:
+            root = output.rstrip("/")
+            report = PREFLIGHT_REPORT.format(run_id=run_id).rsplit("/", 1)[0]
+            own = (f"{root}/*/run_id={run_id}/", f"{root}/{report}/")
         return cls(prefixes=(*own, *(p if p.endswith("/") else f"{p}/" for p in also)))
 
     def prefix_of(self, bucket: str, key: str) -> str | None:

@@ -343,16 +343,13 @@ def run_as_the_service(stack, job_run_id: str) -> dict:
     the moto run then ends as the service's would."""
     emr = stack.client("emr-serverless")
     submitted = emr.get_job_run(applicationId=stack.application_id, jobRunId=job_run_id)["jobRun"]
-    run_id = submitted["tags"]["run-id"]
-    report = f"s3://{stack.bucket}/output/{PREFLIGHT_REPORT.format(run_id=run_id)}"
     result = run_job(
         request_from_job_run(submitted),
         stack.client("s3"),
         application_id=stack.application_id,
         job_run_id=job_run_id,
         release_label=submitted.get("releaseLabel"),
-        push=True,
-        push_also=(report.rsplit("/", 1)[0],),
+        push=True,  # the run's report folder is in its own scope: nothing else is asked for
     )
     end_job_run(stack, job_run_id, result["state"], result["stateDetails"])
     return result
