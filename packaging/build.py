@@ -448,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=("fp32", "int8"),
         default="int8",
         help="of the exported model (default int8: 1.4-1.6x the fp32 speed, gated on cosine to "
-        "fp32; fp32 keeps features comparable with older runs: see README, The model's precision)",
+        "fp32; fp32 keeps features comparable with older runs: see docs/artifacts.md, "
+        "The model's precision)",
     )
     parser.add_argument(
         "--calibration",
