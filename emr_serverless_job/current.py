@@ -10,21 +10,30 @@ this instead:
     rows = current_features(spark, "s3://BUCKET/output")   # path, label, ..., pca_features
 
 Each photo's newest row (``featurized_at``, then ``run_id``) among those whose raw features
-the current version can project (same weights, image size and precision: ``reduce.same_features``)
-is kept; a row projected by another version is re-projected with the current one, so a photo
-featurized only before a refit keeps its place and every row is in one space. A photo erased
+the current version can project (same weights, image size and precision: ``reduce.key_of``; a
+row of a run that had no model yet, by its run report) is kept and projected with the current
+version, so a photo featurized only before a refit keeps its place and every row is in one
+space. A photo erased
 at or after its newest row was featurized is left out (``erase.tombstones``): its rows go at
 the next erase run, and no reader sees them meanwhile.
 """
 
 from __future__ import annotations
 
+import json
+
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from emr_serverless_job import erase, reduce
+from emr_serverless_job import erase, hadoopfs, reduce
 from emr_serverless_job.config import PCA_MODEL_DIRNAME
-from emr_serverless_job.job import FEATURES_COLUMNS, FEATURES_TABLE, FEATURIZED_AT_COLUMN
+from emr_serverless_job.job import (
+    FEATURES_COLUMNS,
+    FEATURES_TABLE,
+    FEATURIZED_AT_COLUMN,
+    REPORT_FILE,
+    REPORTS_FOLDER,
+)
 
 
 class NoCurrentModel(LookupError):
@@ -44,49 +53,65 @@ def current_features(spark: SparkSession, output: str, model: str | None = None)
     uri = _model_uri(output)
     reduction = reduce.read(spark, uri, model or current_model(spark, output))
     assert reduction is not None  # a version id was given or found
-    version = reduction.info.version
     rows = spark.read.option("mergeSchema", "true").parquet(  # tables older than pca_model
         f"{output.rstrip('/')}/{FEATURES_TABLE}"
     )
-    projectable = compatible_versions(spark, uri, rows, reduction.info)
+    versions, runs = projectable(spark, output, rows, reduction.info)
     newest = Window.partitionBy("path").orderBy(
         F.col(FEATURIZED_AT_COLUMN).desc(), F.col("run_id").desc()
     )
+    model_column = F.col(reduce.PCA_MODEL_COLUMN)
     chosen = (
-        rows.filter(F.col(reduce.PCA_MODEL_COLUMN).isin(projectable))
+        rows.filter(
+            model_column.isin(versions) | (model_column.isNull() & F.col("run_id").isin(runs))
+        )
         .withColumn("_rank", F.row_number().over(newest))
         .filter(F.col("_rank") == 1)
         .drop("_rank")
     )
-    chosen = _without_erased(spark, output, chosen)
-    columns = [*FEATURES_COLUMNS, "run_id"]
-    in_space = chosen.filter(F.col(reduce.PCA_MODEL_COLUMN) == version).select(*columns)
-    older = chosen.filter(F.col(reduce.PCA_MODEL_COLUMN) != version).select(*columns)
+    chosen = _without_erased(spark, output, chosen).select(*FEATURES_COLUMNS, "run_id")
+    # Every row is projected again, those of the current version too: a model saved before
+    # versions named its space by its run, which a refit of the same prefix reused.
     reprojected = reduce.apply(
-        spark, reduction, older.drop("pca_features", reduce.PCA_MODEL_COLUMN)
+        spark, reduction, chosen.drop("pca_features", reduce.PCA_MODEL_COLUMN)
     )
-    return in_space.unionByName(reprojected.select(*columns))
+    return reprojected.select(*FEATURES_COLUMNS, "run_id")
 
 
-def compatible_versions(
-    spark: SparkSession, uri: str, rows: DataFrame, current: reduce.ReductionInfo
-) -> list[str]:
-    """The versions named in ``rows`` whose raw features ``current`` can project. A row with no
-    version (written before any model existed) or of an unreadable version is not one."""
-    named = [
-        row[0]
-        for row in rows.select(reduce.PCA_MODEL_COLUMN).distinct().collect()
-        if row[0] is not None
-    ]
-    compatible = []
-    for name in named:
-        try:
-            other = reduce.read(spark, uri, name)
-        except reduce.ReductionMismatch:
-            continue
-        if other is not None and reduce.same_features(other.info, current):
-            compatible.append(name)
-    return compatible
+def projectable(
+    spark: SparkSession, output: str, rows: DataFrame, current: reduce.ReductionInfo
+) -> tuple[list[str], list[str]]:
+    """(versions, runs without a version) whose rows hold raw features ``current`` can project.
+
+    A version is one when its metadata names the same features; a run that had no PCA model
+    to apply (the batches before the first backfill, or during it) when its report does. An
+    unreadable version or report (pruned, half copied) is not one.
+    """
+    named = rows.select(reduce.PCA_MODEL_COLUMN, "run_id").distinct().collect()
+    versions = sorted({r[0] for r in named if r[0] is not None})
+    unversioned = sorted({r[1] for r in named if r[0] is None})
+    uri = _model_uri(output)
+    wanted = reduce.key_of(current)
+    compatible = [v for v in versions if _version_key(spark, uri, v) == wanted]
+    runs = [run for run in unversioned if _report_key(spark, output, run) == wanted]
+    return compatible, runs
+
+
+def _version_key(spark: SparkSession, uri: str, version: str) -> tuple[int, str, str] | None:
+    try:
+        other = reduce.read(spark, uri, version)
+    except Exception:  # a mismatch, or a file gone (py4j's FileNotFoundException)
+        return None
+    return reduce.key_of(other.info) if other is not None else None
+
+
+def _report_key(spark: SparkSession, output: str, run_id: str) -> tuple[int, str, str] | None:
+    report = f"{output.rstrip('/')}/{REPORTS_FOLDER}/run_id={run_id}/{REPORT_FILE}"
+    try:
+        made = json.loads(hadoopfs.read_bytes(spark, report)).get("featurizer") or {}
+        return reduce.features_key(made["image_size"], made["weights"], made["precision"])
+    except Exception:  # no report, or one from before the featurizer was recorded
+        return None
 
 
 def _without_erased(spark: SparkSession, output: str, rows: DataFrame) -> DataFrame:

@@ -16,6 +16,7 @@ from typing import TypeVar
 from pyspark.sql import SparkSession
 
 STAT_THREADS = 16
+SUCCESS_MARKER = "_SUCCESS"
 T = TypeVar("T")
 
 
@@ -134,6 +135,19 @@ def read_failure(spark: SparkSession, uri: str) -> str | None:
     except Exception as error:
         return cause(error)
     return None
+
+
+def files_in(spark: SparkSession, uri: str) -> list[str]:
+    """The files directly in folder ``uri`` but Spark's ``_SUCCESS`` marker (a write ends by
+    writing it again), or none when there is no such folder. One listing."""
+    path, fs = _path_and_fs(spark, uri)
+    if not fs.exists(path):
+        return []
+    return [
+        str(status.getPath().toString())
+        for status in fs.listStatus(path)
+        if status.isFile() and status.getPath().getName() != SUCCESS_MARKER
+    ]
 
 
 def delete(spark: SparkSession, uri: str) -> None:

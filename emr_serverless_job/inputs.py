@@ -222,6 +222,9 @@ def address_reason(uri: str) -> str | None:
 
 
 def _is_hidden(name: str) -> bool:
+    """Names Spark's file scan skips: starting with ``.``, or with ``_`` but without ``=`` (a
+    partition folder). Its listing keeps Parquet's ``_metadata``/``_common_metadata`` names,
+    but its scan of data files drops them too."""
     return name.startswith(".") or (name.startswith("_") and "=" not in name)
 
 
@@ -455,7 +458,12 @@ def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
         .load(location)
     )
     images, too_large = _split_by_size(files, max_bytes)
-    listed = [hadoop_path_string(uri) for uri in input_files(files)]
+    # Spark lists `_metadata*.jpg` but never scans it: only its hidden row stands for it.
+    listed = [
+        path
+        for path in (hadoop_path_string(uri) for uri in input_files(files))
+        if not is_hidden_name(path)
+    ]
     below = len(_split_uri(location)[2].strip("/").split("/"))
     hidden = [
         (path, None, hidden_reason(path, below=below) or HIDDEN_NAME)

@@ -17,17 +17,22 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from emr_serverless_job.config import PCA_MODEL_DIRNAME
 from emr_serverless_job.erase import ERASED_AT_COLUMN, ERASURES_TABLE
+from emr_serverless_job.job import REPORT_FILE, REPORTS_FOLDER
 from emr_serverless_job.reduce import (
     METADATA_FILE,
     PCA_MODEL_COLUMN,
     POINTER_FILE,
+    PROJECTION_FILE,
     VERSIONS_FOLDER,
     ReductionInfo,
+    features_key,
+    key_of,
     same_features,
 )
 from lambda_trigger.reconcile import table_files
@@ -35,6 +40,7 @@ from lambda_trigger.reconcile import table_files
 FEATURES = "features"
 ERRORS = "errors"
 FEATURIZED_AT = "featurized_at"
+TIMESTAMP = pa.timestamp("us")  # Spark writes INT96: nanoseconds, no zone, whole microseconds
 
 
 @dataclass(frozen=True)
@@ -55,18 +61,23 @@ class Inventory:
     erased: int  # photos whose newest projectable row a tombstone hides
 
 
-def _table(filesystem: pafs.FileSystem, path: str, columns: list[str]) -> pa.Table:
+def _table(filesystem: pafs.FileSystem, path: str, columns: dict[str, pa.DataType]) -> pa.Table:
+    """Only ``columns`` of a table's Parquet files (``reconcile.table_files``), with null where
+    a file was written before a column existed: the schema is given, not read from the first
+    file, whose columns may be fewer than a later one's."""
+    schema = pa.schema([*columns.items(), ("run_id", pa.string())])
     files = table_files(filesystem, path)
     if not files:
-        return pa.table({name: pa.array([], pa.string()) for name in [*columns, "run_id"]})
+        return schema.empty_table()
     dataset = ds.dataset(
-        files, filesystem=filesystem, format="parquet", partitioning="hive", partition_base_dir=path
+        files,
+        schema=schema,
+        filesystem=filesystem,
+        format="parquet",
+        partitioning="hive",
+        partition_base_dir=path,
     )
-    wanted = [c for c in columns if c in dataset.schema.names]
-    table = dataset.to_table(columns=[*wanted, "run_id"])
-    for missing in set(columns) - set(wanted):  # rows written before the column existed
-        table = table.append_column(missing, pa.nulls(len(table), pa.string()))
-    return table
+    return dataset.to_table(columns=schema.names)
 
 
 def _values(table: pa.Table, column: str) -> list:
@@ -79,8 +90,11 @@ def take(
     erasures: dict[str, datetime],
     infos: dict[str, ReductionInfo],
     current: str | None,
+    unversioned_runs: frozenset[str] = frozenset(),
 ) -> Inventory:
-    """Counts from the tables' small columns, the tombstones and the versions (pure)."""
+    """Counts from the tables' small columns, the tombstones and the versions (pure), by
+    ``current_features``' rule; ``unversioned_runs`` are the runs without a PCA model whose
+    reports name the current version's features."""
     runs_rows = Counter(_values(features, "run_id"))
     error_rows = Counter(_values(errors, "run_id"))
     model_of: dict[str, str] = {}
@@ -102,7 +116,7 @@ def take(
         model_of[run_id] = model or "(none)"
         rows_of[model or ""] += 1
         photos_of[model or ""].add(path)
-        if model in projectable:
+        if model in projectable or (model is None and run_id in unversioned_runs):
             key = (at is not None, at or datetime.min, run_id)
             if path not in newest or key > newest[path]:
                 newest[path] = key
@@ -152,7 +166,8 @@ def read_versions(
             filesystem.get_file_info(pafs.FileSelector(folder)), key=lambda e: e.base_name
         ):
             metadata = _read_json(filesystem, f"{entry.path}/{METADATA_FILE}")
-            if metadata is not None:
+            projection = filesystem.get_file_info(f"{entry.path}/{PROJECTION_FILE}")
+            if metadata is not None and projection.type == pafs.FileType.File:
                 infos[entry.base_name] = ReductionInfo(**metadata)
     pointer = _read_json(filesystem, f"{model}/{POINTER_FILE}")
     current = pointer["version"] if pointer else (legacy["fitted_by_run"] if legacy else None)
@@ -161,7 +176,9 @@ def read_versions(
 
 def read_erasures(filesystem: pafs.FileSystem, root: str) -> dict[str, datetime]:
     """Each erased path's latest erasure time."""
-    table = _table(filesystem, f"{root}/{ERASURES_TABLE}", ["path", ERASED_AT_COLUMN])
+    table = _table(
+        filesystem, f"{root}/{ERASURES_TABLE}", {"path": pa.string(), ERASED_AT_COLUMN: TIMESTAMP}
+    )
     latest: dict[str, datetime] = {}
     for path, at in zip(_values(table, "path"), _values(table, ERASED_AT_COLUMN), strict=True):
         if path not in latest or at > latest[path]:
@@ -172,10 +189,30 @@ def read_erasures(filesystem: pafs.FileSystem, root: str) -> dict[str, datetime]
 def read(output: str) -> Inventory:
     filesystem, root = pafs.FileSystem.from_uri(output)
     root = root.rstrip("/")
-    features = _table(filesystem, f"{root}/{FEATURES}", ["path", PCA_MODEL_COLUMN, FEATURIZED_AT])
-    errors = _table(filesystem, f"{root}/{ERRORS}", ["path"])
+    features = _table(
+        filesystem,
+        f"{root}/{FEATURES}",
+        {"path": pa.string(), PCA_MODEL_COLUMN: pa.string(), FEATURIZED_AT: TIMESTAMP},
+    )
+    errors = _table(filesystem, f"{root}/{ERRORS}", {"path": pa.string()})
     infos, current = read_versions(filesystem, root)
-    return take(features, errors, read_erasures(filesystem, root), infos, current)
+    runs = set()
+    if current in infos:
+        wanted = key_of(infos[current])
+        for run_id in set(
+            pc.filter(features["run_id"], pc.is_null(features[PCA_MODEL_COLUMN])).to_pylist()
+        ):
+            made = (
+                _read_json(filesystem, f"{root}/{REPORTS_FOLDER}/run_id={run_id}/{REPORT_FILE}")
+                or {}
+            ).get("featurizer")
+            if (
+                made
+                and features_key(made["image_size"], made["weights"], made["precision"]) == wanted
+            ):
+                runs.add(run_id)
+    erasures = read_erasures(filesystem, root)
+    return take(features, errors, erasures, infos, current, frozenset(runs))
 
 
 def lines(inventory: Inventory) -> list[str]:

@@ -65,6 +65,7 @@ ROW_OVERHEAD_BYTES = 256
 FEATURES_TABLE = "features"
 ERRORS_TABLE = "errors"
 REPORTS_FOLDER = "reports"
+REPORT_FILE = "report.json"
 # When the run that wrote a row started: the newest row of a photo is the current one.
 FEATURIZED_AT_COLUMN = "featurized_at"
 FEATURES_COLUMNS = (
@@ -138,15 +139,30 @@ def _table_uri(config: JobConfig, table: str, run_id: str) -> str:
     return f"{config.output}/{table}/run_id={run_id}"
 
 
+def features_identity(image_size: int, weights: str, precision: str) -> dict[str, object]:
+    """The run report's ``featurizer``: the fields ``reduce.same_features`` compares."""
+    return {"image_size": image_size, "weights": weights, "precision": precision}
+
+
 def features_files(rows: int, k: int) -> int:
     """How many files ``rows`` feature rows of ``k`` PCA values are written in."""
     row_bytes = 4 * (FEATURE_DIM + k) + ROW_OVERHEAD_BYTES
     return max(1, -(-rows * row_bytes // TARGET_FILE_BYTES))
 
 
-def _write(frame: DataFrame, uri: str) -> None:
-    """Replace this run's folder: a rerun never duplicates rows, other runs are untouched."""
-    frame.write.mode("overwrite").parquet(uri)
+def _write(spark: SparkSession, frame: DataFrame, uri: str) -> None:
+    """Replace this run's folder: a rerun never duplicates rows, other runs are untouched.
+
+    The new files are added beside the old ones, which go only once the new are written:
+    Spark's overwrite deletes the folder first, and a refit (a backfill reruns its prefix's
+    run id) left every photo of that folder without a row while it wrote, and for good if the
+    run failed there. Meanwhile a reader sees both, and the current view the newer. A rerun
+    after a failure half way removes the partial files with the old ones.
+    """
+    before = hadoopfs.files_in(spark, uri)
+    frame.write.mode("append").parquet(uri)
+    for old in before:
+        hadoopfs.delete(spark, old)
 
 
 def _as_errors(rejected: DataFrame) -> DataFrame:
@@ -307,6 +323,7 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         random_weights=chosen.random_weights,
         image_size=chosen.image_size,
         batch_size=config.batch_size,
+        featurizer=features_identity(chosen.image_size, chosen.identity, chosen.precision),
     )
     if report.random_weights:
         report.warnings.append(RANDOM_WEIGHTS_WARNING)
@@ -397,16 +414,20 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
             ERRORS_TABLE: _table_uri(config, ERRORS_TABLE, report.run_id),
         }
         files = features_files(n_ok, reduction.info.k if reduction is not None else 0)
+        refit = config.is_backfill and reduction is not None
         with timed(report, "write"):
+            if refit:  # readers can re-project the new rows from the moment they appear
+                reduce.save_version(spark, reduction, config.pca_model)
             _write(
+                spark,
                 features_out.coalesce(files)
                 .withColumn(FEATURIZED_AT_COLUMN, F.lit(started_clock))
                 .select(*FEATURES_COLUMNS),
                 tables[FEATURES_TABLE],
             )
-            _write(errors.coalesce(1), tables[ERRORS_TABLE])
-            if config.is_backfill and reduction is not None:
-                reduce.save(spark, reduction, config.pca_model)
+            _write(spark, errors.coalesce(1), tables[ERRORS_TABLE])
+            if refit:
+                reduce.point_to(spark, reduction, config.pca_model)
         _log_error_sample(errors, report.run_id)
         # Read after every stage has run: any recomputation of the UDF would show here.
         report.images_featurized = counters.images.value
@@ -416,7 +437,7 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         if errors is not None:
             errors.unpersist()
 
-    report_uri = f"{config.output}/{REPORTS_FOLDER}/run_id={report.run_id}/report.json"
+    report_uri = f"{config.output}/{REPORTS_FOLDER}/run_id={report.run_id}/{REPORT_FILE}"
     report.tables = {**tables, "report": report_uri}
     report.timings_s["total"] = round(time.perf_counter() - started, 3)
     report.finished_at = now_iso()

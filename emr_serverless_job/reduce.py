@@ -195,12 +195,18 @@ def version_uri(uri: str, version: str) -> str:
 
 
 def save(spark: SparkSession, reduction: Reduction, uri: str) -> None:
-    """Save a new version under ``uri/versions/<id>/``, then point ``uri/current.json`` at it.
+    """Save a new version and point ``uri/current.json`` at it (``save_version``, then
+    ``point_to``)."""
+    save_version(spark, reduction, uri)
+    point_to(spark, reduction, uri)
 
-    A version is never overwritten, and the pointer is written last in one replacement
-    (``hadoopfs.publish``): a run loading the model meanwhile reads the pointer once and gets
-    the old version whole or the new one whole, never a projection of one and the metadata
-    of another, nor nothing because a save was between its delete and its write.
+
+def save_version(spark: SparkSession, reduction: Reduction, uri: str) -> None:
+    """Save ``reduction`` under ``uri/versions/<id>/``, never overwriting a version.
+
+    A backfill saves its version before it writes its rows, so that the current view can
+    read the rows' metadata (and re-project them) from the moment they appear, and points to
+    it once they are written (``point_to``).
     """
     info = reduction.info
     if not info.version:
@@ -212,6 +218,14 @@ def save(spark: SparkSession, reduction: Reduction, uri: str) -> None:
     info = replace(info, projection_sha256=hashlib.sha256(data).hexdigest())
     hadoopfs.write_bytes(spark, f"{folder}/{PROJECTION_FILE}", data)
     hadoopfs.write_bytes(spark, f"{folder}/{METADATA_FILE}", _json(asdict(info)))
+
+
+def point_to(spark: SparkSession, reduction: Reduction, uri: str) -> None:
+    """Make a saved version the current one, in one replacement of the pointer
+    (``hadoopfs.publish``): a run loading the model meanwhile reads the pointer once and gets
+    the old version whole or the new one whole, never a projection of one and the metadata
+    of another, nor nothing because a save was between its delete and its write."""
+    info = reduction.info
     pointer = {"version": info.version, "fitted_by_run": info.fitted_by_run}
     hadoopfs.publish(spark, f"{uri}/{POINTER_FILE}", _json(pointer))
 
@@ -304,10 +318,18 @@ def load(
     return reduction
 
 
+def features_key(image_size: object, weights: object, precision: object) -> tuple[int, str, str]:
+    """What made a set of raw features: the model (weights), image size and precision."""
+    return int(str(image_size)), str(weights), str(precision)
+
+
+def key_of(info: ReductionInfo) -> tuple[int, str, str]:
+    return features_key(info.image_size, info.weights, info.precision)
+
+
 def same_features(a: ReductionInfo, b: ReductionInfo) -> bool:
-    """Whether rows projected by ``a`` hold raw features ``b`` can project: the same model
-    (weights), image size and precision made them."""
-    return (a.image_size, a.weights, a.precision) == (b.image_size, b.weights, b.precision)
+    """Whether rows projected by ``a`` hold raw features ``b`` can project."""
+    return key_of(a) == key_of(b)
 
 
 def _json(value: object) -> bytes:

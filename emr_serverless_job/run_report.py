@@ -38,6 +38,9 @@ class RunReport:
     timings_s: dict[str, float] = field(default_factory=dict)
     images_per_second: float = 0.0
     pca: dict[str, object] = field(default_factory=dict)
+    # What made the raw features (reduce.same_features' three): a run without a PCA model
+    # wrote rows the current view can still project, once a model of the same features exists.
+    featurizer: dict[str, object] = field(default_factory=dict)
     tables: dict[str, str] = field(default_factory=dict)
     spark: dict[str, object] = field(default_factory=dict)
 

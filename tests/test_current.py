@@ -142,3 +142,42 @@ def test_a_refit_of_the_same_prefix_keeps_every_photo_in_one_space(spark, tmp_pa
         r["path"].endswith("/uploads/Pear/0_100.jpg") and r["run_id"] == batch.run_id for r in rows
     )
     assert inventory.read(str(output)).in_view == 8
+
+
+def test_a_batch_that_had_no_model_yet_joins_the_view_once_one_exists(spark, tmp_path):
+    """Uploads during the first backfill: their batch had no model (null pca_model), its
+    report names the features, and the first version projects them."""
+    raw, late = tmp_path / "raw", tmp_path / "late"
+    write_image_set(raw, 2, classes=("Kiwi",))
+    write_image_set(late, 1, classes=("Pear",))
+    output = tmp_path / "out"
+    manifest = tmp_path / "batch.jsonl"
+    manifest.write_text(json.dumps({"uri": str(next((late / "Pear").iterdir()))}) + "\n")
+    batch = run_job(spark, "--manifest", str(manifest), "--output", str(output))
+    assert batch.pca.get("k") is None and batch.featurizer["image_size"] == 96
+    first = run_job(spark, "--input", str(raw), "--output", str(output), "--pca-k", "2")
+    rows = current_features(spark, str(output)).collect()
+    assert len(rows) == 3 and {r["pca_model"] for r in rows} == {first.pca["version"]}
+    (pear,) = [r for r in rows if "/late/Pear/" in r["path"]]
+    current = reduce.read(spark, str(output / "pca_model"))
+    expected = current.projection.project(np.array([pear["features"]]))[0]
+    np.testing.assert_allclose(pear["pca_features"], expected, atol=1e-5)
+    taken = inventory.read(str(output))
+    assert taken.in_view == 3 and taken.unversioned == 1
+
+
+def test_inventory_reads_partitions_older_than_its_columns(spark, history, tmp_path):
+    """The schema is given, not read from the first file: a partition written before
+    pca_model and featurized_at existed (sorting first) hid the columns of every other."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    output, _, new, *_ = history
+    copy = tmp_path / "out"
+    shutil.copytree(output, copy)
+    old = copy / "features" / "run_id=a-before-versions"
+    old.mkdir()
+    pq.write_table(pa.table({"path": ["file:/elsewhere/Kiwi/9.jpg"]}), old / "part-0.parquet")
+    taken = inventory.read(str(copy))
+    assert taken.versions[new.pca["version"]].rows == 10
+    assert (taken.unversioned, taken.photos, taken.in_view) == (1, 16, 15)

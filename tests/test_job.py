@@ -643,6 +643,7 @@ def test_an_s3_backfill_gives_hidden_names_and_folders_a_row_each(spark, tmp_pat
         "raw/Kiwi/.trash/b.jpg": "HIDDEN_FOLDER",
         "raw/Kiwi/.trash/deeper/c.png": "HIDDEN_FOLDER",
         "raw/Pear/_IMG_0001.jpg": "HIDDEN_NAME",
+        "raw/Pear/_metadata.jpg": "HIDDEN_NAME",  # Spark lists it, never scans it: one row
     }
     photo = (raw / "Kiwi" / "0_100.jpg").read_bytes()
     for key in hidden:
@@ -659,7 +660,33 @@ def test_an_s3_backfill_gives_hidden_names_and_folders_a_row_each(spark, tmp_pat
             r["path"]: r["reason"]
             for r in spark.read.parquet(f"s3://{bucket}/output/errors").collect()
         }
-    assert (report.inputs, report.features, report.errors) == (9, 5, 4)
+    assert (report.inputs, report.features, report.errors) == (10, 5, 5)
     assert errors == {
         f"s3://{bucket}/{key}": getattr(job.inputs, reason) for key, reason in hidden.items()
     }
+
+
+def test_a_rerun_keeps_its_old_rows_until_the_new_ones_are_written(spark, tmp_path, monkeypatch):
+    """Spark's overwrite deleted the partition before writing it: a refit (a backfill reruns
+    its prefix's run id) left its photos without a row while it wrote, or for good if it
+    failed there."""
+    folder = tmp_path / "in"
+    write_image_set(folder, 2, classes=("Kiwi",))
+    output = tmp_path / "o"
+    first = run_job(spark, "--input", str(folder), "--output", str(output), "--pca-k", "1")
+    partition = output / "features" / f"run_id={first.run_id}"
+    old = {p.name for p in partition.glob("*.parquet")}
+    seen: list[set[str]] = []
+    real = job.hadoopfs.delete
+
+    def delete(spark_, uri):
+        seen.append({p.name for p in partition.glob("*.parquet")})
+        real(spark_, uri)
+
+    monkeypatch.setattr(job.hadoopfs, "delete", delete)
+    again = run_job(spark, "--input", str(folder), "--output", str(output), "--pca-k", "1")
+    assert again.run_id == first.run_id
+    assert seen and all(names > old for names in seen[:1]), "new files before any old one goes"
+    now = {p.name for p in partition.glob("*.parquet")}
+    assert now and not now & old  # replaced: no row of the first run is left
+    assert read_table(spark, output, "features").count() == 2
