@@ -210,17 +210,23 @@ class Mirror:
             partition = scope.prefix_of(bucket, key)
             if partition:
                 tainted.add(partition)
+        occupied: dict[str, bool] = {}  # scope partition -> S3 already holds objects there
         for key, path in files.items():
             if key in pulled:
                 continue
             partition = scope.prefix_of(bucket, key)
+            if partition and partition not in occupied:
+                occupied[partition] = remote_holds(s3, bucket, partition[len(bucket) + 1 :])
+                if occupied[partition]:
+                    tainted.add(partition)
             if not scope.prefixes:
                 result.refused[key] = NOT_PUSHED
             elif partition is None:
                 result.refused[key] = "not pushed: outside what the run may write back"
             elif partition in tainted:
                 result.refused[key] = (
-                    f"not pushed: s3://{partition} held objects the run did not write"
+                    f"not pushed: s3://{partition} held objects the run did not write (a rerun "
+                    "on EMR replaces them; the emulator never deletes, so it writes nothing there)"
                 )
             elif remote_exists(s3, bucket, key):
                 result.refused[key] = "not pushed: the key exists in S3 (written since the pull)"
@@ -228,6 +234,11 @@ class Mirror:
                 s3.upload_file(str(path), bucket, key)
                 result.uploaded.append(key)
         return result
+
+
+def remote_holds(s3: Any, bucket: str, prefix: str) -> bool:
+    """Whether S3 holds any object under ``prefix``: one LIST of one key."""
+    return bool(s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount"))
 
 
 def remote_exists(s3: Any, bucket: str, key: str) -> bool:

@@ -36,6 +36,9 @@ AUTO_STOP_S = 5 * 60
 # run's whole process 19.3-23.0 s, its featurize stage 8.4-10.1 s (a review's figures, issue
 # 21): JVM and session start, listing, model load, writing, the report.
 RUN_FIXED_S = 12.0
+# A backfill's PCA fit and write, per photo (run K: pca 2.5 s + write 4.8 s on 2 vCPU for
+# 5,000 photos); a batch's write is in RUN_FIXED_S.
+BACKFILL_VCPU_S = 2 * (2.5 + 4.8) / 5000
 # The request before runs were sized (until December 2026), for comparison: a 2-vCPU driver of
 # 6 GB and three 4-vCPU executors of 10 GB, held for every run's life (12 pending tasks make
 # dynamic allocation ask for all 3 within a second, Spark's schedulerBacklogTimeout).
@@ -71,14 +74,18 @@ class RunCost:
     gb_s: float
 
 
-def run_cost(photos: float, size: sizing.RunSize, service: Service) -> RunCost:
+def run_cost(
+    photos: float, size: sizing.RunSize, service: Service, backfill: bool = False
+) -> RunCost:
     """One run of ``photos`` photos: the driver is billed from ready to the end, each
-    executor from ready (a worker start after the driver) to the end, each at least the
-    billing minimum."""
+    executor from ready (a worker start after the driver's) to the end, each at least the
+    billing minimum. A backfill also fits the PCA and writes every row (run K: 7.3 s of its
+    stages on 2 vCPU for 5,000 photos, on the executors' cores)."""
     cores = size.initial_executors * size.executor.cores
-    work_s = sizing.work_vcpu_s(math.ceil(photos)) / cores
+    work = sizing.work_vcpu_s(math.ceil(photos)) + (BACKFILL_VCPU_S * photos if backfill else 0)
+    work_s = work / cores
     driver_s = service.run_fixed_s + service.worker_start_s + work_s
-    executor_s = max(work_s, 1.0)
+    executor_s = driver_s - service.worker_start_s
     driver = max(driver_s, service.billing_minimum_s)
     executor = max(executor_s, service.billing_minimum_s)
     n = size.initial_executors
@@ -142,7 +149,7 @@ def trigger(
 def backfill(photos: int, *, sized: bool, service: Service, max_executors: int) -> Figures:
     """A backfill by hand: its request does not know the count, so it is as wide as allowed."""
     size = sizing.widest("onnx", max_executors) if sized else FIXED
-    run = run_cost(photos, size, service)
+    run = run_cost(photos, size, service, backfill=True)
     latency = service.application_start_s + run.seconds
     return Figures(
         name=f"backfill of {photos:,}",

@@ -25,7 +25,10 @@ TARGET_WORK_S = 120
 # about 0.86 GiB (ONNX) or 1.6 GiB (TensorFlow) and up to 433 MiB more while decoding the
 # largest admitted photo (BENCHMARKS.md, "Decode memory"); the heap holds result rows. EMR
 # Serverless takes 2 vCPU with 4-16 GB and 4 vCPU with 8-30 GB, in 1 GB steps
-# (docs.aws.amazon.com/emr/latest/EMR-Serverless-UserGuide/app-behavior.html).
+# (docs.aws.amazon.com/emr/latest/EMR-Serverless-UserGuide/app-behavior.html). The large ONNX
+# executor is the tightest: 4 x 1.29 GiB at worst in 6 GB of overhead leaves about 0.9 GB for
+# the JVM's off-heap memory and a task's input batch (phone photos measured 2.3 GiB in all,
+# BENCHMARKS.md); the small one holds 2 x 1.29 GiB in 4 GB.
 SMALL_EXECUTOR = {"onnx": (2, 2, 4), "tensorflow": (2, 2, 5)}
 LARGE_EXECUTOR = {"onnx": (4, 4, 6), "tensorflow": (4, 5, 9)}
 DRIVER = (2, 4, 2)  # its Python holds the PCA moments' 1280 x 1280 matrices and manifest checks

@@ -275,10 +275,33 @@ def test_the_mirror_never_re_uploads_overwrites_or_deletes_what_the_run_did_not_
     )
     assert "outside" in refused["output/late/x.json"]
     late = mirror.push(s3, stack.bucket, PushScope.for_run(output, "r1", also)).refused
-    assert "the key exists in S3" in late["output/late/x.json"]
+    assert "held objects the run did not write" in late["output/late/x.json"]
     after = bucket_state(s3, stack.bucket)
     assert {k: v for k, v in after.items() if k in before} == before  # untouched, every one
     assert set(after) - set(before) == set(pushed.uploaded)
+
+
+def test_a_rerun_never_adds_files_to_a_partition_s3_already_holds(stack, tmp_path):
+    """The mirror pulls only what a run reads, so a rerun's partition in S3 is not pulled: its
+    new files beside the old ones would double the rows (EMR would replace them)."""
+    s3 = stack.client("s3")
+    put_all(s3, stack.bucket, {"output/features/run_id=r5/part-OLD.parquet": b"earlier rows"})
+    before = bucket_state(s3, stack.bucket)
+    mirror = Mirror(tmp_path)
+    new = mirror.path(stack.bucket, "output/features/run_id=r5/part-NEW.parquet")
+    new.parent.mkdir(parents=True, exist_ok=True)
+    new.write_bytes(b"this run's rows")
+    fresh = mirror.path(stack.bucket, "output/errors/run_id=r5/part-0.parquet")
+    fresh.parent.mkdir(parents=True, exist_ok=True)
+    fresh.write_bytes(b"this run's errors")
+    pushed = mirror.push(s3, stack.bucket, PushScope.for_run(f"s3://{stack.bucket}/output", "r5"))
+    assert pushed.uploaded == ["output/errors/run_id=r5/part-0.parquet"]
+    assert (
+        "a rerun on EMR replaces them"
+        in pushed.refused["output/features/run_id=r5/part-NEW.parquet"]
+    )
+    after = bucket_state(s3, stack.bucket)
+    assert {k: v for k, v in after.items() if k in before} == before
 
 
 def test_a_run_pushes_nothing_unless_asked(stack, tmp_path):
