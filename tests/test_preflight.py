@@ -26,7 +26,6 @@ from lambda_trigger.request import (
     PREFLIGHT_REPORT,
     PREFLIGHT_TAG,
     PREFLIGHT_TIMEOUT_MINUTES,
-    Deployment,
     for_backfill,
     for_preflight,
     preflight_run_id,
@@ -36,18 +35,11 @@ from lambda_trigger.request import (
 from lambda_trigger.settings import parse_s3_location
 from tests.conftest import REAL_SAMPLE, needs_real_data
 from tests.loopback import end_job_run, job_runs
+from tests.test_emulator_reads import deployment
 from tests.test_packaging import load
 
 BUCKET = "fruits-prod-111122223333-eu-west-1"
-DEPLOYMENT = Deployment(
-    application_id="00fapp",
-    job_role_arn="arn:aws:iam::111122223333:role/job",
-    artifacts_uri=f"s3://{BUCKET}/artifacts",
-    output_uri=f"s3://{BUCKET}/output",
-    logs_uri=f"s3://{BUCKET}/logs",
-    weights_uri=f"s3://{BUCKET}/artifacts/mobilenet_v2_weights.h5",
-    model_uri=f"s3://{BUCKET}/artifacts/mobilenet_v2.onnx",
-)
+DEPLOYMENT = deployment(BUCKET)
 RUN_ID = preflight_run_id(datetime(2026, 12, 2, 14, 15, 2, tzinfo=UTC), "1a2b3c4d5e6f")
 SETTINGS = {
     "APPLICATION_ID": "00fapp",

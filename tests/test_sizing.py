@@ -69,11 +69,11 @@ def test_a_sized_trigger_batch_is_billed_a_fraction_of_the_fixed_request():
     assert sized.p50_s < sized.p95_s
 
 
-def test_slow_arrivals_wait_for_the_window_and_a_stopped_application():
-    service = capacity.Service()
-    slow = capacity.trigger(
+def stack_defaults(per_hour: float, service: capacity.Service) -> capacity.Figures:
+    """The trigger path at ``per_hour`` uploads with the stack's defaults, sized runs."""
+    return capacity.trigger(
         "t",
-        2,
+        per_hour,
         batch_size=1000,
         window_s=120,
         sized=True,
@@ -81,6 +81,11 @@ def test_slow_arrivals_wait_for_the_window_and_a_stopped_application():
         max_executors=3,
         max_concurrent_runs=1,
     )
+
+
+def test_slow_arrivals_wait_for_the_window_and_a_stopped_application():
+    service = capacity.Service()
+    slow = stack_defaults(2, service)
     # One photo per batch, a batch every 30 minutes: the application has stopped each time.
     assert slow.photos_per_run == 1
     run = capacity.run_cost(1, sizing.size_run(1, runtime="onnx", max_executors=3), service)
@@ -88,17 +93,7 @@ def test_slow_arrivals_wait_for_the_window_and_a_stopped_application():
 
 
 def test_runs_that_cannot_keep_up_are_flagged():
-    service = capacity.Service(run_fixed_s=600)  # a 10-minute run every 2 minutes
-    flooded = capacity.trigger(
-        "t",
-        30_000,
-        batch_size=1000,
-        window_s=120,
-        sized=True,
-        service=service,
-        max_executors=3,
-        max_concurrent_runs=1,
-    )
+    flooded = stack_defaults(30_000, capacity.Service(run_fixed_s=600))  # 10 min every 2
     assert flooded.saturated
 
 
