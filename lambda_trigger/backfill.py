@@ -28,6 +28,9 @@ EXIT_CONFIG_ERROR = 2
 MAX_RETRIES = 9
 
 # flag -> the environment variable (and stack output, in CamelCase) it stands for
+# The job's --pca-scaling choices (emr_serverless_job.projection.SCALINGS; a test keeps them
+# equal: this package ships without the job's).
+PCA_SCALINGS = ("none", "standard")
 FLAG_SETTINGS = {
     "application_id": config.APPLICATION_ID,
     "job_role_arn": config.JOB_ROLE_ARN,
@@ -84,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     pca = parser.add_mutually_exclusive_group()
     pca.add_argument("--pca-variance", type=float, help="passed to the job")
     pca.add_argument("--pca-k", type=int, help="passed to the job")
+    parser.add_argument(
+        "--pca-scaling",
+        choices=PCA_SCALINGS,
+        help="passed to the job: none (centred, the job's default) or standard",
+    )
     for flag, name in FLAG_SETTINGS.items():
         parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, help=f"overrides {name}")
     return parser
@@ -190,6 +198,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         extra = ("--pca-variance", str(args.pca_variance))
     elif args.pca_k is not None:
         extra = ("--pca-k", str(args.pca_k))
+    if args.pca_scaling is not None:
+        extra += ("--pca-scaling", args.pca_scaling)
     if not 0 <= args.retries <= MAX_RETRIES:
         print(f"configuration error: --retries {args.retries}: 0 to {MAX_RETRIES}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

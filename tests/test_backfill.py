@@ -10,6 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from emr_serverless_job.config import parse_args
 from lambda_trigger import backfill, sizing
 from lambda_trigger import handler as trigger
 from lambda_trigger.request import backfill_run_id
@@ -84,14 +85,25 @@ def test_backfill_from_stack_outputs_matches_the_lambdas_request(stack, capsys):
 def test_flags_override_and_pca_flags_reach_the_job(stack, capsys):
     raw = f"s3://{stack.bucket}/raw/"
     code = backfill.main(
-        ["--input", raw, "--runtime", "tensorflow", "--image-size", "128", "--pca-k", "20"],
+        [
+            *["--input", raw, "--runtime", "tensorflow", "--image-size", "128"],
+            *["--pca-k", "20", "--pca-scaling", "standard"],
+        ],
         env=stack.environment,
     )
     assert code == 0
     (run,) = job_runs(stack)
     args = run["jobDriver"]["sparkSubmit"]["entryPointArguments"]
     assert args[args.index("--image-size") + 1] == "128"
-    assert args[-2:] == ["--pca-k", "20"]
+    assert args[-4:] == ["--pca-k", "20", "--pca-scaling", "standard"]
+    job = parse_args([*args, "--weights", "random:0"])  # the job takes what it is sent
+    assert (job.pca_k, job.pca_scaling) == (20, "standard")
+
+
+def test_the_pca_scaling_choices_are_the_jobs():
+    from emr_serverless_job.projection import SCALINGS
+
+    assert backfill.PCA_SCALINGS == SCALINGS
 
 
 def test_wait_follows_the_run_to_its_end(stack, capsys):
