@@ -22,6 +22,14 @@ DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
 PCA_MODEL_DIRNAME = "pca_model"
 RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 REMOTE_SCHEMES = ("s3://", "s3a://", "s3n://", "hdfs://", "file:")
+# What `./dev package` builds and deploys (lambda_trigger.request.MODEL_FILE in dist/): a local
+# featurizing run without --model, --runtime or --weights uses it, as production does.
+LOCAL_MODEL = Path(__file__).resolve().parents[1] / "dist" / "mobilenet_v2.onnx"
+NO_LOCAL_MODEL = (
+    "no --model given and no model built at {path}: build the deployed one with ./dev package "
+    "(ONNX int8), or say which to use: --model FILE.onnx, or --runtime tensorflow --weights "
+    "imagenet|FILE.h5|random:SEED"
+)
 
 
 class ConfigError(ValueError):
@@ -114,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--runtime",
         choices=RUNTIMES,
         default=None,
-        help="Featurizer runtime: 'onnx' (default when --model is given) or 'tensorflow' "
-        "(default otherwise; uses --weights).",
+        help="Featurizer runtime: 'onnx' (with --model; without any of --model, --runtime and "
+        "--weights, the model ./dev package built in dist/, as deployed) or 'tensorflow' "
+        "(the default when --weights is given).",
     )
     parser.add_argument(
         "--model",
@@ -125,10 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--weights",
-        default="imagenet",
+        default=None,
         help=(
-            "MobileNetV2 weights: 'imagenet' (Keras download, needs internet), a path or URI "
-            "of a .h5 weights file, or 'random:SEED' (tests and offline demos only)."
+            "MobileNetV2 weights for --runtime tensorflow (default 'imagenet', a Keras download "
+            "that needs internet), a path or URI of a .h5 weights file, or 'random:SEED' "
+            "(tests and offline demos only)."
         ),
     )
     parser.add_argument(
@@ -203,7 +213,22 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     return config_from_args(args)
 
 
+def _default_featurizer(args: argparse.Namespace) -> str | None:
+    """A featurizing run told nothing of its model uses the one that deploys (the ONNX int8
+    model ./dev package built), never a silent Keras download of ImageNet weights. Returns why
+    it cannot, raised once every other flag has been checked (their errors come first)."""
+    featurizes = args.input is not None or args.manifest is not None
+    if not featurizes or args.model or args.runtime or args.weights:
+        return None
+    if not LOCAL_MODEL.is_file():
+        return NO_LOCAL_MODEL.format(path=LOCAL_MODEL)
+    args.model = str(LOCAL_MODEL)
+    return None
+
+
 def config_from_args(args: argparse.Namespace) -> JobConfig:
+    no_model = _default_featurizer(args)
+    args.weights = args.weights or "imagenet"
     runtime = args.runtime or ("onnx" if args.model else "tensorflow")
     if runtime == "onnx" and not args.model:
         raise ConfigError("--runtime onnx: needs --model, the .onnx file packaging/ exported")
@@ -246,6 +271,8 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
     for flag in ("preflight_artifacts", "preflight_reference"):
         if getattr(args, flag) is not None and args.preflight is None:
             raise ConfigError(f"--{flag.replace('_', '-')}: only used with --preflight")
+    if no_model:
+        raise ConfigError(no_model)
     output = normalize_location(args.output)
     return JobConfig(
         output=output,

@@ -10,6 +10,8 @@ import pytest
 from emr_serverless_job.config import ConfigError, build_parser, parse_args
 from emr_serverless_job.model import Weights
 
+KERAS = ["--runtime", "tensorflow"]  # the featurizer named, as tests of other flags need
+
 FLAGS = (
     "--input",
     "--manifest",
@@ -28,7 +30,7 @@ FLAGS = (
 
 
 def test_defaults(tmp_path):
-    config = parse_args(["--input", str(tmp_path), "--output", str(tmp_path / "out")])
+    config = parse_args(["--input", str(tmp_path), "--output", str(tmp_path / "out"), *KERAS])
     assert config.is_backfill
     assert config.image_size == 224
     assert config.pca_variance == 0.95 and config.pca_k is None
@@ -37,6 +39,32 @@ def test_defaults(tmp_path):
     assert config.run_id is None
     assert config.batch_size == 64
     assert config.runtime == "tensorflow" and config.model is None
+
+
+def test_a_run_told_nothing_of_its_model_uses_the_deployed_one_or_says_how_to_build_it(
+    tmp_path, monkeypatch
+):
+    """It silently ran TensorFlow with a Keras download of ImageNet weights (needs internet),
+    while production runs the ONNX int8 model."""
+    from emr_serverless_job import config as job_config
+    from lambda_trigger.request import MODEL_FILE
+
+    assert job_config.LOCAL_MODEL.name == MODEL_FILE  # what ./dev package builds in dist/
+    plain = ["--input", str(tmp_path), "--output", str(tmp_path / "out")]
+    monkeypatch.setattr(job_config, "LOCAL_MODEL", tmp_path / "dist" / MODEL_FILE)
+    with pytest.raises(
+        ConfigError, match=r"no --model given and no model built at .*\./dev package"
+    ):
+        parse_args(plain)
+    built = tmp_path / "dist" / MODEL_FILE
+    built.parent.mkdir()
+    built.write_bytes(b"onnx")
+    config = parse_args(plain)
+    assert (config.runtime, config.model) == ("onnx", str(built))
+    # An erase run has no model to choose, and other flags' errors still come first.
+    assert parse_args(["--erase", str(built), "--output", "o"]).erase == str(built)
+    with pytest.raises(ConfigError, match="--input: no folder"):
+        parse_args(["--input", str(tmp_path / "nope"), "--output", "o"])
 
 
 def test_a_model_makes_onnx_the_runtime_and_the_model_the_image_size(tmp_path):
