@@ -108,9 +108,8 @@ def _version_key(spark: SparkSession, uri: str, version: str) -> tuple[int, str,
 def _report_key(spark: SparkSession, output: str, run_id: str) -> tuple[int, str, str] | None:
     report = f"{output.rstrip('/')}/{REPORTS_FOLDER}/run_id={run_id}/{REPORT_FILE}"
     try:
-        made = json.loads(hadoopfs.read_bytes(spark, report)).get("featurizer") or {}
-        return reduce.features_key(made["image_size"], made["weights"], made["precision"])
-    except Exception:  # no report, or one from before the featurizer was recorded
+        return reduce.record_key(json.loads(hadoopfs.read_bytes(spark, report)).get("featurizer"))
+    except Exception:  # no report, or one that cannot be read
         return None
 
 

@@ -31,8 +31,8 @@ from emr_serverless_job.reduce import (
     PROJECTION_FILE,
     VERSIONS_FOLDER,
     ReductionInfo,
-    features_key,
     key_of,
+    record_key,
     same_features,
 )
 from lambda_trigger.reconcile import table_files
@@ -202,14 +202,8 @@ def read(output: str) -> Inventory:
         for run_id in set(
             pc.filter(features["run_id"], pc.is_null(features[PCA_MODEL_COLUMN])).to_pylist()
         ):
-            made = (
-                _read_json(filesystem, f"{root}/{REPORTS_FOLDER}/run_id={run_id}/{REPORT_FILE}")
-                or {}
-            ).get("featurizer")
-            if (
-                made
-                and features_key(made["image_size"], made["weights"], made["precision"]) == wanted
-            ):
+            report = f"{root}/{REPORTS_FOLDER}/run_id={run_id}/{REPORT_FILE}"
+            if record_key((_read_json(filesystem, report) or {}).get("featurizer")) == wanted:
                 runs.add(run_id)
     erasures = read_erasures(filesystem, root)
     return take(features, errors, erasures, infos, current, frozenset(runs))

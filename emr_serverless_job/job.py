@@ -139,11 +139,6 @@ def _table_uri(config: JobConfig, table: str, run_id: str) -> str:
     return f"{config.output}/{table}/run_id={run_id}"
 
 
-def features_identity(image_size: int, weights: str, precision: str) -> dict[str, object]:
-    """The run report's ``featurizer``: the fields ``reduce.same_features`` compares."""
-    return {"image_size": image_size, "weights": weights, "precision": precision}
-
-
 def features_files(rows: int, k: int) -> int:
     """How many files ``rows`` feature rows of ``k`` PCA values are written in."""
     row_bytes = 4 * (FEATURE_DIM + k) + ROW_OVERHEAD_BYTES
@@ -323,7 +318,7 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         random_weights=chosen.random_weights,
         image_size=chosen.image_size,
         batch_size=config.batch_size,
-        featurizer=features_identity(chosen.image_size, chosen.identity, chosen.precision),
+        featurizer=reduce.featurizer_record(chosen.image_size, chosen.identity, chosen.precision),
     )
     if report.random_weights:
         report.warnings.append(RANDOM_WEIGHTS_WARNING)

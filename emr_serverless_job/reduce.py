@@ -323,6 +323,19 @@ def features_key(image_size: object, weights: object, precision: object) -> tupl
     return int(str(image_size)), str(weights), str(precision)
 
 
+def featurizer_record(image_size: int, weights: str, precision: str) -> dict[str, object]:
+    """The run report's ``featurizer``: what made its rows' raw features (``record_key``)."""
+    return {"image_size": image_size, "weights": weights, "precision": precision}
+
+
+def record_key(record: dict[str, object] | None) -> tuple[int, str, str] | None:
+    """The ``features_key`` of a run report's ``featurizer``; None when it has none (a report
+    from before it was recorded)."""
+    if not record:
+        return None
+    return features_key(record["image_size"], record["weights"], record["precision"])
+
+
 def key_of(info: ReductionInfo) -> tuple[int, str, str]:
     return features_key(info.image_size, info.weights, info.precision)
 
