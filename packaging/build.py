@@ -15,9 +15,10 @@
   when given, else on generated photos, with a warning in the output and ``artifacts.json``;
 - ``pyspark_venv.tar.gz``: the job's pinned runtime requirements for ``--runtime`` (onnx: no
   TensorFlow; never pyspark, which EMR provides), packed by ``packaging/pack.py``: wheels for
-  Amazon Linux 2023's glibc, ``bin/python`` linked to ``/usr/bin/python3.11`` (checked; the
-  build fails otherwise). pack.py runs in ``packaging/Dockerfile`` where Docker runs, and on
-  this machine otherwise (which needs ``/usr/bin/python3.11``: Debian 12 and AL2023 have it);
+  Amazon Linux 2023's glibc, and the CPython 3.11 that ``packaging/cpython.py`` builds as
+  ``bin/python3.11`` (checked: every link inside, every ELF file loadable on Amazon Linux 2023;
+  the build fails otherwise). pack.py runs in ``packaging/Dockerfile`` where Docker runs, and
+  on this machine otherwise (a glibc Linux with gcc and the -dev headers cpython.py names);
 - ``artifacts.json``: sha256 and size of each file, the archive's packages and how it was built.
 
 File names are the ones the StartJobRun request uses (``lambda_trigger/request.py``).
@@ -396,7 +397,8 @@ def build(
         else:
             built = archive_locally(dist, arch, runtime, ROOT / "build" / "archive")
         built["runtime"] = runtime
-        built["valid_on_emr"] = set(built["python_links"].values()) == {built["interpreter"]}
+        checked = load_script("pack").check_archive(dist / VENV_ARCHIVE, arch)
+        built["valid_on_emr"] = not checked.problems
         built["unpack_seconds"] = unpack_seconds(dist / VENV_ARCHIVE)
     names = (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, *([MODEL_FILE] if model else []), VENV_ARCHIVE)
     manifest = {
@@ -465,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         "--archive",
         choices=("auto", "docker", "local", "keep"),
         default="auto",
-        help="auto: Docker where it runs, else pack.py on this machine (needs /usr/bin/python3.11)",
+        help="auto: Docker where it runs, else pack.py here (builds CPython 3.11 once; needs gcc)",
     )
     args = parser.parse_args(argv)
     manifest = build(

@@ -3,53 +3,53 @@
 The one packing script: ``packaging/Dockerfile`` runs it on Amazon Linux 2023 and
 ``packaging/build.py`` runs it on the build machine, so both pack the same way:
 
-1. a venv made from ``--python`` (default ``/usr/bin/python3.11``, Amazon Linux 2023's
-   python3.11, which the preflight proves is on the EMR Serverless image: docs/interpreter.md),
-   so that ``bin/python`` is a link to that path;
+1. CPython 3.11 built by ``cpython.py`` (or ``--python-home``) copied in: ``bin/python3.11``
+   is a file of the archive and finds its standard library beside it, wherever the archive is
+   unpacked. The EMR Serverless 7.x image has Python 3.9 and no documented 3.11
+   (docs/interpreter.md), so the archive needs no Python of the image's;
 2. the pinned requirements, as binary wheels for the target platform (``manylinux_2_34``:
    Amazon Linux 2023's glibc), whatever the build machine's own glibc;
-3. slimmed (``slim.py``);
-4. packed by venv-pack without ``--python-prefix``, which would rewrite ``/usr/bin/python3.11``
-   into ``/usr/bin/python3.113.11`` (string replacement, jcrist/venv-pack#14);
-5. checked: every ``bin/python*`` in the archive must resolve to exactly ``/usr/bin/python3.11``
-   (``/usr/bin/python3`` is 3.9 on Amazon Linux 2023; ``/usr/local/bin/python3.11`` is not there)
-   and ``pyvenv.cfg`` must name ``/usr/bin`` as home. Otherwise the archive is deleted and the
-   build fails: on EMR it would fail every run with ``Cannot run program
-   "./environment/bin/python": error=2``.
+3. slimmed (``slim.py``), then written as a reproducible tar.gz (sorted, owner root, fixed
+   times), links kept as links;
+4. checked (``check_archive``): ``bin/python`` and every ``bin/python*`` must resolve, inside
+   the archive, to its interpreter, no link may leave the archive, the standard library must
+   be beside the interpreter, and every ELF file must be built for ``--arch`` and need only
+   libraries and symbol versions that the archive or Amazon Linux 2023 has (``elf.py``).
+   Otherwise the archive is deleted and the build fails: on EMR it would fail every run with
+   ``Cannot run program "./environment/bin/python": error=2`` or at its first import.
 
     python packaging/pack.py --requirements requirements/job.txt requirements/onnx.txt \\
-        --output dist/pyspark_venv.tar.gz [--arch x86_64|arm64] [--python /usr/bin/python3.11] \\
+        --output dist/pyspark_venv.tar.gz [--arch x86_64|arm64] [--python-home DIR] \\
         [--work build/archive] [--report slim.json]
 
-Runs with an interpreter that has venv-pack and pip (requirements/packaging.txt).
+Runs with an interpreter that has pip; the archive holds neither pip nor this script.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import io
 import json
+import os
 import posixpath
 import shutil
 import subprocess
 import sys
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from slim import slim  # a sibling script, found through the line above
+import cpython  # sibling scripts, found through the line above
+import elf
+from slim import slim
 
-# The interpreter every bin/python* of the archive must link to, exactly. No AWS page found says
-# the EMR Serverless 7.9/7.10 image has it (docs/interpreter.md, with what was searched): AWS
-# documents "Python 3.9, 3.11" for EMR on EC2 7.1+ (ReleaseGuide emr-710-release), the EMR
-# Serverless 7.9.0 page lists only Spark 3.5.5, Hive 3.1.3 and Tez 0.10.2, and aws-samples'
-# custom_python_version README says "EMR Serverless 7.x uses Python 3.9", its Python 3.11
-# recipe being a custom image that runs `dnf install -y python3.11`.
-# So this is Amazon Linux 2023's python3.11 package path, and the preflight job run proves it is
-# on the real application before the first backfill. /usr/bin/python3 is 3.9 there.
-EMR_PYTHON = "/usr/bin/python3.11"
-PYTHON_VERSION = "3.11"
+PYTHON_VERSION = cpython.SERIES
+INTERPRETER = f"bin/python{PYTHON_VERSION}"  # the archive's own, a file
+LANDMARK = f"lib/python{PYTHON_VERSION}/os.py"  # how the interpreter finds its home
+PYTHON_LINKS = {"bin/python": f"python{PYTHON_VERSION}", "bin/python3": f"python{PYTHON_VERSION}"}
 GLIBC_MINOR = 34  # Amazon Linux 2023 has glibc 2.34: wheels for it and older glibcs run there
 OLDEST_GLIBC_MINOR = 17  # manylinux2014
 WHEEL_ARCH = {"x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
@@ -58,6 +58,8 @@ LEGACY_MANYLINUX = {
     "aarch64": ("manylinux2014",),
 }
 MAX_LINK_HOPS = 16
+ARCHIVE_MTIME = 0  # every member's time, so the same inputs give the same bytes
+SHOWN_PROBLEMS = 12
 
 
 class PackError(RuntimeError):
@@ -65,11 +67,12 @@ class PackError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class LinkCheck:
-    """How each ``bin/python*`` of an archive resolves, and what is wrong with it."""
+class ArchiveCheck:
+    """How each ``bin/python*`` of an archive resolves, and what is wrong with the archive."""
 
-    resolved: dict[str, str]  # member name -> final target (absolute path, or a member)
+    resolved: dict[str, str]  # member name -> final target (a member, or an outside path)
     problems: list[str]
+    machines: dict[str, int] = field(default_factory=dict)  # ELF files per CPU
 
 
 def wheel_platforms(arch: str) -> list[str]:
@@ -106,6 +109,8 @@ WRONG_TARGETS = {
     "/usr/bin/python3": "on Amazon Linux 2023 (EMR 7.x) that is Python 3.9, which cannot import "
     "the archive's cp311 wheels",
     "/usr/bin/python": "on Amazon Linux 2023 (EMR 7.x) that is Python 3.9, or nothing",
+    "/usr/bin/python3.11": "the EMR Serverless 7.x image documents Python 3.9 only "
+    "(docs/interpreter.md)",
 }
 
 
@@ -115,21 +120,45 @@ def _why(target: str) -> str:
         return WRONG_TARGETS[target]
     if target.startswith("/"):
         return (
-            f"{EMR_PYTHON} is the one path expected on an EMR Serverless worker "
-            "(docs/interpreter.md); where another is missing, every run fails with 'Cannot run "
-            'program "./environment/bin/python": error=2\''
+            "a path outside the archive, which an EMR Serverless worker need not have; where it "
+            'is missing every run fails with \'Cannot run program "./environment/bin/python": '
+            "error=2'"
         )
     if target.endswith("(link loop)"):
         return "the links go round in a loop"
     return "no such file in the archive"
 
 
-def check_python_links(archive: Path, interpreter: str = EMR_PYTHON) -> LinkCheck:
-    """Every ``bin/python*`` must end at ``interpreter``: EMR runs ``./environment/bin/python``."""
+def _elf_problems(
+    packed: tarfile.TarFile, members: dict[str, tarfile.TarInfo], machine: str | None
+) -> tuple[dict[str, int], list[str]]:
+    """Each ELF file's CPU and what it needs from the system, against Amazon Linux 2023."""
+    files = {}
+    for name, member in members.items():
+        if member.isfile() and member.size >= 64:
+            data = packed.extractfile(member).read()
+            if elf.is_elf(data):
+                files[name] = elf.read(data)
+    carried = {posixpath.basename(name) for name in files}
+    machines: dict[str, int] = {}
+    problems = []
+    for name, needs in sorted(files.items()):
+        machines[needs.machine] = machines.get(needs.machine, 0) + 1
+        if machine and needs.machine != machine:
+            problems.append(f"{name} is built for {needs.machine}, not {machine}")
+        problems += [f"{name} {problem}" for problem in elf.system_problems(needs, carried)]
+    return machines, problems
+
+
+def check_archive(archive: Path, arch: str | None = "x86_64") -> ArchiveCheck:
+    """Would ``./environment/bin/python`` start and load every compiled file on an EMR worker
+    of ``arch`` (None: any one CPU, named in ``machines``), given only Amazon Linux 2023 and
+    the archive? Read from the archive itself."""
+    machine = WHEEL_ARCH.get(arch, arch) if arch else None
     with tarfile.open(archive) as packed:
         members = {posixpath.normpath(m.name): m for m in packed.getmembers()}
-        config = packed.extractfile(members["pyvenv.cfg"]) if "pyvenv.cfg" in members else None
-        pyvenv = config.read().decode() if config else ""
+        members.pop(".", None)
+        machines, elf_problems = _elf_problems(packed, members, machine)
     pythons = sorted(
         name
         for name in members
@@ -140,33 +169,38 @@ def check_python_links(archive: Path, interpreter: str = EMR_PYTHON) -> LinkChec
     if "bin/python" not in resolved:
         problems.append("no bin/python in the archive")
     for name, target in resolved.items():
-        if target in members:
-            problems.append(f"{name} is a file in the archive, not a link to {interpreter}")
-        elif target != interpreter:
-            problems.append(f"{name} resolves to {target}, not {interpreter}: {_why(target)}")
-    homes = [
-        value.strip()
-        for key, _, value in (line.partition("=") for line in pyvenv.splitlines())
-        if key.strip() == "home"
-    ]
-    expected_home = posixpath.dirname(interpreter)
-    if homes != [expected_home]:
-        problems.append(f"pyvenv.cfg home is {homes or 'missing'}, not {expected_home}")
-    return LinkCheck(resolved=resolved, problems=problems)
+        if target != INTERPRETER:
+            problems.append(
+                f"{name} resolves to {target}, not the archive's {INTERPRETER}: {_why(target)}"
+            )
+    interpreter = members.get(INTERPRETER)
+    if interpreter is None or not interpreter.isfile():
+        problems.append(f"no interpreter {INTERPRETER} (a file) in the archive")
+    if LANDMARK not in members:
+        problems.append(f"no {LANDMARK}: the interpreter would not find its standard library")
+    for name, member in sorted(members.items()):
+        if member.issym() and name not in resolved:
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
+            if member.linkname.startswith("/") or target.startswith(".."):
+                problems.append(f"{name} links outside the archive, to {member.linkname}")
+    if len(elf_problems) > SHOWN_PROBLEMS:
+        hidden = len(elf_problems) - SHOWN_PROBLEMS
+        elf_problems = [*elf_problems[:SHOWN_PROBLEMS], f"and {hidden} more"]
+    return ArchiveCheck(resolved=resolved, problems=problems + elf_problems, machines=machines)
 
 
-def make_venv(python: str, venv: Path) -> Path:
-    """A venv whose ``bin/python`` links to ``python``; returns its site-packages."""
-    if not Path(python).is_file():
-        raise PackError(
-            f"--python {python}: no such interpreter on this machine. The archive must link to "
-            f"{EMR_PYTHON} (Amazon Linux 2023's python3.11): build on a machine that has it "
-            "(Debian 12, Amazon Linux 2023) or with Docker (packaging/Dockerfile)"
-        )
-    if venv.exists():
-        shutil.rmtree(venv)
-    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
-    (site,) = venv.glob(f"lib/python{PYTHON_VERSION}/site-packages")
+def carry_interpreter(home: Path, environment: Path) -> Path:
+    """The built CPython copied in as the environment's own; returns its site-packages."""
+    if not (home / INTERPRETER).is_file() or not (home / LANDMARK).is_file():
+        raise PackError(f"--python-home {home}: no {INTERPRETER} and {LANDMARK} there")
+    if environment.exists():
+        shutil.rmtree(environment)
+    shutil.copytree(home, environment, symlinks=True)
+    for link, target in PYTHON_LINKS.items():
+        (environment / link).unlink(missing_ok=True)
+        (environment / link).symlink_to(target)
+    site = environment / "lib" / f"python{PYTHON_VERSION}" / "site-packages"
+    site.mkdir(exist_ok=True)
     return site
 
 
@@ -199,35 +233,74 @@ def install(site: Path, requirements: list[Path], platforms: list[str]) -> None:
     )
 
 
+def _normalised(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    member.uid = member.gid = 0
+    member.uname = member.gname = ""
+    member.mtime = ARCHIVE_MTIME
+    return member
+
+
+def write_archive(environment: Path, output: Path) -> None:
+    """A tar.gz of the folder's contents, byte-for-byte the same for the same files."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as packed:
+        for root, folders, files in os.walk(environment):
+            folders.sort()
+            for name in sorted(folders + files):
+                path = Path(root) / name
+                arcname = path.relative_to(environment).as_posix()
+                info = _normalised(packed.gettarinfo(str(path), arcname))
+                if info.isfile():
+                    with path.open("rb") as body:
+                        packed.addfile(info, body)
+                else:
+                    packed.addfile(info)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        output.open("wb") as raw,
+        gzip.GzipFile(
+            filename="", mode="wb", fileobj=raw, mtime=ARCHIVE_MTIME, compresslevel=6
+        ) as compressed,
+    ):
+        compressed.write(buffer.getvalue())
+    output.chmod(0o644)
+
+
 def pack(
     requirements: list[Path],
     output: Path,
     arch: str = "x86_64",
-    python: str = EMR_PYTHON,
+    python_home: Path | None = None,
     work: Path | None = None,
 ) -> dict[str, object]:
     """Build, slim, pack and check; returns the slimming report and what was checked."""
-    import venv_pack
-
     platforms = wheel_platforms(arch)
     work = work or output.parent / "pack-work"
-    site = make_venv(python, work / "venv")
+    if python_home is None:
+        try:
+            python_home = cpython.build()
+        except cpython.BuildError as error:
+            raise PackError(f"building CPython: {error}") from None
+    environment = work / "environment"
+    site = carry_interpreter(python_home, environment)
     install(site, requirements, platforms)
-    report = slim(work / "venv")
+    report = slim(environment)
     output.unlink(missing_ok=True)
-    venv_pack.pack(prefix=str(work / "venv"), output=str(output), force=True)
-    output.chmod(0o644)  # venv-pack writes through mkstemp (0600)
-    checked = check_python_links(output)
+    write_archive(environment, output)
+    checked = check_archive(output, arch)
     if checked.problems:
         output.unlink()
         raise PackError(
-            "the archive would fail on EMR (./environment/bin/python must run "
-            f"{EMR_PYTHON}): " + "; ".join(checked.problems)
+            "the archive would fail on EMR (./environment/bin/python must run the archive's "
+            f"{INTERPRETER} and load every library): " + "; ".join(checked.problems)
         )
     return {
         **report,
-        "interpreter": EMR_PYTHON,
+        "interpreter": INTERPRETER,
+        "python_version": cpython.VERSION,
+        "python_source": [cpython.UPSTREAM.url, cpython.DEBIAN.url],
         "python_links": checked.resolved,
+        "elf_files": checked.machines,
         "wheel_platform": platforms[0],
     }
 
@@ -237,20 +310,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requirements", type=Path, nargs="+", required=True)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--arch", default="x86_64", choices=sorted(WHEEL_ARCH))
-    parser.add_argument("--python", default=EMR_PYTHON, help="the interpreter the venv links to")
+    parser.add_argument(
+        "--python-home",
+        type=Path,
+        help="a built CPython 3.11 to carry (default: build it with packaging/cpython.py)",
+    )
     parser.add_argument("--work", type=Path, help="scratch folder (default: next to --output)")
     parser.add_argument("--report", type=Path, help="write what was packed and checked as JSON")
     args = parser.parse_args(argv)
     try:
-        result = pack(args.requirements, args.output, args.arch, args.python, args.work)
+        result = pack(args.requirements, args.output, args.arch, args.python_home, args.work)
     except PackError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     mib = 2**20
     print(
-        f"packed {args.output}: venv {result['bytes_before'] / mib:.0f} -> "
+        f"packed {args.output}: environment {result['bytes_before'] / mib:.0f} -> "
         f"{result['bytes_after'] / mib:.0f} MiB, wheels for {result['wheel_platform']}, "
-        f"bin/python -> {EMR_PYTHON}",
+        f"bin/python -> the archive's {INTERPRETER} (CPython {cpython.VERSION})",
         file=sys.stderr,
     )
     if args.report:

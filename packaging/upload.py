@@ -6,10 +6,11 @@
 Each object carries its sha256 as metadata; a file whose object already has the same
 sha256 is left alone. Before anything is sent, each file must still have the sha256
 ``artifacts.json`` lists, and the venv archive is opened and checked again, whatever
-``artifacts.json`` says of it: its ``bin/python*`` links with packaging/pack.py's own check (a
-link rewritten by hand fails every job run with ``Cannot run program
-"./environment/bin/python"``), and the CPU its compiled libraries are built for (read from
-their ELF headers) against the application's ``Architecture`` (the stack's output, or
+``artifacts.json`` says of it, with packaging/pack.py's own check: its ``bin/python*`` must
+resolve to the archive's own interpreter (a link rewritten by hand fails every job run with
+``Cannot run program "./environment/bin/python"``), and every ELF file must need only what
+the archive or Amazon Linux 2023 has; and the CPU they are built for (read from their ELF
+headers) must be the application's ``Architecture`` (the stack's output, or
 ``--architecture``): x86_64 wheels on a Graviton application fail at the first import.
 Prints the URIs the Lambda's configuration and the backfill use.
 """
@@ -35,14 +36,13 @@ from lambda_trigger.settings import ARTIFACTS_URI, parse_s3_location  # noqa: E4
 MANIFEST = "artifacts.json"
 SHA_KEY = "sha256"  # x-amz-meta-sha256
 ARCHITECTURE = "ARCHITECTURE"  # the stack output Architecture, as stack_settings names it
-# ELF e_machine (System V ABI) -> the application's Architecture value.
-ELF_MACHINES = {62: "X86_64", 183: "ARM64"}
+# elf.py's CPU names -> the application's Architecture value.
+ARCHITECTURES = {"x86_64": "X86_64", "aarch64": "ARM64"}
 PACK_ARCH = {"X86_64": "x86_64", "ARM64": "arm64"}  # ./dev package --arch
-ELF_MAGIC = b"\x7fELF"
 
 
 def _pack() -> Any:
-    """packaging/pack.py, whose link check the pack step ran (a sibling script, not a package:
+    """packaging/pack.py, whose archive check the pack step ran (a sibling script, not a package:
     a package named ``packaging`` would shadow pip's)."""
     name = "fruits_packaging_pack"
     if name not in sys.modules:
@@ -52,24 +52,6 @@ def _pack() -> Any:
         sys.modules[name] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
     return sys.modules[name]
-
-
-def archive_machines(archive: Path) -> dict[str, int]:
-    """How many ELF files of the archive are built for each CPU (``X86_64``, ``ARM64``, or
-    ``e_machine N``), read from their headers in one pass over the archive."""
-    found: dict[str, int] = {}
-    with tarfile.open(archive, "r|*") as packed:
-        for member in packed:
-            if not member.isfile() or member.size < 20:
-                continue
-            header = packed.extractfile(member).read(20)
-            if not header.startswith(ELF_MAGIC):
-                continue
-            order = "little" if header[5] == 1 else "big"  # EI_DATA
-            machine = int.from_bytes(header[18:20], order)
-            name = ELF_MACHINES.get(machine, f"e_machine {machine}")
-            found[name] = found.get(name, 0) + 1
-    return found
 
 
 def archive_architecture_problem(machines: dict[str, int], expected: str | None) -> str | None:
@@ -99,7 +81,7 @@ def remote_sha256(s3: Any, bucket: str, key: str) -> str | None:
 
 def dist_problems(dist: Path, manifest: dict[str, Any], architecture: str | None) -> list[str]:
     """Why ``dist`` must not be uploaded, read from the files themselves: each must still be
-    what ``artifacts.json`` lists, and the venv archive must pass pack.py's link check and
+    what ``artifacts.json`` lists, and the venv archive must pass pack.py's archive check and
     match ``architecture`` (None: not known here)."""
     problems = []
     for name, entry in manifest.get("files", {}).items():
@@ -115,15 +97,15 @@ def dist_problems(dist: Path, manifest: dict[str, Any], architecture: str | None
     if VENV_ARCHIVE not in manifest.get("files", {}) or not archive.is_file():
         return problems
     try:
-        checked = _pack().check_python_links(archive)
-        machines = archive_machines(archive)
+        checked = _pack().check_archive(archive, None)
     except (tarfile.TarError, OSError, EOFError) as error:
         return [*problems, f"{VENV_ARCHIVE} cannot be read as a tar.gz archive: {error}"]
     problems += [
         f"{VENV_ARCHIVE}: {problem} (every job run would fail: ./environment/bin/python must "
-        "run); rebuild it with ./dev package"
+        "run and load every library on Amazon Linux 2023); rebuild it with ./dev package"
         for problem in checked.problems
     ]
+    machines = {ARCHITECTURES.get(cpu, cpu): count for cpu, count in checked.machines.items()}
     architecture_problem = archive_architecture_problem(machines, architecture)
     if architecture_problem:
         problems.append(architecture_problem)

@@ -73,7 +73,7 @@ def test_docker_and_the_local_build_run_pack_py_with_the_same_requirements(runti
     command = dockerfile_pack_command(runtime)
     given = build.pack_arguments(runtime)
     assert command[: len(given)] == given
-    assert command[command.index("--python") + 1] == pack.EMR_PYTHON
+    assert "--python-home" not in command  # the image builds its CPython as the local build does
     dockerfile = (PACKAGING / "Dockerfile").read_text()
     assert "FROM public.ecr.aws/amazonlinux/amazonlinux:2023 AS build" in dockerfile
     copied = re.findall(r"^COPY (requirements/.*) requirements/$", dockerfile, re.M)[0].split()
@@ -106,89 +106,153 @@ def tar_with(path: Path, links: dict[str, str], files: dict[str, bytes]) -> Path
     return path
 
 
-GOOD_LINKS = {"bin/python3.11": "/usr/bin/python3.11", "bin/python": "python3.11"}
-PYVENV = {"pyvenv.cfg": b"home = /usr/bin\ninclude-system-site-packages = false\n"}
+def elf(machine: int) -> bytes:
+    """The start of a 64-bit little-endian shared object built for ``machine`` (e_machine)."""
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    return ident + (3).to_bytes(2, "little") + machine.to_bytes(2, "little") + bytes(44)
+
+
+X86_64, AARCH64 = 62, 183
+GOOD_LINKS = {"bin/python": "python3.11", "bin/python3": "python3.11"}
+HOME = {"bin/python3.11": elf(X86_64), "lib/python3.11/os.py": b"# stdlib\n"}
+DEBIAN_PYTHON = Path("/usr/bin/python3.11")  # Debian 12's: needs hypot@GLIBC_2.35
+DEBIAN_BZ2 = Path("/usr/lib/python3.11/lib-dynload/_bz2.cpython-311-x86_64-linux-gnu.so")
 
 
 @pytest.mark.parametrize(
     ("links", "files", "problem"),
     [
-        (GOOD_LINKS, PYVENV, None),
+        (GOOD_LINKS, HOME, None),
         (
-            {"bin/python3.11": "/usr/bin/python3.113.11", "bin/python": "python3.11"},
-            PYVENV,
-            "bin/python resolves to /usr/bin/python3.113.11",
+            {**GOOD_LINKS, "bin/python3.11": "/usr/bin/python3.113.11"},
+            {"lib/python3.11/os.py": b""},
+            "bin/python resolves to /usr/bin/python3.113.11, not the archive's bin/python3.11",
         ),
         (
-            {"bin/python3.11": "/root/.pyenv/versions/3.11.7/bin/python3.11"},
-            {**PYVENV, "bin/python": b"x"},
-            "bin/python is a file in the archive",
+            {**GOOD_LINKS, "bin/python3.11": "/usr/bin/python3.11"},
+            {"lib/python3.11/os.py": b""},
+            "bin/python resolves to /usr/bin/python3.11, not the archive's bin/python3.11: the "
+            "EMR Serverless 7.x image documents Python 3.9 only",
         ),
-        ({"bin/python3": "python3.11"}, PYVENV, "no bin/python in the archive"),
-        ({"bin/python": "python", **{}}, PYVENV, "link loop"),
-        (GOOD_LINKS, {"pyvenv.cfg": b"home = /opt/venv/bin\n"}, "pyvenv.cfg home is"),
         (
             {**GOOD_LINKS, "bin/python3.11": "/usr/bin/python3"},
-            PYVENV,
-            "bin/python resolves to /usr/bin/python3, not /usr/bin/python3.11: on Amazon Linux "
-            "2023 (EMR 7.x) that is Python 3.9",
+            {"lib/python3.11/os.py": b""},
+            "bin/python resolves to /usr/bin/python3, not the archive's bin/python3.11: on Amazon "
+            "Linux 2023 (EMR 7.x) that is Python 3.9",
         ),
         (
             {**GOOD_LINKS, "bin/python3.11": "/usr/local/bin/python3.11"},
-            {"pyvenv.cfg": b"home = /usr/local/bin\n"},
-            "bin/python resolves to /usr/local/bin/python3.11, not /usr/bin/python3.11: "
-            "/usr/bin/python3.11 is the one path expected",
+            {"lib/python3.11/os.py": b""},
+            "bin/python resolves to /usr/local/bin/python3.11, not the archive's bin/python3.11: "
+            "a path outside the archive",
         ),
+        ({"bin/python3": "python3.11"}, HOME, "no bin/python in the archive"),
+        ({"bin/python": "python"}, HOME, "link loop"),
+        (GOOD_LINKS, {"bin/python3.11": elf(X86_64)}, "no lib/python3.11/os.py"),
+        (
+            {**GOOD_LINKS, "lib/libz.so.1": "/usr/lib/x86_64-linux-gnu/libz.so.1"},
+            HOME,
+            "lib/libz.so.1 links outside the archive",
+        ),
+        (GOOD_LINKS, {**HOME, "lib/x.so": elf(AARCH64)}, "lib/x.so is built for aarch64"),
     ],
     ids=[
         "good",
         "venv-pack-python-prefix",
-        "copied-binary",
-        "no-python",
-        "loop",
-        "home",
+        "usr-bin-python3.11",
         "usr-bin-python3",
         "usr-local-bin",
+        "no-python",
+        "loop",
+        "no-stdlib",
+        "link-out",
+        "other-cpu",
     ],
 )
-def test_python_link_check(tmp_path, links, files, problem):
-    checked = pack.check_python_links(tar_with(tmp_path / "a.tar.gz", links, files))
+def test_archive_check(tmp_path, links, files, problem):
+    checked = pack.check_archive(tar_with(tmp_path / "a.tar.gz", links, files))
     if problem is None:
         assert checked.problems == []
-        assert set(checked.resolved.values()) == {"/usr/bin/python3.11"}
+        assert set(checked.resolved.values()) == {"bin/python3.11"}
     else:
         assert any(problem in p for p in checked.problems), checked.problems
 
 
-@pytest.mark.skipif(not Path(pack.EMR_PYTHON).is_file(), reason=f"no {pack.EMR_PYTHON} here")
-def test_venv_pack_python_prefix_breaks_the_link_and_plain_venv_pack_does_not(tmp_path):
-    """jcrist/venv-pack#14, reproduced: why pack.py never passes --python-prefix."""
-    import venv_pack
-
-    venv = tmp_path / "venv"
-    subprocess.run([pack.EMR_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
-    prefixed = venv_pack.pack(
-        prefix=str(venv), output=str(tmp_path / "p.tar.gz"), python_prefix="/usr"
+@pytest.mark.skipif(
+    not (DEBIAN_PYTHON.is_file() and DEBIAN_BZ2.is_file()), reason="no Debian 12 python3.11 here"
+)
+def test_archive_check_refuses_a_binary_amazon_linux_2023_cannot_load(tmp_path):
+    """Real ELF files of this machine's Debian 12: its python3.11 needs glibc 2.35 (AL2023 has
+    2.34), its _bz2 module Debian's soname libbz2.so.1.0 (Amazon Linux's is libbz2.so.1)."""
+    files = {
+        "bin/python3.11": DEBIAN_PYTHON.read_bytes(),
+        "lib/python3.11/os.py": b"",
+        "lib/python3.11/lib-dynload/_bz2.so": DEBIAN_BZ2.read_bytes(),
+    }
+    problems = pack.check_archive(tar_with(tmp_path / "d.tar.gz", GOOD_LINKS, files)).problems
+    assert "bin/python3.11 needs GLIBC_2.35 from libm.so.6; Amazon Linux 2023 has GLIBC 2.34" in (
+        problems
     )
-    plain = venv_pack.pack(prefix=str(venv), output=str(tmp_path / "plain.tar.gz"))
-    assert any("/usr/bin/python3.113.11" in p for p in pack.check_python_links(prefixed).problems)
-    assert pack.check_python_links(plain).problems == []
+    assert any(
+        "_bz2.so needs libbz2.so.1.0, which Amazon Linux 2023 does not" in p for p in problems
+    )
 
 
-@pytest.mark.skipif(not Path("/usr/bin/python3").is_file(), reason="no /usr/bin/python3 here")
-def test_pack_refuses_a_venv_made_from_usr_bin_python3_and_leaves_no_archive(tmp_path, monkeypatch):
-    """The false green of issue 20: a venv of the image's plain python3 (3.11 on Debian, 3.9 on
-    Amazon Linux 2023) passed the e2e here. pack.py builds it for real (venv, slimming,
-    venv-pack; no wheels, to stay cheap) and its exact-path check refuses it."""
+def test_libraries_the_archive_carries_are_its_own_not_the_systems(tmp_path):
+    """A wheel's bundled library (auditwheel's ``numpy.libs/``) is found through its rpath:
+    needing it is fine; needing the same name from nowhere is not."""
+    compiled = ROOT / ".venv" / "lib" / "python3.11" / "site-packages" / "numpy.libs"
+    libraries = sorted(compiled.glob("libscipy_openblas*.so")) if compiled.is_dir() else []
+    if not libraries:
+        pytest.skip("no numpy.libs in this venv")
+    openblas = libraries[0]
+    (gfortran,) = compiled.glob("libgfortran*")
+    (quadmath,) = compiled.glob("libquadmath*")
+    alone = {**HOME, f"lib/numpy.libs/{openblas.name}": openblas.read_bytes()}
+    problems = pack.check_archive(tar_with(tmp_path / "a.tar.gz", GOOD_LINKS, alone)).problems
+    assert any(
+        f"needs {gfortran.name}, which Amazon Linux 2023 does not have" in p for p in problems
+    )
+    carried = {
+        **alone,
+        f"lib/numpy.libs/{gfortran.name}": gfortran.read_bytes(),
+        f"lib/numpy.libs/{quadmath.name}": quadmath.read_bytes(),
+    }
+    assert pack.check_archive(tar_with(tmp_path / "b.tar.gz", GOOD_LINKS, carried)).problems == []
+
+
+def test_pack_refuses_an_interpreter_that_is_a_link_out_and_leaves_no_archive(
+    tmp_path, monkeypatch
+):
+    """The false green of issue 20: an archive whose python is the machine's /usr/bin/python3
+    (3.11 on Debian, 3.9 on Amazon Linux 2023) passed the e2e here. pack.py packs such a home
+    for real (copy, slimming, tar; no wheels, to stay cheap) and refuses it."""
     monkeypatch.setattr(pack, "install", lambda site, requirements, platforms: None)
+    home = tmp_path / "home"
+    (home / "bin").mkdir(parents=True)
+    (home / "lib" / "python3.11").mkdir(parents=True)
+    (home / "lib" / "python3.11" / "os.py").write_text("")
+    (home / "bin" / "python3.11").symlink_to(sys.executable)
     output = tmp_path / "dist" / "pyspark_venv.tar.gz"
-    output.parent.mkdir()
     with pytest.raises(pack.PackError) as refused:
-        pack.pack([], output, python="/usr/bin/python3", work=tmp_path / "work")
+        pack.pack([], output, python_home=home, work=tmp_path / "work")
     message = str(refused.value)
-    assert "bin/python resolves to /usr/bin/python3, not /usr/bin/python3.11" in message
-    assert "Python 3.9" in message
+    assert f"bin/python resolves to {sys.executable}, not the archive's bin/python3.11" in message
     assert not output.exists()
+
+
+def test_the_archive_is_written_the_same_way_twice(tmp_path):
+    environment = tmp_path / "environment"
+    (environment / "bin").mkdir(parents=True)
+    (environment / "bin" / "python3.11").write_bytes(elf(X86_64))
+    (environment / "bin" / "python").symlink_to("python3.11")
+    pack.write_archive(environment, tmp_path / "a.tar.gz")
+    os.utime(environment / "bin" / "python3.11", (1, 1))
+    pack.write_archive(environment, tmp_path / "b.tar.gz")
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+    with tarfile.open(tmp_path / "a.tar.gz") as packed:
+        link = packed.getmember("bin/python")
+        assert link.issym() and link.linkname == "python3.11" and link.uid == 0
 
 
 def test_archive_requirements_are_the_versions_installed_here_and_never_pyspark():
@@ -262,9 +326,11 @@ def test_manifest_lists_every_artifact_with_its_checksum_and_the_tested_versions
         assert entry["bytes"] == (dist / name).stat().st_size
     archive = manifest["archive"]
     assert archive["builder"] == "local" and archive["valid_on_emr"] is True
-    assert set(archive["python_links"].values()) == {"/usr/bin/python3.11"}
+    assert set(archive["python_links"].values()) == {"bin/python3.11"}
+    assert archive["interpreter"] == "bin/python3.11" and archive["python_version"] == "3.11.2"
     assert archive["wheel_platform"] == "manylinux_2_34_x86_64"
-    assert pack.check_python_links(dist / VENV_ARCHIVE).problems == []
+    checked = pack.check_archive(dist / VENV_ARCHIVE)
+    assert checked.problems == [] and checked.machines["x86_64"] > 100
     assert archive["bytes_after"] < 0.85 * archive["bytes_before"]
     assert archive["runtime"] == runtime and archive["unpack_seconds"] > 0
     packages = archive["packages"]
@@ -365,20 +431,15 @@ def test_the_tensorflow_archive_runs_the_job_with_only_its_python(tensorflow_dis
 # --- upload -----------------------------------------------------------------------------------
 
 
-def elf(machine: int) -> bytes:
-    """The start of a 64-bit little-endian shared object built for ``machine`` (e_machine)."""
-    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
-    return ident + (3).to_bytes(2, "little") + machine.to_bytes(2, "little") + bytes(44)
-
-
-X86_64, AARCH64 = 62, 183
 NUMPY_SO = "lib/python3.11/site-packages/numpy/_core/_multiarray_umath.cpython-311.so"
 
 
 def small_archive(path: Path, links: dict[str, str] = GOOD_LINKS, machine: int = X86_64) -> Path:
-    """A venv archive as pack.py leaves it, in small: the links, pyvenv.cfg, one compiled file.
+    """An archive as pack.py leaves it, in small: the links, the interpreter, one compiled file.
     The same content gives the same bytes (gzip's timestamp fixed), as an unchanged build."""
-    tar_with(path, links, {**PYVENV, NUMPY_SO: elf(machine), "bin/activate": b"# sh\n"})
+    interpreter = {"bin/python3.11": elf(machine)} if "bin/python3.11" not in links else {}
+    files = {**HOME, **interpreter, NUMPY_SO: elf(machine)}
+    tar_with(path, links, {k: v for k, v in files.items() if k not in links})
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()), mtime=0))
     return path
 
@@ -390,7 +451,7 @@ def write_manifest(folder: Path) -> None:
         name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
         for name in names
     }
-    checked = {"valid_on_emr": True, "python_links": {"bin/python": "/usr/bin/python3.11"}}
+    checked = {"valid_on_emr": True, "python_links": {"bin/python": "bin/python3.11"}}
     (folder / build.MANIFEST).write_text(json.dumps({"files": files, "archive": checked}))
 
 
@@ -456,7 +517,7 @@ def test_upload_reads_the_archive_and_refuses_a_rewritten_python_link(
     artifacts = f"s3://{stack.bucket}/artifacts"
     assert upload.main(["--artifacts", artifacts, "--dist", str(folder)]) == 2
     err = capsys.readouterr().err
-    assert f"bin/python resolves to {target}, not /usr/bin/python3.11" in err
+    assert f"bin/python resolves to {target}, not the archive's bin/python3.11" in err
     assert "nothing uploaded" in err
     assert stack.client("s3").list_objects_v2(Bucket=stack.bucket)["KeyCount"] == 0
 
@@ -470,12 +531,13 @@ def test_upload_refuses_a_file_changed_since_the_manifest_listed_it(tmp_path, ca
 
 def test_the_archive_architecture_is_read_from_its_compiled_files(tmp_path):
     arm = small_archive(tmp_path / "arm.tar.gz", machine=AARCH64)
-    assert upload.archive_machines(arm) == {"ARM64": 1}
-    assert upload.archive_machines(small_archive(tmp_path / "x.tar.gz")) == {"X86_64": 1}
+    assert pack.check_archive(arm, None).machines == {"aarch64": 2}
+    assert pack.check_archive(small_archive(tmp_path / "x.tar.gz"), None).machines == {"x86_64": 2}
     mixed = tar_with(
-        tmp_path / "mixed.tar.gz", GOOD_LINKS, {**PYVENV, "a.so": elf(X86_64), "b.so": elf(183)}
+        tmp_path / "mixed.tar.gz", GOOD_LINKS, {**HOME, "a.so": elf(X86_64), "b.so": elf(183)}
     )
-    machines = upload.archive_machines(mixed)
+    machines = {"X86_64": 2, "ARM64": 1}
+    assert pack.check_archive(mixed, None).machines == {"x86_64": 2, "aarch64": 1}
     assert "mixes compiled files for ARM64, X86_64" in upload.archive_architecture_problem(
         machines, "X86_64"
     )
