@@ -15,6 +15,9 @@ What the service does, and what this does in its place:
   a local mirror of what the request reads and nothing else (``reads.py``: the artifacts it
   names, its input prefix or its manifest and the photos listed, the output files its kind of
   run consults; ``mirror.py``: keys a folder cannot hold as they are are left out and listed);
+- ``PYSPARK_PYTHON`` and ``PYSPARK_DRIVER_PYTHON`` are followed through the archive's links
+  and answered for as the 7.x image would (``image.py``: Python 3.9 at ``/usr/bin/python3``,
+  nothing else outside the archive), not by this machine's own Pythons;
 - the driver and each executor are held to their worker's size (memory + memoryOverhead):
   one over it is killed, the JVM with its Python workers, as the service kills a worker
   (``limits.py``; ``emulator.memory`` has the limits, each worker's peak and the kills);
@@ -45,6 +48,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from emr_emulator.image import pythons_problem
 from emr_emulator.limits import (
     KILLED_EXIT_CODE,
     Watchdog,
@@ -254,6 +258,7 @@ def run_job(
     keep: bool = False,
     push: bool = False,
     push_also: tuple[str, ...] = (),
+    host_pythons: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run ``request`` to its end; returns a GetJobRun-like ``jobRun`` (plus ``emulator``).
 
@@ -296,6 +301,14 @@ def run_job(
             state, details = "FAILED", f"could not fetch {archive.uri}: no such object"
             break
         unpack(local, driver_dir / archive.alias)
+    if state == "SUCCESS":
+        problem = pythons_problem(driver_dir, run.driver_env, run.executor_env, host_pythons)
+        if problem:
+            state, code = "FAILED", 1
+            details = STATE_DETAILS_FAILED.format(code=code, lines=problem)
+    stdout, stderr = driver_dir.parent / "driver.stdout", driver_dir.parent / "driver.stderr"
+    if details:
+        stderr.write_text(details + "\n")  # where the service's driver log would say it
     master = local_cluster(run.conf, workers)
     command = spark_submit_command(
         str(home / "bin" / "spark-submit"),
@@ -303,7 +316,6 @@ def run_job(
         master,
         {**s3_mirror_conf(buckets, str(mirror.root)), "spark.ui.enabled": "false"},
     )
-    stdout, stderr = driver_dir.parent / "driver.stdout", driver_dir.parent / "driver.stderr"
     timeout = 60 * int(request.get("executionTimeoutMinutes", 720))
     started = time.monotonic()
     watchdog = None

@@ -4,7 +4,9 @@
 photos are uploaded, a backfill and the Lambda each start a job run through the moto EMR
 Serverless API, and ``emr_emulator`` runs exactly those requests: the venv archive unpacked
 as ``./environment`` for the driver and, by Spark, for each executor JVM in its own
-directory; ``./environment/bin/python`` resolving to ``/usr/bin/python3.11``; the entry point,
+directory; ``./environment/bin/python`` resolving to the archive's own ``bin/python3.11``, with
+no Python of this machine's (the emulator answers for paths outside the archive as the EMR
+Serverless image would: ``emr_emulator/image.py``); the entry point,
 job package, model and archive read from ``s3://``; logs under the request's ``logUri``.
 """
 
@@ -14,7 +16,7 @@ import gzip
 import io
 import json
 import shutil
-import subprocess
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,7 @@ from tests.conftest import REAL_SAMPLE, needs_real_data
 from tests.loopback import job_runs, keys, poll_and_invoke
 from tests.test_packaging import load, pack
 
-EMR_PYTHON = "/usr/bin/python3.11"
+ARCHIVE_PYTHON = ("environment", "bin", "python3.11")  # the archive's own
 PHOTOS_PER_CLASS = 3
 BROKEN_KEY = "raw/Kiwi/broken.jpg"
 
@@ -166,8 +168,9 @@ def test_photos_become_rows_when_run_as_emr_serverless_runs_the_deployed_artifac
         emulated = batched[f"s3://{bucket}/{key}"]["features"]
         np.testing.assert_allclose(emulated, row["features"], atol=1e-5)
 
-    # Every Python process ran the archive's interpreter, which is EMR's /usr/bin/python3.11:
-    # the driver from its working directory, each executor from its own.
+    # Every Python process ran the archive's own interpreter, bin/python3.11 inside the
+    # ./environment it was unpacked as: the driver from its working directory, each executor
+    # from its own.
     for run in (first, second):
         report = json.loads(
             s3.get_object(Bucket=bucket, Key=f"output/reports/run_id={run['name']}/report.json")[
@@ -175,10 +178,15 @@ def test_photos_become_rows_when_run_as_emr_serverless_runs_the_deployed_artifac
             ].read()
         )
         assert report["spark"]["driver_python"].endswith("/driver/environment/bin/python")
-        assert report["spark"]["driver_python_resolved"] == EMR_PYTHON
+        resolved = Path(report["spark"]["driver_python_resolved"])
+        assert resolved.parts[-3:] == ARCHIVE_PYTHON and resolved.parts[-4] == "driver"
         assert report["spark"]["driver_jit_max_tier"] == 1  # the request's JVM options
         events = worker_events(stack, run)
-        assert events and {e["python_resolved"] for e in events} == {EMR_PYTHON}
+        assert events
+        for event in events:
+            resolved = Path(event["python_resolved"])
+            assert resolved.parts[-3:] == ARCHIVE_PYTHON
+            assert resolved.parent.parent.parent == Path(event["python"]).parents[2]
         folders = {Path(e["python"]).parents[2] for e in events}
         assert len(folders) == 2, folders  # two executors, each with its own ./environment
         assert all(Path(e["python"]).parts[-3:] == ("environment", "bin", "python") for e in events)
@@ -193,20 +201,39 @@ def test_photos_become_rows_when_run_as_emr_serverless_runs_the_deployed_artifac
     )
 
 
-@pytest.mark.skipif(not Path(EMR_PYTHON).is_file(), reason=f"no {EMR_PYTHON} here")
-def test_an_archive_whose_python_link_is_broken_fails_the_run_as_it_would_on_emr(
-    stack, tmp_path, capsys
-):
-    """venv-pack --python-prefix /usr, as packaging/Dockerfile ran it until now; the run is
-    taken from the EMR Serverless API by the emulator's command line, as a user would."""
-    import venv_pack
+def linked_archive(path: Path, target: str) -> Path:
+    """An archive whose interpreter is a link out of it, as venv-pack or a hand edit makes."""
+    with tarfile.open(path, "w:gz") as packed:
+        for name, linkname in {"bin/python": "python3.11", "bin/python3.11": target}.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, linkname
+            packed.addfile(info)
+    return path
 
-    venv = tmp_path / "venv"
-    subprocess.run([EMR_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
-    broken = Path(
-        venv_pack.pack(prefix=str(venv), output=str(tmp_path / VENV_ARCHIVE), python_prefix="/usr")
-    )
-    assert pack.check_python_links(broken).problems  # the build refuses to ship it
+
+@pytest.mark.parametrize(
+    ("target", "details"),
+    [
+        (
+            "/usr/bin/python3",  # Debian's 3.11 here: this archive would have passed
+            "runs /usr/bin/python3, Python 3.9 on the EMR Serverless 7.x image",
+        ),
+        (
+            "/usr/bin/python3.11",
+            "error=2, No such file or directory (emulated: /usr/bin/python3.11",
+        ),
+        ("/usr/local/bin/python3.11", "error=2, No such file or directory"),
+        ("/usr/bin/python3.113.11", "error=2, No such file or directory"),  # venv-pack#14
+    ],
+    ids=["usr-bin-python3", "usr-bin-python3.11", "usr-local-bin", "venv-pack-prefix"],
+)
+def test_an_archive_whose_python_links_out_fails_the_run_as_it_would_on_emr(
+    stack, tmp_path, capsys, target, details
+):
+    """The run is taken from the EMR Serverless API by the emulator's command line, as a user
+    would; this machine's own Pythons do not stand in for the image's."""
+    broken = linked_archive(tmp_path / VENV_ARCHIVE, target)
+    assert pack.check_archive(broken).problems  # the build and upload refuse to ship it
     s3 = stack.client("s3")
     s3.upload_file(str(broken), stack.bucket, f"artifacts/{VENV_ARCHIVE}")
     build = load("build")
@@ -221,6 +248,8 @@ def test_an_archive_whose_python_link_is_broken_fails_the_run_as_it_would_on_emr
     result = json.loads(capsys.readouterr().out)
     assert result["state"] == "FAILED" and result["jobRunId"] == run["jobRunId"]
     assert result["emulator"]["sparkVersion"] == "3.5.5" and not result["emulator"]["warnings"]
-    assert 'Cannot run program "./environment/bin/python"' in result["stateDetails"]
-    stderr = [u for u in result["emulator"]["logs"] if u.endswith("SPARK_DRIVER/stderr.gz")]
-    assert any("error=2, No such file or directory" in line for line in log_lines(stack, stderr[0]))
+    assert "PYSPARK_DRIVER_PYTHON: " in result["stateDetails"]
+    assert details in result["stateDetails"]
+    assert not keys(stack, "output/")  # nothing ran, nothing written
+    (driver_log,) = [u for u in result["emulator"]["logs"] if u.endswith("SPARK_DRIVER/stderr.gz")]
+    assert any(details in line for line in log_lines(stack, driver_log))

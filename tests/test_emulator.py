@@ -451,7 +451,9 @@ def test_one_run_keeps_driver_and_executor_environments_apart_and_leaves_the_buc
         },
         "executionTimeoutMinutes": 10,
     }
-    result = run_job(request, s3, workdir=tmp_path / "run", keep=True, push=True)
+    result = run_job(
+        request, s3, workdir=tmp_path / "run", keep=True, push=True, host_pythons=(sys.executable,)
+    )
     assert result["state"] == "SUCCESS", result["stateDetails"]
 
     rows = [

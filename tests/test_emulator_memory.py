@@ -136,7 +136,9 @@ def test_an_executor_over_its_worker_size_fails_the_run_with_the_memory_cause(st
         },
         "executionTimeoutMinutes": 10,
     }
-    result = run_job(request, s3, workdir=tmp_path / "run", keep=True)
+    result = run_job(
+        request, s3, workdir=tmp_path / "run", keep=True, host_pythons=(sys.executable,)
+    )
     memory = result["emulator"]["memory"]
     assert result["state"] == "FAILED", result["stateDetails"]
     assert MEMORY_KILLED in result["stateDetails"]
