@@ -12,6 +12,12 @@ photos into tasks the way a large backfill does (up to 128 MiB of photos per tas
 
     .venv/bin/python benchmarks/phone_memory.py --photos 96 --dist dist
     .venv/bin/python benchmarks/phone_memory.py --photos 96 --dist dist --parallelism 1
+    .venv/bin/python benchmarks/phone_memory.py --photos 96 --dist dist --trigger
+
+``--trigger``: the upload path instead, as the Lambda submits it: the uploads' notifications
+are handed to the handler (one poll of the queue, the stack's BatchSize), which writes the
+manifest and starts a run sized to its photos and bytes (lambda_trigger/sizing.py: a batch of
+phone photos may get the small 2-vCPU executor); the first run it started is the one measured.
 """
 
 from __future__ import annotations
@@ -38,11 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=int, default=96)
     parser.add_argument("--dist", type=Path, required=True, help="./dev package's output (onnx)")
     parser.add_argument("--parallelism", type=int, default=None)
+    parser.add_argument(
+        "--trigger", action="store_true", help="measure the Lambda's batch run, not a backfill"
+    )
     args = parser.parse_args(argv)
 
     from emr_emulator.run import run_job
     from lambda_trigger import backfill
-    from tests.loopback import CREDENTIALS, MotoServer, deploy
+    from lambda_trigger import handler as trigger
+    from lambda_trigger.request import request_from_job_run
+    from tests.loopback import CREDENTIALS, MotoServer, deploy, job_runs, poll_and_invoke
     from tests.test_packaging import load
 
     folder = phone_folder(args.photos)
@@ -62,13 +73,18 @@ def main(argv: list[str] | None = None) -> int:
         s3 = stack.client("s3")
         for photo in photos:
             s3.upload_file(str(photo), bucket, f"raw/{photo.relative_to(folder).as_posix()}")
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            code = backfill.main(
-                ["--input", f"s3://{bucket}/raw/", "--print-request"], env=stack.environment
-            )
-        assert code == 0
-        request = json.loads(printed.getvalue())
+        if args.trigger:
+            invocation = poll_and_invoke(stack, trigger.handler)
+            assert invocation is not None and invocation.response == {"batchItemFailures": []}
+            request = request_from_job_run(job_runs(stack)[0])
+        else:
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                code = backfill.main(
+                    ["--input", f"s3://{bucket}/raw/", "--print-request"], env=stack.environment
+                )
+            assert code == 0
+            request = json.loads(printed.getvalue())
         if args.parallelism is not None:
             driver = request["jobDriver"]["sparkSubmit"]
             driver["sparkSubmitParameters"] = re.sub(
@@ -95,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                     "photos": len(photos),
                     "photo_mb_mean": round(sum(sizes) / len(sizes) / 1e6, 2),
                     "parallelism": args.parallelism,
+                    "path": "trigger" if args.trigger else "backfill",
+                    "submitted": request["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"],
                     "state": result["state"],
                     "stateDetails": result["stateDetails"],
                     "seconds": round(seconds, 1),
