@@ -58,6 +58,8 @@ class JobConfig:
     preflight: str | None = None  # check the deployment instead of featurizing (preflight.py)
     preflight_artifacts: str | None = None  # the uploaded artifacts.json
     preflight_reference: str | None = None  # an fp32 .onnx to compare the deployed model with
+    compact: float | None = None  # merge batch partitions at least this many days old (compact.py)
+    dry_run: bool = False  # with compact: report the plan, write nothing
 
     @property
     def is_backfill(self) -> bool:
@@ -102,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
         "this folder or prefix (the first photo found) or this object, a marker written and "
         "deleted under --output, the model on the executors' CPUs; a report under "
         "OUTPUT/reports/preflight/RUN_ID/. Exit 1 names the first failed check.",
+    )
+    source.add_argument(
+        "--compact",
+        type=float,
+        metavar="MIN_AGE_DAYS",
+        help="Merge the features and errors partitions of batches whose newest file is at "
+        "least this many days old into few files of at most 128 MiB (compact.py; "
+        "docs/operating.md). Every reader answers the same after. The model flags are ignored.",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="With --compact: print the plan (partitions, files, bytes, rows before and "
+        "after) and write nothing.",
     )
     parser.add_argument(
         "--preflight-artifacts",
@@ -268,6 +284,10 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
     _require_local(args.input, "--input", Path.is_dir, "folder")
     _require_local(args.manifest, "--manifest", Path.is_file, "file")
     _require_local(args.erase, "--erase", Path.is_file, "file")
+    if args.compact is not None and not 0.0 <= args.compact < float("inf"):
+        raise ConfigError(f"--compact: {args.compact} days must be 0 or more")
+    if args.dry_run and args.compact is None:
+        raise ConfigError("--dry-run: only used with --compact")
     for flag in ("preflight_artifacts", "preflight_reference"):
         if getattr(args, flag) is not None and args.preflight is None:
             raise ConfigError(f"--{flag.replace('_', '-')}: only used with --preflight")
@@ -297,6 +317,8 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         preflight=_optional_location(args.preflight),
         preflight_artifacts=_optional_location(args.preflight_artifacts),
         preflight_reference=_optional_location(args.preflight_reference),
+        compact=args.compact,
+        dry_run=args.dry_run,
     )
 
 

@@ -13,7 +13,8 @@ Each photo's newest row (``featurized_at``, then ``run_id``) among those whose r
 the current version can project (same weights, image size and precision: ``reduce.key_of``; a
 row of a run that had no model yet, by its run report) is kept and projected with the current
 version, so a photo featurized only before a refit keeps its place and every row is in one
-space. A photo erased
+space. A row of a merged partition (``compact.py``) counts as its own run's
+(``origin_run_id``), and a merge's sources are skipped once its file is live. A photo erased
 at or after its newest row was featurized is left out (``erase.tombstones``): its rows go at
 the next erase run, and no reader sees them meanwhile.
 """
@@ -25,7 +26,7 @@ import json
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from emr_serverless_job import erase, hadoopfs, reduce
+from emr_serverless_job import compact, erase, hadoopfs, reduce
 from emr_serverless_job.config import PCA_MODEL_DIRNAME
 from emr_serverless_job.job import (
     FEATURES_COLUMNS,
@@ -53,9 +54,9 @@ def current_features(spark: SparkSession, output: str, model: str | None = None)
     uri = _model_uri(output)
     reduction = reduce.read(spark, uri, model or current_model(spark, output))
     assert reduction is not None  # a version id was given or found
-    rows = spark.read.option("mergeSchema", "true").parquet(  # tables older than pca_model
-        f"{output.rstrip('/')}/{FEATURES_TABLE}"
-    )
+    table = f"{output.rstrip('/')}/{FEATURES_TABLE}"
+    # mergeSchema: tables older than pca_model. A merged partition's rows keep their run.
+    rows = compact.readable(spark, table, spark.read.option("mergeSchema", "true").parquet(table))
     versions, runs = projectable(spark, output, rows, reduction.info)
     newest = Window.partitionBy("path").orderBy(
         F.col(FEATURIZED_AT_COLUMN).desc(), F.col("run_id").desc()

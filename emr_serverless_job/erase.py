@@ -42,6 +42,7 @@ from pyspark.sql import types as T
 from pyspark.sql.utils import AnalysisException
 
 from emr_serverless_job import hadoopfs
+from emr_serverless_job.compact_plan import ORIGIN_RUN_COLUMN
 from emr_serverless_job.config import JobConfig
 from emr_serverless_job.inputs import (
     DELETED,
@@ -239,13 +240,26 @@ def features_match(rows: DataFrame) -> Column:
     )
 
 
-def errors_match(rows: DataFrame, started_at: datetime | None) -> Column:
+def errors_match(rows: DataFrame, started_at: Column) -> Column:
     """An errors row erased by a tombstone: same path, and deleted after its run started (any
-    time when that is unknown), or a row that only says the file was gone."""
+    time when that is unknown: a null ``started_at``), or a row that only says the file was
+    gone. ``started_at`` is per row: a merged partition holds rows of many runs."""
     same = rows[PATH_COLUMN] == F.col(_T_PATH)
-    if started_at is None:
-        return same
-    return same & ((F.col(_T_AT) > F.lit(started_at)) | rows["reason"].isin(*GONE_REASONS))
+    later = (F.col(_T_AT) > started_at) | rows["reason"].isin(*GONE_REASONS)
+    return same & (started_at.isNull() | later)
+
+
+def _run_started(spark: SparkSession, output: str, part: DataFrame, partition_run: str) -> Column:
+    """When each row's run started: the partition's run, or in a merged partition (``compact``)
+    the row's ``origin_run_id``; null where the report cannot be read."""
+    if ORIGIN_RUN_COLUMN not in part.columns:
+        return F.lit(_started_at(spark, output, partition_run)).cast("timestamp")
+    runs = sorted(str(r[0]) for r in part.select(ORIGIN_RUN_COLUMN).distinct().collect())
+    known = {run: _started_at(spark, output, run) for run in runs}
+    pairs = [F.lit(x) for run, at in known.items() if at is not None for x in (run, at)]
+    if not pairs:
+        return F.lit(None).cast("timestamp")
+    return F.create_map(*pairs)[F.col(ORIGIN_RUN_COLUMN)]
 
 
 # --- the file system (Hadoop's, through the JVM: local folders here, EMRFS on EMR) ----------
@@ -402,6 +416,15 @@ def recover(spark: SparkSession, table: str, erase_run: str) -> int:
 # --- applying the tombstones ----------------------------------------------------------------
 
 
+def _finish_compactions(spark: SparkSession, table: str) -> None:
+    """Finish (or undo) a merge a crashed compaction run left, before any partition is
+    rewritten: a rewrite of its merged partition would otherwise move the file readers take
+    as the sign that the merge is live. (Imported here: compact builds on this module.)"""
+    from emr_serverless_job import compact
+
+    compact.recover(spark, table)
+
+
 def _partitions_matching(rows: DataFrame, stones: DataFrame, match: Column) -> dict[str, int]:
     """Rows to remove per ``run_id`` partition, in one Spark job over the table's few columns."""
     counted = rows.join(stones, match, "left_semi").groupBy("run_id").count().collect()
@@ -414,6 +437,7 @@ def erase_features(
     """Remove erased rows from every features partition; returns rows removed per partition."""
     table = f"{output}/{FEATURES_TABLE}"
     recover(spark, table, run_id)
+    _finish_compactions(spark, table)
     rows = _read_parquet(spark, table, merge=True)  # partitions from before featurized_at
     if rows is None or "run_id" not in rows.columns:
         return {}
@@ -461,6 +485,7 @@ def erase_errors(
     read (for ``started_at``), and each is checked and rewritten on its own."""
     table = f"{output}/{ERRORS_TABLE}"
     recover(spark, table, run_id)
+    _finish_compactions(spark, table)
     rows = _read_parquet(spark, table, merge=True)
     if rows is None or "run_id" not in rows.columns:
         return {}
@@ -471,7 +496,7 @@ def erase_errors(
     for partition_run in sorted(candidates):
         swap = Swap(table, f"run_id={partition_run}", run_id)
         part = spark.read.parquet(swap.live)
-        match = errors_match(part, _started_at(spark, output, partition_run))
+        match = errors_match(part, _run_started(spark, output, part, partition_run))
         count = part.join(joinable, match, "left_semi").count()
         if count:
             replace_partition(spark, swap, part.join(joinable, match, "left_anti"))

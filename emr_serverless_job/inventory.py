@@ -1,10 +1,11 @@
 """What an output holds, per run and per PCA version: ``python -m emr_serverless_job.inventory``.
 
 Reads only the small columns (``path``, ``pca_model``, ``featurized_at``, the ``run_id``
-partition) of the ``features`` and ``errors`` tables, the ``erasures`` tombstones and the PCA
-versions' metadata, with pyarrow (a local folder, or ``s3://`` where pyarrow's S3 file system
-reaches), and prints a line per run and per PCA version, marking the current version and how
-many photos ``current_features`` returns, by the same rule (``current.py``).
+partition, or ``origin_run_id`` in a merged one) of the ``features`` and ``errors`` tables,
+the ``erasures`` tombstones and the PCA versions' metadata, with pyarrow (a local folder, or
+``s3://`` where pyarrow's S3 file system reaches), and prints a line per run and per PCA
+version, marking the current version and how many photos ``current_features`` returns, by
+the same rule (``current.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from emr_serverless_job.compact_plan import (
+    ORIGIN_RUN_COLUMN,
+    PARTITION_KEY,
+    hidden_sources,
+    is_journal,
+)
 from emr_serverless_job.config import PCA_MODEL_DIRNAME
 from emr_serverless_job.erase import ERASED_AT_COLUMN, ERASURES_TABLE
 from emr_serverless_job.job import REPORT_FILE, REPORTS_FOLDER
@@ -65,10 +72,12 @@ def _table(filesystem: pafs.FileSystem, path: str, columns: dict[str, pa.DataTyp
     """Only ``columns`` of a table's Parquet files (``reconcile.table_files``), with null where
     a file was written before a column existed: the schema is given, not read from the first
     file, whose columns may be fewer than a later one's."""
-    schema = pa.schema([*columns.items(), ("run_id", pa.string())])
+    schema = pa.schema(
+        [*columns.items(), (ORIGIN_RUN_COLUMN, pa.string()), (PARTITION_KEY, pa.string())]
+    )
     files = table_files(filesystem, path)
     if not files:
-        return schema.empty_table()
+        return _readable(filesystem, path, schema.empty_table())
     dataset = ds.dataset(
         files,
         schema=schema,
@@ -77,7 +86,30 @@ def _table(filesystem: pafs.FileSystem, path: str, columns: dict[str, pa.DataTyp
         partitioning="hive",
         partition_base_dir=path,
     )
-    return dataset.to_table(columns=schema.names)
+    return _readable(filesystem, path, dataset.to_table(columns=schema.names))
+
+
+def _readable(filesystem: pafs.FileSystem, path: str, table: pa.Table) -> pa.Table:
+    """As ``compact.readable`` takes a table: a merge's sources skipped once its file is live,
+    and each row's ``run_id`` the run that wrote it (``origin_run_id`` in a merged partition)."""
+    journals = []
+    if filesystem.get_file_info(path).type == pafs.FileType.Directory:
+        journals = [
+            _read_json(filesystem, entry.path)
+            for entry in filesystem.get_file_info(pafs.FileSelector(path))
+            if entry.type == pafs.FileType.File and is_journal(entry.base_name)
+        ]
+    skip = hidden_sources(
+        [j for j in journals if j],
+        lambda folder, file: (
+            filesystem.get_file_info(f"{path}/{folder}/{file}").type == pafs.FileType.File
+        ),
+    )
+    if skip:
+        table = table.filter(pc.invert(pc.is_in(table[PARTITION_KEY], pa.array(sorted(skip)))))
+    run = pc.coalesce(table[ORIGIN_RUN_COLUMN], table[PARTITION_KEY])
+    table = table.drop_columns([ORIGIN_RUN_COLUMN])
+    return table.set_column(table.schema.get_field_index(PARTITION_KEY), PARTITION_KEY, run)
 
 
 def _values(table: pa.Table, column: str) -> list:

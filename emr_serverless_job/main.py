@@ -81,18 +81,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 
-    from emr_serverless_job import erase, job
+    from emr_serverless_job import compact, erase, job
     from emr_serverless_job.inputs import InputError
     from emr_serverless_job.model import ModelError
     from emr_serverless_job.reduce import ReductionMismatch
 
     spark = spark_session("fruits-features")
     try:
-        report = erase.run(config, spark) if config.erase else job.run(config, spark)
+        if config.erase:
+            report = erase.run(config, spark)
+        elif config.compact is not None:
+            report = compact.run(config, spark)
+        else:
+            report = job.run(config, spark)
     except (InputError, ModelError, ReductionMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    except (job.ReconciliationError, erase.ErasureIncomplete) as error:
+    except (job.ReconciliationError, erase.ErasureIncomplete, compact.CompactionMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_RUN_FAILED
     finally:

@@ -84,6 +84,16 @@ ERASE_SPARK_CONF = (
     ("spark.default.parallelism", str(2 * EXECUTOR_CORES)),
 )
 
+# A compaction run (emr_serverless_job/compact.py) merges old batch partitions: like an erase
+# run it reads and writes Parquet in the JVM only, so it gets the same small executors. It is
+# tagged as its own pipeline, as a preflight is: the watcher neither retries nor alerts on it
+# (a failed compaction loses nothing, and the next one finishes what it left), and its run id
+# is COMPACT_RUN_PREFIX + UTC time + 8 hex (each is its own run; the job's reports say so).
+COMPACT_TAG = "fruits-features-compaction"
+COMPACT_RUN_PREFIX = "compact-"
+COMPACT_SPARK_CONF = ERASE_SPARK_CONF
+DRY_RUN_FLAG = "--dry-run"
+
 
 @dataclass(frozen=True)
 class Deployment:
@@ -106,13 +116,14 @@ class Deployment:
 
 
 # The job's flags that name what a run reads: its first entry point argument.
-SOURCE_FLAGS = ("--input", "--manifest", "--erase", "--preflight")
+SOURCE_FLAGS = ("--input", "--manifest", "--erase", "--preflight", "--compact")
 
 
 @dataclass(frozen=True)
 class JobSource:
     """What one run reads: ``--input`` (a backfill), ``--manifest`` (a batch of uploads),
-    ``--erase`` (an erasure manifest) or ``--preflight`` (one photo, to check a deployment)."""
+    ``--erase`` (an erasure manifest), ``--preflight`` (one photo, to check a deployment) or
+    ``--compact`` (its value: the minimum age in days of the batch partitions it merges)."""
 
     flag: str  # one of SOURCE_FLAGS
     uri: str
@@ -251,6 +262,29 @@ def for_preflight(
         extra_args=tuple(extra),
         pipeline=PREFLIGHT_TAG,
         timeout_minutes=PREFLIGHT_TIMEOUT_MINUTES,
+    )
+
+
+def compaction_run_id(now: datetime, nonce: str) -> str:
+    """``compact-20261202t141502z-1a2b3c4d``: each compaction is its own run (UTC time + 8 hex),
+    so its client token never repeats one of another day's."""
+    if not re.fullmatch(r"[0-9a-f]{8,}", nonce):
+        raise ValueError(f"nonce {nonce!r}: at least 8 lowercase hex digits")
+    return f"{COMPACT_RUN_PREFIX}{now.astimezone(UTC):%Y%m%dt%H%M%S}z-{nonce[:8]}"
+
+
+def for_compaction(min_age_days: float, run_id: str, dry_run: bool = False) -> JobSource:
+    """A compaction run of the output's batch partitions at least ``min_age_days`` old; a dry
+    run only reports its plan (in the driver's stdout) and writes nothing."""
+    if not 0 <= min_age_days < float("inf"):
+        raise ValueError(f"min_age_days {min_age_days}: 0 or more")
+    return JobSource(
+        flag="--compact",
+        uri=f"{min_age_days:g}",
+        run_id=run_id,
+        extra_args=(DRY_RUN_FLAG,) if dry_run else (),
+        spark_conf=COMPACT_SPARK_CONF,
+        pipeline=COMPACT_TAG,
     )
 
 
