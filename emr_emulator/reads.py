@@ -16,6 +16,9 @@ batch run loads). By the job's flags (emr_serverless_job/config.py):
 - ``--erase FILE``: the file and the tables an erase run rewrites or consults under
   ``--output`` (features, errors, erasures, and reports for the runs' start times), not the
   photos it names (they are gone) nor the PCA model;
+- ``--compact DAYS``: the tables a compaction merges and the reports it checks under
+  ``--output`` (features, errors, reports); its merged files are not pushed (they are
+  outside the run's own partition) and its deletes are not emulated;
 - ``--preflight PREFIX_OR_KEY``: the object, or the first photo under the prefix in S3's
   order (which is the order EMRFS lists it in).
 
@@ -38,6 +41,7 @@ PCA_MODEL_DIRNAME = "pca_model"
 POINTER_FILE = "current.json"
 VERSIONS_FOLDER = "versions"
 ERASE_READS = ("features", "errors", "erasures", "reports")
+COMPACT_READS = ("features", "errors", "reports")
 # Flags whose value is a location the run reads as described above, or only writes.
 LOCATION_FLAGS = ("--input", "--manifest", "--erase", "--preflight", "--output", "--pca-model")
 ARTIFACT_OPTIONS = ("--py-files", "--archives", "--files", "--jars")
@@ -172,6 +176,9 @@ def reads(run: Launch, manifest: str | None = None, pointer: str | None = None) 
         if output is not None:
             for table in ERASE_READS:
                 prefixes.add((output[0], f"{_folder(output[1])}{table}/"))
+    if "--compact" in run.arguments and output is not None:
+        for table in COMPACT_READS:
+            prefixes.add((output[0], f"{_folder(output[1])}{table}/"))
     if (source := split_uri(run.argument("--preflight") or "")) is not None:
         if source[1] and not source[1].endswith("/"):
             keys.add(source)

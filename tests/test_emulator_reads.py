@@ -14,6 +14,7 @@ from emr_emulator.submit import launch
 from lambda_trigger.request import (
     Deployment,
     for_backfill,
+    for_compaction,
     for_erasure,
     for_manifest,
     for_preflight,
@@ -117,6 +118,21 @@ def test_a_batch_with_its_own_pca_model_reads_that_one():
     wanted = reads(launch(request), pointer='{"version": "v2"}')
     assert uris(wanted.prefixes) == {"s3://m/pca/", "s3://m/pca/versions/v2/"}
     assert uris(wanted.excluded) == {"s3://m/pca/versions/"}
+
+
+def test_a_compaction_reads_the_tables_it_merges_and_their_reports_not_photos_or_model():
+    run = launch(request_for(for_compaction(7, "compact-1", dry_run=True)))
+    wanted = reads(run)
+    assert uris(wanted.keys) == ARTIFACTS
+    output = f"s3://{BUCKET}/output"
+    assert uris(wanted.prefixes) == {
+        f"{output}/features/",
+        f"{output}/errors/",
+        f"{output}/reports/",
+    }
+    assert set(rule.COMPACT_READS) <= set(rule.ERASE_READS)
+    assert not wanted.wants(BUCKET, "raw/Kiwi/a.jpg")
+    assert not wanted.wants(BUCKET, "output/pca_model/current.json")
 
 
 def test_an_erase_run_reads_its_manifest_and_the_output_tables_not_the_photos():
