@@ -227,9 +227,9 @@ def function(size: int, batch_size: int, processes: int, folder: Path) -> dict:
     forked workers (model threads 1, as each Spark task gets one core), for RAW_SECONDS."""
     import multiprocessing
 
-    from emr_serverless_job.images import is_image_path
+    from fruits_contract import is_image_name
 
-    paths = sorted(p for p in folder.rglob("*") if is_image_path(p.name))
+    paths = sorted(p for p in folder.rglob("*") if is_image_name(p.name))
     chunks = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
     context = multiprocessing.get_context("fork")
     with context.Pool(processes) as pool:

@@ -11,8 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-DETAIL_TYPE = "EMR Serverless Job Run State Change"
-SOURCE = "aws.emr-serverless"
+from fruits_contract import EVENT_DETAIL_TYPE, EVENT_SOURCE
 
 
 def state_change_event(
@@ -27,8 +26,8 @@ def state_change_event(
     return {
         "version": "0",
         "id": str(uuid.uuid4()),
-        "detail-type": DETAIL_TYPE,
-        "source": SOURCE,
+        "detail-type": EVENT_DETAIL_TYPE,
+        "source": EVENT_SOURCE,
         "account": account,
         "time": now,
         "region": region,

@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from emr_emulator.reads import Reads, first_photo
-from lambda_trigger.request import PREFLIGHT_REPORT
+from fruits_contract import PREFLIGHT_REPORT
 
 # Hadoop's local file system writes a checksum file next to every file; EMRFS does not. It
 # also reads ``.NAME.crc`` as the checksum of NAME, so such an object is never mirrored.

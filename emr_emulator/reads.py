@@ -32,18 +32,24 @@ import json
 from dataclasses import dataclass, field
 
 from emr_emulator.submit import Launch
-from lambda_trigger.events import IMAGE_SUFFIXES
+from fruits_contract import (
+    ERASURES_TABLE,
+    ERRORS_TABLE,
+    FEATURES_TABLE,
+    PCA_MODEL_FOLDER,
+    PCA_POINTER_FILE,
+    PCA_VERSIONS_FOLDER,
+    REPORTS_FOLDER,
+    SOURCE_FLAGS,
+    is_image_name,
+)
 
-# The job's layout under --output (emr_serverless_job: config.PCA_MODEL_DIRNAME, reduce's
-# POINTER_FILE and VERSIONS_FOLDER, the tables job.py and erase.py read; a test keeps them
-# equal, since the emulator does not import the job).
-PCA_MODEL_DIRNAME = "pca_model"
-POINTER_FILE = "current.json"
-VERSIONS_FOLDER = "versions"
-ERASE_READS = ("features", "errors", "erasures", "reports")
-COMPACT_READS = ("features", "errors", "reports")
+# The job's layout under --output is the contract's (the emulator does not import the job):
+# what an erase run and a compaction read there.
+ERASE_READS = (FEATURES_TABLE, ERRORS_TABLE, ERASURES_TABLE, REPORTS_FOLDER)
+COMPACT_READS = (FEATURES_TABLE, ERRORS_TABLE, REPORTS_FOLDER)
 # Flags whose value is a location the run reads as described above, or only writes.
-LOCATION_FLAGS = ("--input", "--manifest", "--erase", "--preflight", "--output", "--pca-model")
+LOCATION_FLAGS = (*SOURCE_FLAGS, "--output", "--pca-model")
 ARTIFACT_OPTIONS = ("--py-files", "--archives", "--files", "--jars")
 SCHEMES = ("s3://", "s3a://")
 
@@ -64,9 +70,7 @@ def _folder(key: str) -> str:
 
 def _is_photo(key: str, under: str) -> bool:
     below = key[len(under) :].split("/")
-    return not any(part.startswith(("_", ".")) for part in below) and key.lower().endswith(
-        IMAGE_SUFFIXES
-    )
+    return not any(part.startswith(("_", ".")) for part in below) and is_image_name(key)
 
 
 @dataclass(frozen=True)
@@ -159,16 +163,16 @@ def reads(run: Launch, manifest: str | None = None, pointer: str | None = None) 
             if (found := split_uri(uri)) is not None:
                 keys.add(found)
         model = split_uri(run.argument("--pca-model") or "") or (
-            (output[0], f"{_folder(output[1])}{PCA_MODEL_DIRNAME}") if output else None
+            (output[0], f"{_folder(output[1])}{PCA_MODEL_FOLDER}") if output else None
         )
         if model is not None:
             folder = (model[0], _folder(model[1]))
-            pointer_at = (folder[0], folder[1] + POINTER_FILE)
+            pointer_at = (folder[0], folder[1] + PCA_POINTER_FILE)
             prefixes.add(folder)
-            excluded.add((folder[0], folder[1] + f"{VERSIONS_FOLDER}/"))
+            excluded.add((folder[0], folder[1] + f"{PCA_VERSIONS_FOLDER}/"))
             version = _pointed_version(pointer)
             if version:
-                prefixes.add((folder[0], folder[1] + f"{VERSIONS_FOLDER}/{version}/"))
+                prefixes.add((folder[0], folder[1] + f"{PCA_VERSIONS_FOLDER}/{version}/"))
             elif pointer is not None:
                 notes.append(f"s3://{pointer_at[0]}/{pointer_at[1]} names no version")
     if (source := split_uri(run.argument("--erase") or "")) is not None:

@@ -66,6 +66,7 @@ from emr_emulator.submit import (
     s3_mirror_conf,
     spark_submit_command,
 )
+from fruits_contract import job_run_logs
 
 NOT_EMULATED = (
     "IAM: every S3 call is allowed, whatever the job role says",
@@ -157,13 +158,13 @@ def _upload_logs(
 ) -> tuple[list[str], list[str]]:
     """Every log gzipped under the service's layout, never over an existing object (a real
     run's logs, when the emulator replays it); returns the URIs written and those kept."""
-    parts = urlsplit(log_uri)
-    prefix = f"{parts.path.strip('/')}/applications/{application_id}/jobs/{job_run_id}"
+    parts = urlsplit(job_run_logs(log_uri, application_id, job_run_id))
+    prefix = parts.path.strip("/")
     written, kept = [], []
     for name, path in logs.items():
         if not path.is_file():
             continue
-        key = f"{prefix.lstrip('/')}/{name}.gz"
+        key = f"{prefix}/{name}.gz"
         uri = f"s3://{parts.netloc}/{key}"
         if remote_exists(s3, parts.netloc, key):
             kept.append(uri)

@@ -50,18 +50,18 @@ from emr_serverless_job.compact_plan import (
 )
 from emr_serverless_job.config import JobConfig
 from emr_serverless_job.erase import TYPE_INFERENCE, conform, written_schema
-from emr_serverless_job.job import (
+from emr_serverless_job.job import TARGET_FILE_BYTES
+from emr_serverless_job.logs import event
+from fruits_contract import (
+    COMPACT_RUN_PREFIX,
     ERRORS_TABLE,
     FEATURES_TABLE,
-    REPORT_FILE,
     REPORTS_FOLDER,
-    TARGET_FILE_BYTES,
+    report_path,
 )
-from emr_serverless_job.logs import event
 
 TABLES = (FEATURES_TABLE, ERRORS_TABLE)
 PARQUET_SUFFIX = ".parquet"
-RUN_ID_PREFIX = "compact-"
 
 
 class CompactionMismatch(RuntimeError):
@@ -374,7 +374,8 @@ def _now() -> datetime:
 
 
 def default_run_id(now: datetime) -> str:
-    return f"{RUN_ID_PREFIX}{now:%Y%m%dt%H%M%S}z"
+    """A compaction started without --run-id (by hand): its UTC time."""
+    return f"{COMPACT_RUN_PREFIX}{now.astimezone(UTC):%Y%m%dt%H%M%S}z"
 
 
 def _count(spark: SparkSession, table: str, merge: Merge) -> int:
@@ -435,7 +436,7 @@ def run(config: JobConfig, spark: SparkSession) -> CompactionReport:
         spark.conf.set(TYPE_INFERENCE, inference)
     report.finished_at = _now().isoformat(timespec="seconds")
     if not config.dry_run:
-        uri = f"{output}/{REPORTS_FOLDER}/run_id={report.run_id}/{REPORT_FILE}"
+        uri = f"{output}/{report_path(report.run_id)}"
         hadoopfs.write_bytes(spark, uri, report.to_json().encode())
     event(
         "compact_finished",

@@ -20,9 +20,9 @@ The rule for what may be merged (``eligible``): only ``batch-`` partitions (a ba
 prefix's run id on every refit and is already written in target-sized files; an erase run writes
 no features or errors), whose run report exists (the run finished writing both tables), whose
 newest file is older than the cutoff (the watcher's retries end within hours; the default,
-``DEFAULT_MIN_AGE_DAYS``, is well past them), each smaller than the target. Merged partitions
-under the target are merged again with newer batches, never only with each other, so a second
-compaction with no new batch changes nothing.
+``fruits_contract.COMPACT_MIN_AGE_DAYS``, is well past them), each smaller than the target.
+Merged partitions under the target are merged again with newer batches, never only with each
+other, so a second compaction with no new batch changes nothing.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ ORIGIN_RUN_COLUMN = "origin_run_id"
 # which Spark, pyarrow and reconcile never read as a partition).
 STAGING_PREFIX = ".compacting-"
 JOURNAL_SUFFIX = ".json"
-DEFAULT_MIN_AGE_DAYS = 7.0
 MODE = "compact"
 ALONE = "nothing to merge it with"
 

@@ -7,24 +7,33 @@ flag stops the run before any Spark session, listing or write happens.
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from emr_serverless_job.model import IMAGE_SIZES, RUNTIMES, Weights
-from emr_serverless_job.projection import DEFAULT_SCALING, SCALINGS
+from emr_serverless_job.model import Weights
+from emr_serverless_job.projection import DEFAULT_SCALING
+from fruits_contract import (
+    ERASE_FLAG,
+    IMAGE_SIZES,
+    INPUT_FLAG,
+    MANIFEST_FLAG,
+    MODEL_FILE,
+    PCA_MODEL_FOLDER,
+    PCA_SCALINGS,
+    PREFLIGHT_FLAG,
+    RUN_ID_PATTERN,
+    RUNTIMES,
+)
 
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_PCA_VARIANCE = 0.95
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
-PCA_MODEL_DIRNAME = "pca_model"
-RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 REMOTE_SCHEMES = ("s3://", "s3a://", "s3n://", "hdfs://", "file:")
-# What `./dev package` builds and deploys (lambda_trigger.request.MODEL_FILE in dist/): a local
+# What `./dev package` builds and deploys (fruits_contract.MODEL_FILE in dist/): a local
 # featurizing run without --model, --runtime or --weights uses it, as production does.
-LOCAL_MODEL = Path(__file__).resolve().parents[1] / "dist" / "mobilenet_v2.onnx"
+LOCAL_MODEL = Path(__file__).resolve().parents[1] / "dist" / MODEL_FILE
 NO_LOCAL_MODEL = (
     "no --model given and no model built at {path}: build the deployed one with ./dev package "
     "(ONNX int8), or say which to use: --model FILE.onnx, or --runtime tensorflow --weights "
@@ -84,21 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--input",
+        INPUT_FLAG,
         help="Folder or s3:// prefix read recursively for .jpg/.jpeg/.png (backfill: fits PCA).",
     )
     source.add_argument(
-        "--manifest",
+        MANIFEST_FLAG,
         help='JSON Lines file of {"uri": ...} objects listing the images of one incremental batch.',
     )
     source.add_argument(
-        "--erase",
+        ERASE_FLAG,
         help='JSON Lines file of {"uri": ..., "erased_at": ISO-8601 UTC} objects: photos deleted '
         "from raw/, whose rows are removed from every features and errors partition "
         "(GDPR erasure; docs/erasure.md). The model flags are ignored.",
     )
     source.add_argument(
-        "--preflight",
+        PREFLIGHT_FLAG,
         help="Check this deployment in seconds instead of featurizing (preflight.py): the "
         "interpreter, imports and CPU of the driver and of each executor, one photo read from "
         "this folder or prefix (the first photo found) or this object, a marker written and "
@@ -177,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--pca-scaling",
-        choices=SCALINGS,
+        choices=PCA_SCALINGS,
         default=DEFAULT_SCALING,
         help="Backfills: 'none' centres the features before PCA (default); 'standard' also "
         "scales each to unit variance first (the classic recipe: needs about twice the "
@@ -189,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=(
             "Where the fitted scaler+PCA is saved by a backfill and loaded by a manifest run "
-            f"(default OUTPUT/{PCA_MODEL_DIRNAME})."
+            f"(default OUTPUT/{PCA_MODEL_FOLDER})."
         ),
     )
     parser.add_argument(
@@ -306,9 +315,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         pca_k=args.pca_k,
         pca_scaling=args.pca_scaling,
         pca_model=(
-            normalize_location(args.pca_model)
-            if args.pca_model
-            else f"{output}/{PCA_MODEL_DIRNAME}"
+            normalize_location(args.pca_model) if args.pca_model else f"{output}/{PCA_MODEL_FOLDER}"
         ),
         run_id=args.run_id,
         batch_size=args.batch_size,

@@ -27,14 +27,8 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from emr_serverless_job import compact, erase, hadoopfs, reduce
-from emr_serverless_job.config import PCA_MODEL_DIRNAME
-from emr_serverless_job.job import (
-    FEATURES_COLUMNS,
-    FEATURES_TABLE,
-    FEATURIZED_AT_COLUMN,
-    REPORT_FILE,
-    REPORTS_FOLDER,
-)
+from emr_serverless_job.job import FEATURES_COLUMNS, FEATURIZED_AT_COLUMN
+from fruits_contract import FEATURES_TABLE, PATH_COLUMN, PCA_MODEL_FOLDER, report_path
 
 
 class NoCurrentModel(LookupError):
@@ -107,7 +101,7 @@ def _version_key(spark: SparkSession, uri: str, version: str) -> tuple[int, str,
 
 
 def _report_key(spark: SparkSession, output: str, run_id: str) -> tuple[int, str, str] | None:
-    report = f"{output.rstrip('/')}/{REPORTS_FOLDER}/run_id={run_id}/{REPORT_FILE}"
+    report = f"{output.rstrip('/')}/{report_path(run_id)}"
     try:
         return reduce.record_key(json.loads(hadoopfs.read_bytes(spark, report)).get("featurizer"))
     except Exception:  # no report, or one that cannot be read
@@ -118,7 +112,7 @@ def _without_erased(spark: SparkSession, output: str, rows: DataFrame) -> DataFr
     stones = erase.tombstones(spark, output)
     if stones is None:
         return rows
-    hidden = rows.join(F.broadcast(stones), on=erase.PATH_COLUMN, how="left").filter(
+    hidden = rows.join(F.broadcast(stones), on=PATH_COLUMN, how="left").filter(
         F.col(erase.ERASED_AT_COLUMN).isNull()
         | (F.col(FEATURIZED_AT_COLUMN) > F.col(erase.ERASED_AT_COLUMN))
     )
@@ -126,4 +120,4 @@ def _without_erased(spark: SparkSession, output: str, rows: DataFrame) -> DataFr
 
 
 def _model_uri(output: str) -> str:
-    return f"{output.rstrip('/')}/{PCA_MODEL_DIRNAME}"
+    return f"{output.rstrip('/')}/{PCA_MODEL_FOLDER}"

@@ -28,7 +28,6 @@ names the partition's old files; only then are the old files deleted and the new
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -51,23 +50,22 @@ from emr_serverless_job.inputs import (
     manifest_lines,
     spark_spelling,
 )
-from emr_serverless_job.job import (
+from emr_serverless_job.job import FEATURIZED_AT_COLUMN
+from emr_serverless_job.logs import event
+from fruits_contract import (
+    ERASED_AT_FIELD,
+    ERASURES_TABLE,
     ERRORS_TABLE,
     FEATURES_TABLE,
-    FEATURIZED_AT_COLUMN,
-    REPORTS_FOLDER,
+    PATH_COLUMN,
+    RUN_ID_PARTITION,
+    erase_run_id,
+    now_iso,
+    report_path,
 )
-from emr_serverless_job.logs import event
 
-ERASURES_TABLE = "erasures"
-PATH_COLUMN = "path"
 ERASED_AT_COLUMN = "erased_at"
-ERASED_AT_FIELD = "erased_at"
 TOMBSTONE_SCHEMA = f"{PATH_COLUMN} string, {ERASED_AT_COLUMN} timestamp"
-# The run id the trigger gives an erase run: erase-<16 hex of the manifest's sha256>
-# (lambda_trigger.request.erasure_run_id; a test keeps the two equal).
-RUN_ID_PREFIX = "erase-"
-RUN_ID_DIGITS = 16
 MODE = "erase"
 # Rewrites in progress: hidden names (a leading '.'), which Spark never reads as partitions.
 STAGING_PREFIX = ".erasing-"
@@ -143,11 +141,6 @@ class ErasureReport:
 
 
 # --- the manifest (pure) --------------------------------------------------------------------
-
-
-def default_run_id(manifest: bytes) -> str:
-    """The same request names the same run, so a rerun replaces its own tombstones."""
-    return f"{RUN_ID_PREFIX}{hashlib.sha256(manifest).hexdigest()[:RUN_ID_DIGITS]}"
 
 
 def parse_time(value: object) -> datetime:
@@ -460,11 +453,7 @@ def erase_features(
 def _started_at(spark: SparkSession, output: str, run_id: str) -> datetime | None:
     """When a run started, from its report; None when the report cannot be read."""
     try:
-        report = json.loads(
-            hadoopfs.read_bytes(
-                spark, f"{output}/{REPORTS_FOLDER}/run_id={run_id}/report.json"
-            ).decode()
-        )
+        report = json.loads(hadoopfs.read_bytes(spark, f"{output}/{report_path(run_id)}").decode())
         return parse_time(report["started_at"])
     except Exception as error:  # missing, unreadable or malformed: erase on any tombstone
         event("report_unreadable", run_id=run_id, cause=_first_line(error))
@@ -508,7 +497,9 @@ def append_tombstones(spark: SparkSession, output: str, run_id: str, found: Eras
     """This run's tombstones as its own partition of the erasures table (a rerun replaces it)."""
     rows = [(stone.path, stone.erased_at) for stone in found.tombstones]
     frame = spark.createDataFrame(rows, TOMBSTONE_SCHEMA)
-    frame.coalesce(1).write.mode("overwrite").parquet(f"{output}/{ERASURES_TABLE}/run_id={run_id}")
+    frame.coalesce(1).write.mode("overwrite").parquet(
+        f"{output}/{ERASURES_TABLE}/{RUN_ID_PARTITION}={run_id}"
+    )
 
 
 @contextmanager
@@ -516,10 +507,6 @@ def _timed(report: ErasureReport, stage: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     report.timings_s[stage] = round(time.perf_counter() - start, 3)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def run(config: JobConfig, spark: SparkSession) -> ErasureReport:
@@ -534,9 +521,11 @@ def run(config: JobConfig, spark: SparkSession) -> ErasureReport:
         found = parse_erasures(raw.decode("utf-8"))
     except Exception as error:  # absent, unreadable, not UTF-8: nothing was written
         raise InputError(f"--erase: cannot read {source}: {_first_line(error)}") from error
-    run_id = config.run_id or default_run_id(raw)
+    # The manifest names the run, so a rerun replaces its own tombstones; the trigger named
+    # the same one (fruits_contract.erase_run_id).
+    run_id = config.run_id or erase_run_id(raw)
     report = ErasureReport(
-        run_id=run_id, source=source, output=output, started_at=_now(), photos=found.uris
+        run_id=run_id, source=source, output=output, started_at=now_iso(), photos=found.uris
     )
     report.problems = list(found.problems)
     event("erase_started", run_id=run_id, photos=found.uris, problems=len(found.problems))
@@ -565,13 +554,13 @@ def run(config: JobConfig, spark: SparkSession) -> ErasureReport:
         ERRORS_TABLE: sum(errors.values()),
     }
     report.partitions_rewritten = {FEATURES_TABLE: sorted(features), ERRORS_TABLE: sorted(errors)}
-    report_uri = f"{output}/{REPORTS_FOLDER}/run_id={run_id}/report.json"
+    report_uri = f"{output}/{report_path(run_id)}"
     report.tables = {
-        ERASURES_TABLE: f"{output}/{ERASURES_TABLE}/run_id={run_id}",
+        ERASURES_TABLE: f"{output}/{ERASURES_TABLE}/{RUN_ID_PARTITION}={run_id}",
         "report": report_uri,
     }
     report.timings_s["total"] = round(time.perf_counter() - started, 3)
-    report.finished_at = _now()
+    report.finished_at = now_iso()
     hadoopfs.write_bytes(spark, report_uri, report.to_json().encode())
     event(
         "erase_finished",

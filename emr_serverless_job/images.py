@@ -16,12 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# Names a run reads, in any letter case: photos it decodes, and the formats phones send that
-# it does not (HEIC/HEIF), which are read too so that each gets an error row saying so
-# instead of no row at all. The suffix only selects files: the bytes decide the format.
-DECODED_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-UNDECODED_SUFFIXES = (".heic", ".heif")
-IMAGE_SUFFIXES = DECODED_SUFFIXES + UNDECODED_SUFFIXES
+# Which names a run reads is the contract's (fruits_contract.IMAGE_SUFFIXES, is_image_name): the
+# trigger and reconcile select the same objects. The suffix only selects files: the bytes
+# decide the format.
+from fruits_contract import EMPTY_FILE
+
 # What Pillow may open, by content. Anything else (GIF, BMP, TIFF, EPS, which would start
 # Ghostscript, PDF...) is named and rejected: a float TIFF renamed .png decodes as black.
 PHOTO_FORMATS = ("JPEG", "PNG", "WEBP")
@@ -85,11 +84,6 @@ class DecodedBatch:
     widths: list[int | None]
     heights: list[int | None]
     errors: list[str | None]
-
-
-def is_image_path(path: str) -> bool:
-    """Whether a run reads this name (each such file ends in a features or an error row)."""
-    return path.lower().endswith(IMAGE_SUFFIXES)
 
 
 def sniffed_format(data: bytes) -> str | None:
@@ -175,7 +169,7 @@ def decode_image(data: bytes | None, size: int) -> tuple[np.ndarray, int, int]:
     Pillow's decompression-bomb guard stays on as a second line.
     """
     if not data:
-        raise ImageError("empty file (0 bytes)")
+        raise ImageError(EMPTY_FILE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

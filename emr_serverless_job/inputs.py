@@ -24,9 +24,15 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from emr_serverless_job import hadoopfs
-from emr_serverless_job.images import IMAGE_SUFFIXES, is_image_path
+from fruits_contract import (
+    EMPTY_FILE,
+    IMAGE_SUFFIXES,
+    NOT_AN_IMAGE_SUFFIX,
+    SIZE_FIELD,
+    URI_FIELD,
+    is_image_name,
+)
 
-URI_FIELD = "uri"  # the one field every manifest line has (lambda_trigger/manifest.py writes it)
 NOT_FOUND = "listed in the manifest but not found"
 DELETED = "deleted while the run was reading"
 HIDDEN_NAME = "file name starts with '_' or '.', which Spark never reads: rename the file"
@@ -133,8 +139,8 @@ def parse_manifest(text: str) -> ManifestEntries:
             problems.append((line.where, line.problem))
             continue
         uri = line.uri
-        if not is_image_path(uri):
-            problems.append((uri, f"not an image suffix ({', '.join(IMAGE_SUFFIXES)})"))
+        if not is_image_name(uri):
+            problems.append((uri, NOT_AN_IMAGE_SUFFIX))
             continue
         reason = address_reason(uri) or hidden_reason(uri)
         if reason is not None:
@@ -145,7 +151,7 @@ def parse_manifest(text: str) -> ManifestEntries:
             continue
         seen.add(uri)
         uris.append(uri)
-        size = line.entry.get("size")
+        size = line.entry.get(SIZE_FIELD)
         if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
             sizes[uri] = size
     return ManifestEntries(uris=uris, problems=problems, duplicates=duplicates, sizes=sizes)
@@ -248,7 +254,7 @@ def hidden_reason(uri: str, below: int = 0) -> str | None:
 def size_reason(size: int, max_bytes: int) -> str | None:
     """Why a file of this size is not read, or None when it is fine to read."""
     if size == 0:
-        return "empty file (0 bytes)"
+        return EMPTY_FILE
     if size > max_bytes:
         return f"file too large: {size} bytes (limit --max-file-bytes {max_bytes})"
     return None
@@ -392,7 +398,7 @@ def list_local(root: str, max_bytes: int) -> list[Listed]:
     for folder, folders, names in os.walk(root):
         folders.sort()
         for name in sorted(names):
-            if not is_image_path(name):
+            if not is_image_name(name):
                 continue
             full = os.path.join(folder, name)
             spelled = spark_spelling(full)
@@ -510,7 +516,7 @@ def hidden_inputs(spark: SparkSession, location: str, listed: list[str]) -> list
             if not _is_hidden(name):  # a partition-like `_x=1` folder, which Spark lists
                 continue
             found.extend(hadoopfs.files_under(spark, path) if is_folder else [path])
-    return sorted(path for path in found if is_image_path(path))
+    return sorted(path for path in found if is_image_name(path))
 
 
 def from_manifest(spark: SparkSession, location: str, max_bytes: int) -> Inputs:

@@ -28,24 +28,28 @@ from emr_serverless_job.compact_plan import (
     hidden_sources,
     is_journal,
 )
-from emr_serverless_job.config import PCA_MODEL_DIRNAME
-from emr_serverless_job.erase import ERASED_AT_COLUMN, ERASURES_TABLE
-from emr_serverless_job.job import REPORT_FILE, REPORTS_FOLDER
+from emr_serverless_job.erase import ERASED_AT_COLUMN
 from emr_serverless_job.reduce import (
     METADATA_FILE,
     PCA_MODEL_COLUMN,
-    POINTER_FILE,
     PROJECTION_FILE,
-    VERSIONS_FOLDER,
     ReductionInfo,
     key_of,
     record_key,
     same_features,
 )
+from fruits_contract import (
+    ERASURES_TABLE,
+    ERRORS_TABLE,
+    FEATURES_TABLE,
+    PATH_COLUMN,
+    PCA_MODEL_FOLDER,
+    PCA_POINTER_FILE,
+    PCA_VERSIONS_FOLDER,
+    report_path,
+)
 from lambda_trigger.reconcile import table_files
 
-FEATURES = "features"
-ERRORS = "errors"
 FEATURIZED_AT = "featurized_at"
 TIMESTAMP = pa.timestamp("us")  # Spark writes INT96: nanoseconds, no zone, whole microseconds
 
@@ -141,7 +145,7 @@ def take(
     for run_id, model, path, at in zip(
         _values(features, "run_id"),
         _values(features, PCA_MODEL_COLUMN),
-        _values(features, "path"),
+        _values(features, PATH_COLUMN),
         _values(features, FEATURIZED_AT),
         strict=True,
     ):
@@ -169,7 +173,7 @@ def take(
         versions=versions,
         unversioned=sum(rows for name, rows in rows_of.items() if name not in infos),
         current=current,
-        photos=len(set(_values(features, "path"))),
+        photos=len(set(_values(features, PATH_COLUMN))),
         in_view=len(newest) - erased,
         erased=erased,
     )
@@ -187,12 +191,12 @@ def read_versions(
 ) -> tuple[dict[str, ReductionInfo], str | None]:
     """Every saved version's metadata (a model saved before versions, named by its run, too)
     and the id the pointer names."""
-    model = f"{root}/{PCA_MODEL_DIRNAME}"
+    model = f"{root}/{PCA_MODEL_FOLDER}"
     infos: dict[str, ReductionInfo] = {}
     legacy = _read_json(filesystem, f"{model}/{METADATA_FILE}")
     if legacy is not None:
         infos[legacy["fitted_by_run"]] = ReductionInfo(**legacy)
-    folder = f"{model}/{VERSIONS_FOLDER}"
+    folder = f"{model}/{PCA_VERSIONS_FOLDER}"
     if filesystem.get_file_info(folder).type == pafs.FileType.Directory:
         for entry in sorted(
             filesystem.get_file_info(pafs.FileSelector(folder)), key=lambda e: e.base_name
@@ -201,7 +205,7 @@ def read_versions(
             projection = filesystem.get_file_info(f"{entry.path}/{PROJECTION_FILE}")
             if metadata is not None and projection.type == pafs.FileType.File:
                 infos[entry.base_name] = ReductionInfo(**metadata)
-    pointer = _read_json(filesystem, f"{model}/{POINTER_FILE}")
+    pointer = _read_json(filesystem, f"{model}/{PCA_POINTER_FILE}")
     current = pointer["version"] if pointer else (legacy["fitted_by_run"] if legacy else None)
     return infos, current
 
@@ -209,10 +213,12 @@ def read_versions(
 def read_erasures(filesystem: pafs.FileSystem, root: str) -> dict[str, datetime]:
     """Each erased path's latest erasure time."""
     table = _table(
-        filesystem, f"{root}/{ERASURES_TABLE}", {"path": pa.string(), ERASED_AT_COLUMN: TIMESTAMP}
+        filesystem,
+        f"{root}/{ERASURES_TABLE}",
+        {PATH_COLUMN: pa.string(), ERASED_AT_COLUMN: TIMESTAMP},
     )
     latest: dict[str, datetime] = {}
-    for path, at in zip(_values(table, "path"), _values(table, ERASED_AT_COLUMN), strict=True):
+    for path, at in zip(_values(table, PATH_COLUMN), _values(table, ERASED_AT_COLUMN), strict=True):
         if path not in latest or at > latest[path]:
             latest[path] = at
     return latest
@@ -223,10 +229,10 @@ def read(output: str) -> Inventory:
     root = root.rstrip("/")
     features = _table(
         filesystem,
-        f"{root}/{FEATURES}",
-        {"path": pa.string(), PCA_MODEL_COLUMN: pa.string(), FEATURIZED_AT: TIMESTAMP},
+        f"{root}/{FEATURES_TABLE}",
+        {PATH_COLUMN: pa.string(), PCA_MODEL_COLUMN: pa.string(), FEATURIZED_AT: TIMESTAMP},
     )
-    errors = _table(filesystem, f"{root}/{ERRORS}", {"path": pa.string()})
+    errors = _table(filesystem, f"{root}/{ERRORS_TABLE}", {PATH_COLUMN: pa.string()})
     infos, current = read_versions(filesystem, root)
     runs = set()
     if current in infos:
@@ -234,7 +240,7 @@ def read(output: str) -> Inventory:
         for run_id in set(
             pc.filter(features["run_id"], pc.is_null(features[PCA_MODEL_COLUMN])).to_pylist()
         ):
-            report = f"{root}/{REPORTS_FOLDER}/run_id={run_id}/{REPORT_FILE}"
+            report = f"{root}/{report_path(run_id)}"
             if record_key((_read_json(filesystem, report) or {}).get("featurizer")) == wanted:
                 runs.add(run_id)
     erasures = read_erasures(filesystem, root)

@@ -43,6 +43,17 @@ from emr_serverless_job.featurize import (
 from emr_serverless_job.logs import event
 from emr_serverless_job.model import FEATURE_DIM, FP32, ModelError, file_sha256, read_onnx_model
 from emr_serverless_job.run_report import RANDOM_WEIGHTS_WARNING, RunReport
+from fruits_contract import (
+    BACKFILL_RUN_PREFIX,
+    BATCH_RUN_PREFIX,
+    ERRORS_TABLE,
+    FEATURES_TABLE,
+    RUN_ID_PARTITION,
+    digest_run_id,
+    iso_utc,
+    now_iso,
+    report_path,
+)
 
 # Per-file cost Spark assumes when packing small files into read partitions. Each
 # Python UDF task costs ~0.1-0.15 s of fixed overhead (measured: 157 tasks for 5,000
@@ -62,10 +73,6 @@ TARGET_FILE_BYTES = 128 << 20
 # What a features row takes on disk: 4 bytes per float of both vectors (floats barely
 # compress) and the path, label, hash and sizes.
 ROW_OVERHEAD_BYTES = 256
-FEATURES_TABLE = "features"
-ERRORS_TABLE = "errors"
-REPORTS_FOLDER = "reports"
-REPORT_FILE = "report.json"
 # When the run that wrote a row started: the newest row of a photo is the current one.
 FEATURIZED_AT_COLUMN = "featurized_at"
 FEATURES_COLUMNS = (
@@ -86,10 +93,6 @@ class ReconciliationError(RuntimeError):
     """Some inputs ended in neither table: the run is marked failed even though it wrote."""
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 @contextmanager
 def timed(report: RunReport, stage: str) -> Iterator[None]:
     event("stage_started", stage=stage, run_id=report.run_id)
@@ -101,9 +104,11 @@ def timed(report: RunReport, stage: str) -> Iterator[None]:
 
 
 def default_run_id(found: inputs.Inputs, is_backfill: bool) -> str:
-    """Derived from what was asked for, so the same request lands in the same partition."""
-    prefix = "backfill" if is_backfill else "batch"
-    return f"{prefix}-{found.fingerprint[:16]}"
+    """Derived from what was asked for, so the same request lands in the same partition (and
+    in the one the trigger named: the contract's rule)."""
+    return digest_run_id(
+        BACKFILL_RUN_PREFIX if is_backfill else BATCH_RUN_PREFIX, found.fingerprint
+    )
 
 
 def configure_session(spark: SparkSession, config: JobConfig) -> None:
@@ -136,7 +141,7 @@ def label_of(path: F.Column) -> F.Column:
 
 
 def _table_uri(config: JobConfig, table: str, run_id: str) -> str:
-    return f"{config.output}/{table}/run_id={run_id}"
+    return f"{config.output}/{table}/{RUN_ID_PARTITION}={run_id}"
 
 
 def features_files(rows: int, k: int) -> int:
@@ -301,7 +306,7 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
     configure_session(spark, config)
     started = time.perf_counter()
     started_clock = datetime.now(UTC)
-    started_at = started_clock.isoformat(timespec="seconds")
+    started_at = iso_utc(started_clock)
     chosen = resolve_featurizer(config, spark)
     config = chosen.config
     report = RunReport(
@@ -432,7 +437,7 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         if errors is not None:
             errors.unpersist()
 
-    report_uri = f"{config.output}/{REPORTS_FOLDER}/run_id={report.run_id}/{REPORT_FILE}"
+    report_uri = f"{config.output}/{report_path(report.run_id)}"
     report.tables = {**tables, "report": report_uri}
     report.timings_s["total"] = round(time.perf_counter() - started, 3)
     report.finished_at = now_iso()

@@ -16,15 +16,13 @@ if __package__ in (None, ""):
     # Run as a file from a checkout: make the package next to this file importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# C1 compiler only (the reason is with the constant); the trigger passes the same option to
+# EMR's driver and executors. On EMR the package arrives in the --py-files zip with the job's.
+from fruits_contract import JVM_OPTIONS, PREFLIGHT_FLAG
 
 LOCAL_DRIVER_MEMORY = "4g"
 EXIT_CONFIG_ERROR = 2
 EXIT_RUN_FAILED = 1
-# The JVMs only move bytes here (the model runs in Python), and in a run of minutes the
-# optimising C2 compiler cost more than it saved: 25 of the 52 JVM CPU-seconds of a 5,000
-# photo run on 2 cores, while the workers waited for cores (BENCHMARKS.md, "JIT"). The
-# trigger passes the same option to EMR's driver and executors (lambda_trigger.request).
-JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 # PySpark's Arrow code imports distutils in every Python worker. In a development venv,
 # setuptools' hook answers that import by loading setuptools (0.3-0.4 s per process);
 # the deployed archive has no setuptools (packaging/slim.py), so local runs and their
@@ -62,7 +60,7 @@ def spark_session(app_name: str) -> object:
 
 
 def is_preflight(argv: list[str]) -> bool:
-    return any(arg == "--preflight" or arg.startswith("--preflight=") for arg in argv)
+    return any(arg == PREFLIGHT_FLAG or arg.startswith(f"{PREFLIGHT_FLAG}=") for arg in argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,9 +19,7 @@ from typing import Literal
 import numpy as np
 
 FEATURE_DIM = 1280
-IMAGE_SIZES = (96, 128, 160, 192, 224)
 RANDOM_PREFIX = "random:"
-RUNTIMES = ("onnx", "tensorflow")
 # Precision of the features a model computes: Keras and an fp32 export agree to 1e-4 and
 # are interchangeable; an int8 export is a different (if close) function.
 FP32 = "fp32"

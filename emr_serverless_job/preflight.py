@@ -51,11 +51,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-PREFLIGHT_FLAG = "--preflight"
-# Under --output (lambda_trigger.request.PREFLIGHT_REPORT: a test keeps the two equal).
-REPORT_PATH = "reports/preflight/{run_id}/report.json"
-MARKER_FOLDER = "_preflight"
-RUN_PREFIX = "preflight-"
+from fruits_contract import (
+    INT8_MIN_COSINE,
+    PREFLIGHT_MARKER_FOLDER,
+    PREFLIGHT_REPORT,
+    is_image_name,
+    now_iso,
+    preflight_run_id,
+)
+
 EXIT_FAILED = 1
 EXIT_CONFIG_ERROR = 2
 
@@ -95,8 +99,6 @@ RAW_SHIP_BYTES = 8 << 20  # the raw photo goes to the executors' model check up 
 # an AVX-512 VNNI CPU, generated and real photos alike; an int16 saturation of vpmaddubsw on
 # 8-bit weights drops this far lower (int8 against fp32 fell to 0.71, export_onnx.py).
 INT8_KERNEL_MIN_COSINE = 0.99
-# int8 against fp32: packaging/export_onnx.py's INT8_MIN_COSINE (a test keeps the two equal).
-INT8_MIN_COSINE = 0.98
 DETAIL_CHARS = 600  # of a cause in a check's detail (a stage failure's message is pages long)
 PROBE_ROUNDS = 3  # RDD rounds at most, while executors that registered were not probed
 TASKS_PER_EXECUTOR = 2
@@ -167,10 +169,6 @@ class Report:
         failed = self.failed
         lines.append(f"failed: {failed.name}: {failed.detail}" if failed else "passed")
         return "\n".join(lines)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def cause(error: BaseException) -> str:
@@ -693,9 +691,8 @@ def read_raw(
 ) -> tuple[tuple, bytes | None]:
     """The first photo under ``location`` (or ``location`` itself), read and decoded."""
     from emr_serverless_job import hadoopfs
-    from emr_serverless_job.images import is_image_path
 
-    uri, length, looked = hadoopfs.first_file(spark, location, is_image_path, RAW_SCAN_LIMIT)
+    uri, length, looked = hadoopfs.first_file(spark, location, is_image_name, RAW_SCAN_LIMIT)
     if uri is None:
         where = f"among the first {looked} files under" if looked else "under"
         return (
@@ -725,7 +722,7 @@ def write_marker(spark: Any, output: str, run_id: str) -> tuple[str, str, dict[s
     """``OUTPUT/_preflight/RUN_ID`` written, read back and deleted, as the job's writes do."""
     from emr_serverless_job import hadoopfs
 
-    uri = f"{output}/{MARKER_FOLDER}/{run_id}"
+    uri = f"{output}/{PREFLIGHT_MARKER_FOLDER}/{run_id}"
     body = json.dumps({"preflight": run_id, "written_at": now_iso()}).encode()
     steps = (
         ("write", lambda: hadoopfs.write_bytes(spark, uri, body)),
@@ -794,13 +791,14 @@ def parse(argv: list[str]) -> Arguments:
 
 
 def default_run_id() -> str:
-    return f"{RUN_PREFIX}{datetime.now(UTC):%Y%m%dt%H%M%S}z-{uuid.uuid4().hex[:8]}"
+    """A new preflight's id, named as the preflight command names the ones it starts."""
+    return preflight_run_id(datetime.now(UTC), uuid.uuid4().hex)
 
 
 def run(args: Arguments, spark: Any) -> Report:
     """Every check, in order, on an existing session; the report is written last."""
     report = Report(args.run_id, args.output, args.source, now_iso())
-    report.report = f"{args.output}/{REPORT_PATH.format(run_id=args.run_id)}"
+    report.report = f"{args.output}/{PREFLIGHT_REPORT.format(run_id=args.run_id)}"
     modules = (*LIBRARIES[args.runtime], *SERVICE_LIBRARIES, *JOB_MODULES)
 
     facts = interpreter_facts()

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from emr_serverless_job.moments import Moments
+from fruits_contract import PCA_SCALINGS
 
-SCALINGS = ("none", "standard")
 DEFAULT_SCALING = "none"
 
 
@@ -101,8 +101,8 @@ def fit_projection(
     moments: Moments, *, scaling: str, k: int | None, variance: float
 ) -> tuple[Projection, np.ndarray]:
     """The projection of the given moments and the whole spectrum (explained ratios)."""
-    if scaling not in SCALINGS:
-        raise ValueError(f"scaling {scaling!r} is not one of {', '.join(SCALINGS)}")
+    if scaling not in PCA_SCALINGS:
+        raise ValueError(f"scaling {scaling!r} is not one of {', '.join(PCA_SCALINGS)}")
     if scaling == "standard":
         std = moments.std()
         scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)

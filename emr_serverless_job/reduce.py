@@ -38,11 +38,13 @@ from emr_serverless_job.model import FP32
 from emr_serverless_job.moments import Moments
 from emr_serverless_job.projection import Projection, fit_projection
 from emr_serverless_job.vectors import VECTOR_TYPE, to_list_array, to_matrix
+from fruits_contract import PCA_POINTER_FILE, PCA_VERSIONS_FOLDER
 
 METADATA_FILE = "featurizer.json"
 PROJECTION_FILE = "projection.npz"
-POINTER_FILE = "current.json"  # {"version": ..., "fitted_by_run": ...}: written last
-VERSIONS_FOLDER = "versions"  # versions/<id>/{projection.npz,featurizer.json}, never rewritten
+# Under the model folder: PCA_POINTER_FILE ({"version": ..., "fitted_by_run": ...}, written
+# last) and PCA_VERSIONS_FOLDER (versions/<id>/{projection.npz,featurizer.json}, never
+# rewritten), the contract's: the emulator copies the pointer, then the version it names.
 MIN_ROWS_TO_FIT = 2
 PCA_MODEL_COLUMN = "pca_model"  # in the features table: the version that projected the row
 # Rows per NumPy product when computing moments: large enough for BLAS to run at speed,
@@ -191,7 +193,7 @@ def new_version(now: datetime) -> str:
 
 
 def version_uri(uri: str, version: str) -> str:
-    return f"{uri}/{VERSIONS_FOLDER}/{version}"
+    return f"{uri}/{PCA_VERSIONS_FOLDER}/{version}"
 
 
 def save(spark: SparkSession, reduction: Reduction, uri: str) -> None:
@@ -227,13 +229,13 @@ def point_to(spark: SparkSession, reduction: Reduction, uri: str) -> None:
     of another, nor nothing because a save was between its delete and its write."""
     info = reduction.info
     pointer = {"version": info.version, "fitted_by_run": info.fitted_by_run}
-    hadoopfs.publish(spark, f"{uri}/{POINTER_FILE}", _json(pointer))
+    hadoopfs.publish(spark, f"{uri}/{PCA_POINTER_FILE}", _json(pointer))
 
 
 def current_version(spark: SparkSession, uri: str) -> str | None:
     """The version the pointer names, or a model saved before versions existed (its id is the
     run that fitted it, as its rows' ``pca_model`` say), or None before the first backfill."""
-    pointer_uri = f"{uri}/{POINTER_FILE}"
+    pointer_uri = f"{uri}/{PCA_POINTER_FILE}"
     if hadoopfs.exists(spark, pointer_uri):
         return str(json.loads(hadoopfs.read_bytes(spark, pointer_uri))["version"])
     legacy = f"{uri}/{METADATA_FILE}"

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from fruits_contract import FEATURES_TABLE, REPORT_FILE, REPORTS_FOLDER, RUN_ID_PARTITION
 
 SCREE_COMPONENTS = 50
 SCREE_MARGIN = 10  # components drawn past k, to show what was left out
@@ -26,12 +29,16 @@ class ReportError(ValueError):
 
 def find_report(output: Path, run_id: str | None) -> dict:
     """The run report of ``run_id``, or of the most recent run when none is given."""
-    reports = sorted((output / "reports").glob("run_id=*/report.json"))
+    reports = sorted((output / REPORTS_FOLDER).glob(f"{RUN_ID_PARTITION}=*/{REPORT_FILE}"))
     if not reports:
-        raise ReportError(f"no run reports under {output}/reports: is this a job output folder?")
+        raise ReportError(
+            f"no run reports under {output}/{REPORTS_FOLDER}: is this a job output folder?"
+        )
     loaded = [json.loads(path.read_text()) for path in reports]
     if run_id is None:
-        return max(loaded, key=lambda report: report["finished_at"])
+        # Parsed, not compared as text: reports written before the contract's one time format
+        # say +00:00 where newer ones say Z.
+        return max(loaded, key=lambda report: datetime.fromisoformat(report["finished_at"]))
     for report in loaded:
         if report["run_id"] == run_id:
             return report
@@ -41,7 +48,7 @@ def find_report(output: Path, run_id: str | None) -> dict:
 
 def load_projection(output: Path, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     table = pq.read_table(
-        output / "features" / f"run_id={run_id}", columns=["label", "pca_features"]
+        output / FEATURES_TABLE / f"{RUN_ID_PARTITION}={run_id}", columns=["label", "pca_features"]
     )
     projections = table.column("pca_features").to_pylist()
     if not projections or any(value is None for value in projections):
@@ -117,7 +124,7 @@ def write_plots(output: Path, run_id: str | None = None, target: Path | None = N
     if not report["pca"].get("k"):
         raise ReportError(f"run {report['run_id']} has no PCA: {report['pca'].get('status')}")
     projections, labels = load_projection(output, report["run_id"])
-    folder = target or output / "reports" / f"run_id={report['run_id']}"
+    folder = target or output / REPORTS_FOLDER / f"{RUN_ID_PARTITION}={report['run_id']}"
     folder.mkdir(parents=True, exist_ok=True)
     scree, scatter = folder / SCREE_FILE, folder / SCATTER_FILE
     plot_scree(report, scree)

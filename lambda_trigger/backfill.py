@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fruits_contract import PCA_SCALINGS
 from lambda_trigger import settings as config
 from lambda_trigger.request import Attempt, for_backfill, start_job_run_request
 
@@ -28,9 +29,6 @@ EXIT_CONFIG_ERROR = 2
 MAX_RETRIES = 9
 
 # flag -> the environment variable (and stack output, in CamelCase) it stands for
-# The job's --pca-scaling choices (emr_serverless_job.projection.SCALINGS; a test keeps them
-# equal: this package ships without the job's).
-PCA_SCALINGS = ("none", "standard")
 FLAG_SETTINGS = {
     "application_id": config.APPLICATION_ID,
     "job_role_arn": config.JOB_ROLE_ARN,

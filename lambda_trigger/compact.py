@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from fruits_contract import COMPACT_MIN_AGE_DAYS, compaction_run_id, report_path
 from lambda_trigger import settings as config
 from lambda_trigger.backfill import (
     DEFAULT_POLL_SECONDS,
@@ -36,17 +37,12 @@ from lambda_trigger.backfill import (
 from lambda_trigger.request import (
     Attempt,
     Deployment,
-    compaction_run_id,
     for_compaction,
     start_job_run_request,
 )
 
 EXIT_RUN_FAILED = 1
 EXIT_CONFIG_ERROR = 2
-# The job's default cutoff (emr_serverless_job.compact_plan.DEFAULT_MIN_AGE_DAYS; a test keeps
-# the two equal: this package ships without the job's): a week, far past the watcher's retries.
-DEFAULT_MIN_AGE_DAYS = 7.0
-REPORT = "reports/run_id={run_id}/report.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--older-than-days",
         type=float,
-        default=DEFAULT_MIN_AGE_DAYS,
+        default=COMPACT_MIN_AGE_DAYS,
         help="merge only batch partitions whose newest file is at least this old",
     )
     shown = parser.add_mutually_exclusive_group()
@@ -108,7 +104,7 @@ def driver_stdout(job_run: dict[str, Any]) -> str:
 def report_lines(s3: Any, output_uri: str, run_id: str) -> list[str]:
     """Before and after per table, from the run's report."""
     location = config.parse_s3_location(output_uri.rstrip("/") + "/")
-    key = location.key(REPORT.format(run_id=run_id))
+    key = location.key(report_path(run_id))
     report = json.loads(s3.get_object(Bucket=location.bucket, Key=key)["Body"].read())
     return [
         f"{table}: partitions {t['partitions']} -> {t['partitions_after']}, "

@@ -18,15 +18,15 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from fruits_contract import IMAGE_SUFFIXES, is_image_name, now_iso
 from lambda_trigger import settings as config
 from lambda_trigger.backfill import stack_settings
-from lambda_trigger.events import IMAGE_SUFFIXES, OBJECT_REMOVED, S3Object, is_image_key
+from lambda_trigger.events import OBJECT_REMOVED, S3Object
 from lambda_trigger.manifest import Manifest, build_erasure_manifest
 from lambda_trigger.submit import submit_batch
 
@@ -127,7 +127,7 @@ def resolve_keys(lines: list[str], raw: config.S3Location) -> list[str]:
             key = raw.key(line)
         if not key.startswith(raw.prefix):
             problems.append(f"line {number}: {key!r} is not under {raw.uri}")
-        elif not is_image_key(key):
+        elif not is_image_name(key):
             suffixes = ", ".join(IMAGE_SUFFIXES)
             problems.append(f"line {number}: {key!r} is not an image ({suffixes})")
         elif key not in keys:
@@ -135,10 +135,6 @@ def resolve_keys(lines: list[str], raw: config.S3Location) -> list[str]:
     if problems:
         raise KeysError("--keys: " + "; ".join(problems))
     return keys
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def erasure_manifest(bucket: str, request: Request) -> Manifest:

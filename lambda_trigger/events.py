@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote_plus
 
-# The names a run reads, in any letter case: the job's emr_serverless_job.images.IMAGE_SUFFIXES
-# (photos it decodes, then the HEIC/HEIF it answers with an error row), copied because the
-# Lambda package ships without the job; tests/test_trigger_core.py fails if the two differ.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif")
+from fruits_contract import NOT_AN_IMAGE_SUFFIX, is_image_name
+
 OBJECT_CREATED = "ObjectCreated:"
 # A deletion: ``ObjectRemoved:DeleteMarkerCreated`` (a DELETE without a version id in a
 # versioned bucket, as this stack's) or ``ObjectRemoved:Delete`` (an unversioned bucket, or a
@@ -119,10 +117,6 @@ def _is_utc_time(value: object) -> bool:
         return False
 
 
-def is_image_key(key: str) -> bool:
-    return key.lower().endswith(IMAGE_SUFFIXES)
-
-
 def ignore_reason(obj: S3Object, bucket: str, prefix: str) -> str | None:
     """Why this object does not belong in a run, or None when it does."""
     if obj.bucket != bucket:
@@ -131,6 +125,6 @@ def ignore_reason(obj: S3Object, bucket: str, prefix: str) -> str | None:
         return f"outside the raw prefix {prefix!r}"
     if obj.key.endswith("/"):
         return "folder marker"
-    if not is_image_key(obj.key):
-        return f"not an image suffix ({', '.join(IMAGE_SUFFIXES)})"
+    if not is_image_name(obj.key):  # the names the job reads
+        return NOT_AN_IMAGE_SUFFIX
     return None

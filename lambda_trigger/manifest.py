@@ -13,16 +13,18 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from lambda_trigger.events import S3Object
-from lambda_trigger.request import (
-    JobSource,
-    erasure_run_id,
-    for_erasure,
-    for_manifest,
-    manifest_run_id,
+from fruits_contract import (
+    ERASED_AT_FIELD,
+    ETAG_FIELD,
+    SIZE_FIELD,
+    URI_FIELD,
+    batch_run_id,
+    erase_run_id,
+    manifest_name,
+    receipt_name,
 )
-
-ERASED_AT_FIELD = "erased_at"  # emr_serverless_job.erase.ERASED_AT_FIELD
+from lambda_trigger.events import S3Object
+from lambda_trigger.request import JobSource, for_erasure, for_manifest
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,11 @@ class Manifest:
 
     @property
     def file_name(self) -> str:
-        return f"{self.run_id}.jsonl"
+        return manifest_name(self.run_id)
 
     @property
     def receipt_name(self) -> str:
-        return f"{self.run_id}.jobrun.json"
+        return receipt_name(self.run_id)
 
 
 def _sequence(obj: S3Object) -> tuple[int, str]:
@@ -88,7 +90,7 @@ def _manifest(
     body = ("\n".join(lines) + "\n").encode() if lines else b""
     return Manifest(
         body=body,
-        run_id=(erasure_run_id if erasure else manifest_run_id)(body),
+        run_id=(erase_run_id if erasure else batch_run_id)(body),
         images=len(lines),
         duplicates=events - len(lines),
         erasure=erasure,
@@ -101,7 +103,7 @@ def build_erasure_manifest(removals: Iterable[S3Object]) -> Manifest:
     erase run (``erase-<16 hex>``)."""
     latest, seen = _latest(removals)
     lines = [
-        json.dumps({"uri": uri, ERASED_AT_FIELD: latest[uri].event_time}, ensure_ascii=False)
+        json.dumps({URI_FIELD: uri, ERASED_AT_FIELD: latest[uri].event_time}, ensure_ascii=False)
         for uri in sorted(latest)
     ]
     return _manifest(lines, events=seen, erasure=True)
@@ -113,11 +115,11 @@ def build_manifest(objects: Iterable[S3Object]) -> Manifest:
     lines = []
     for uri in sorted(latest):
         obj = latest[uri]
-        entry: dict[str, object] = {"uri": uri}
+        entry: dict[str, object] = {URI_FIELD: uri}
         if obj.size is not None:
-            entry["size"] = obj.size
+            entry[SIZE_FIELD] = obj.size
         if obj.etag is not None:
-            entry["etag"] = obj.etag
+            entry[ETAG_FIELD] = obj.etag
         lines.append(json.dumps(entry, ensure_ascii=False, sort_keys=True))
     sizes = [latest[uri].size for uri in latest if latest[uri].size is not None]
     return _manifest(lines, events=seen, total_bytes=sum(sizes) if sizes else None)

@@ -23,10 +23,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from lambda_trigger.request import RUN_ID_KEY, SOURCE_FLAGS, Attempt
+from fruits_contract import (
+    DRIVER_STDERR_LOG,
+    EVENT_DETAIL_TYPE,
+    EVENT_SOURCE,
+    SOURCE_FLAGS,
+    job_run_logs,
+)
+from lambda_trigger.request import RUN_ID_KEY, Attempt
 
-DETAIL_TYPE = "EMR Serverless Job Run State Change"
-SOURCE = "aws.emr-serverless"
 FAILED = "FAILED"
 CANCELLED = "CANCELLED"
 SUCCESS = "SUCCESS"
@@ -78,9 +83,9 @@ class Outcome:
 
 
 def parse_state_change(event: dict[str, Any]) -> StateChange:
-    if event.get("source") != SOURCE or event.get("detail-type") != DETAIL_TYPE:
+    if event.get("source") != EVENT_SOURCE or event.get("detail-type") != EVENT_DETAIL_TYPE:
         raise NotAStateChange(
-            f"expected {SOURCE} / {DETAIL_TYPE!r}, got {event.get('source')!r} / "
+            f"expected {EVENT_SOURCE} / {EVENT_DETAIL_TYPE!r}, got {event.get('source')!r} / "
             f"{event.get('detail-type')!r}"
         )
     detail = event.get("detail") or {}
@@ -176,10 +181,8 @@ def driver_log(job_run: dict[str, Any]) -> str:
     )
     if not log_uri:
         return ""
-    return (
-        f"{log_uri.rstrip('/')}/applications/{job_run['applicationId']}/jobs/"
-        f"{job_run['jobRunId']}/SPARK_DRIVER/stderr.gz"
-    )
+    logs = job_run_logs(log_uri, job_run["applicationId"], job_run["jobRunId"])
+    return f"{logs}/{DRIVER_STDERR_LOG}"
 
 
 def alert(

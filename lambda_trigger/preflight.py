@@ -27,6 +27,14 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from fruits_contract import (
+    ARTIFACTS_MANIFEST,
+    ENTRY_POINT,
+    JOB_PACKAGE,
+    PREFLIGHT_REPORT,
+    VENV_ARCHIVE,
+    preflight_run_id,
+)
 from lambda_trigger import settings as config
 from lambda_trigger.backfill import (
     DEFAULT_POLL_SECONDS,
@@ -38,17 +46,7 @@ from lambda_trigger.backfill import (
     wait_for,
 )
 from lambda_trigger.outcomes import driver_log
-from lambda_trigger.request import (
-    ARTIFACTS_MANIFEST,
-    ENTRY_POINT,
-    JOB_PACKAGE,
-    PREFLIGHT_REPORT,
-    VENV_ARCHIVE,
-    Deployment,
-    for_preflight,
-    preflight_run_id,
-    start_job_run_request,
-)
+from lambda_trigger.request import Deployment, for_preflight, start_job_run_request
 
 EXIT_FAILED = 1
 EXIT_CONFIG_ERROR = 2

@@ -2,7 +2,7 @@
 
     python -m lambda_trigger.reconcile --stack NAME [--since DATE] [--submit]
 
-Lists ``raw/`` (every page; every name the job reads, ``events.IMAGE_SUFFIXES``: ``.jpg``,
+Lists ``raw/`` (every page; every name the job reads, ``fruits_contract.IMAGE_SUFFIXES``: ``.jpg``,
 ``.jpeg``, ``.png``, ``.webp``, ``.heic``, ``.heif`` in any letter case, the ``.Jpg`` the S3
 notification filter misses included), reads only the ``path`` column of the ``features``
 and ``errors`` tables, and prints how many objects have a feature row, an error row, or
@@ -30,14 +30,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fruits_contract import ERRORS_TABLE, FEATURES_TABLE, PATH_COLUMN, is_image_name
 from lambda_trigger import settings as config
 from lambda_trigger.backfill import FLAG_SETTINGS, merged_settings, stack_settings
-from lambda_trigger.events import IMAGE_SUFFIXES, S3Object
+from lambda_trigger.events import S3Object
 from lambda_trigger.manifest import build_manifest
 
 EXIT_MISSING = 1  # photos without a row (and --submit not given)
 EXIT_CONFIG_ERROR = 2
-TABLES = ("features", "errors")
+TABLES = (FEATURES_TABLE, ERRORS_TABLE)  # the job's: a photo with a row in either is done
 KEYS_PER_CHUNK = 65_536  # Python strings made from the Arrow arrays at a time
 DEFAULT_OUT = "reconcile-missing.jsonl"
 PARQUET_SUFFIX = ".parquet"
@@ -88,15 +89,11 @@ def reconcile(
             yield obj
 
 
-def is_photo(key: str) -> bool:
-    return not key.endswith("/") and key.lower().endswith(IMAGE_SUFFIXES)
-
-
 def listing(s3: Any, bucket: str, prefix: str, since: datetime | None) -> Iterator[S3Object]:
     """Every photo under the prefix, page by page, in S3's (UTF-8 byte) key order."""
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
-            if not is_photo(item["Key"]) or (since and item["LastModified"] < since):
+            if not is_image_name(item["Key"]) or (since and item["LastModified"] < since):
                 continue
             yield S3Object(
                 bucket=bucket,
@@ -157,7 +154,7 @@ def row_keys(filesystem: Any, output: config.S3Location, table: str, bucket: str
     if not files:
         return pa.array([], pa.string())
     dataset = ds.dataset(files, filesystem=filesystem, format="parquet")
-    paths = dataset.to_table(columns=["path"]).column("path").combine_chunks()
+    paths = dataset.to_table(columns=[PATH_COLUMN]).column(PATH_COLUMN).combine_chunks()
     prefix = f"s3://{bucket}/"
     paths = paths.filter(pc.starts_with(paths, prefix))
     keys = pc.unique(pc.utf8_slice_codeunits(paths, len(prefix)))
@@ -214,8 +211,8 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
     missing = list(
         reconcile(
             listing(s3, settings.raw.bucket, settings.raw.prefix, since),
-            ascending(keys["features"]),
-            ascending(keys["errors"]),
+            ascending(keys[FEATURES_TABLE]),
+            ascending(keys[ERRORS_TABLE]),
             tally,
         )
     )

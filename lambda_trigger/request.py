@@ -10,23 +10,30 @@ point, archive, job package, model or Spark parameters it proves.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+# The artifacts' names, the archive's Python, the JVM options, the source flags and the run-id
+# rule are the contract's: the job, packaging and the emulator read the same ones.
+from fruits_contract import (
+    ARTIFACTS_MANIFEST,
+    COMPACT_FLAG,
+    ENTRY_POINT,
+    ERASE_FLAG,
+    INPUT_FLAG,
+    JOB_PACKAGE,
+    JVM_OPTIONS,
+    MANIFEST_FLAG,
+    PREFLIGHT_FLAG,
+    PREFLIGHT_REPORT,
+    VENV_ARCHIVE,
+    VENV_PYTHON,
+    backfill_run_id,
+    batch_run_id,
+    erase_run_id,
+)
 from lambda_trigger import sizing
 
-# What packaging/ uploads under the artifacts prefix, by name (the packaging contract).
-ENTRY_POINT = "main.py"
-JOB_PACKAGE = "emr_serverless_job.zip"
-VENV_ARCHIVE = "pyspark_venv.tar.gz"
-WEIGHTS_FILE = "mobilenet_v2_weights.h5"
-MODEL_FILE = "mobilenet_v2.onnx"
-ARTIFACTS_MANIFEST = "artifacts.json"  # what packaging/build.py measured; upload.py sends it last
-
-VENV_PYTHON = "./environment/bin/python"
-RUN_ID_DIGITS = 16
 CLIENT_TOKEN_LENGTH = 64  # StartJobRun's clientToken: 1-64 of [A-Za-z0-9._-]
 REPLACED_DIGITS = 12  # of the replaced job run id's digest, in a retry's client token
 PIPELINE_TAG = "fruits-features"
@@ -38,12 +45,8 @@ LAST_ATTEMPT_KEY = "last-attempt"
 # A preflight (emr_serverless_job/preflight.py) is tagged as its own pipeline: the watcher leaves
 # it alone (no receipt, no retry, no alert about photos), since it featurizes nothing.
 PREFLIGHT_TAG = "fruits-features-preflight"
-PREFLIGHT_RUN_PREFIX = "preflight-"
 # Seconds of work on a warm application; the rest is the application's and the workers' start.
 PREFLIGHT_TIMEOUT_MINUTES = 15
-# Where the job writes a preflight's report under the output URI (emr_serverless_job.preflight
-# has the same; a test keeps the two equal, since the CLI does not ship the job's code).
-PREFLIGHT_REPORT = "reports/preflight/{run_id}/report.json"
 # GetJobRun's field -> StartJobRun's parameter, for what a resubmission repeats unchanged.
 RESUBMITTED_FIELDS = {
     "applicationId": "applicationId",
@@ -68,14 +71,10 @@ EXECUTOR_MEMORY_OVERHEAD = {
 # A new account may hold 16 vCPUs of EMR Serverless at once (quota L-D05C8A75): a 2-vCPU
 # driver and 3 executors of 4 vCPUs use 14 (template.yaml's MaxExecutors default).
 DEFAULT_MAX_EXECUTORS = 3
-# C1 compiler only, as emr_serverless_job.main gives local runs (the reason is there).
-JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 # An erase run (emr_serverless_job/erase.py) runs no model and no Python worker: it reads the
 # path columns and rewrites the few partitions that hold an erased photo, in the JVM. Its
 # executors need no Python memory overhead (a 4-vCPU worker of 8 GB instead of 10-14) and
-# two of them are plenty. The run id is ERASE_RUN_PREFIX + 16 hex of the manifest's sha256
-# (emr_serverless_job.erase.default_run_id; a test keeps the two equal).
-ERASE_RUN_PREFIX = "erase-"
+# two of them are plenty.
 ERASE_SPARK_CONF = (
     ("spark.executor.memory", "7g"),
     ("spark.executor.memoryOverhead", "1g"),
@@ -88,9 +87,8 @@ ERASE_SPARK_CONF = (
 # run it reads and writes Parquet in the JVM only, so it gets the same small executors. It is
 # tagged as its own pipeline, as a preflight is: the watcher neither retries nor alerts on it
 # (a failed compaction loses nothing, and the next one finishes what it left), and its run id
-# is COMPACT_RUN_PREFIX + UTC time + 8 hex (each is its own run; the job's reports say so).
+# is fruits_contract.compaction_run_id (each is its own run; the job's reports say so).
 COMPACT_TAG = "fruits-features-compaction"
-COMPACT_RUN_PREFIX = "compact-"
 COMPACT_SPARK_CONF = ERASE_SPARK_CONF
 DRY_RUN_FLAG = "--dry-run"
 
@@ -115,17 +113,13 @@ class Deployment:
         return f"{self.artifacts_uri}/{name}"
 
 
-# The job's flags that name what a run reads: its first entry point argument.
-SOURCE_FLAGS = ("--input", "--manifest", "--erase", "--preflight", "--compact")
-
-
 @dataclass(frozen=True)
 class JobSource:
     """What one run reads: ``--input`` (a backfill), ``--manifest`` (a batch of uploads),
     ``--erase`` (an erasure manifest), ``--preflight`` (one photo, to check a deployment) or
     ``--compact`` (its value: the minimum age in days of the batch partitions it merges)."""
 
-    flag: str  # one of SOURCE_FLAGS
+    flag: str  # one of fruits_contract.SOURCE_FLAGS
     uri: str
     run_id: str
     extra_args: tuple[str, ...] = ()
@@ -189,28 +183,12 @@ def client_token(run_id: str, attempt: Attempt, replaces: str = "") -> str:
     return token
 
 
-def manifest_run_id(manifest: bytes) -> str:
-    """The job's default run id for this manifest: a redelivered batch names the same run."""
-    return f"batch-{hashlib.sha256(manifest).hexdigest()[:RUN_ID_DIGITS]}"
-
-
-def backfill_run_id(input_uri: str) -> str:
-    """The job's default run id for a backfill of this prefix (trailing slashes ignored)."""
-    normalized = input_uri.rstrip("/")
-    return f"backfill-{hashlib.sha256(normalized.encode()).hexdigest()[:RUN_ID_DIGITS]}"
-
-
-def erasure_run_id(manifest: bytes) -> str:
-    """An erase run's id: a redelivered batch of deletions names the same run."""
-    return f"{ERASE_RUN_PREFIX}{hashlib.sha256(manifest).hexdigest()[:RUN_ID_DIGITS]}"
-
-
 def for_erasure(manifest_uri: str, manifest: bytes) -> JobSource:
     """An erase run of an erasure manifest, sized for the small job it is."""
     return JobSource(
-        flag="--erase",
+        flag=ERASE_FLAG,
         uri=manifest_uri,
-        run_id=erasure_run_id(manifest),
+        run_id=erase_run_id(manifest),
         spark_conf=ERASE_SPARK_CONF,
     )
 
@@ -223,9 +201,9 @@ def for_manifest(
 ) -> JobSource:
     """A batch's run, sized to its ``photos`` (and their ``total_bytes``, when S3 sent sizes)."""
     return JobSource(
-        flag="--manifest",
+        flag=MANIFEST_FLAG,
         uri=manifest_uri,
-        run_id=manifest_run_id(manifest),
+        run_id=batch_run_id(manifest),
         photos=photos,
         total_bytes=total_bytes,
     )
@@ -233,15 +211,8 @@ def for_manifest(
 
 def for_backfill(input_uri: str, extra_args: tuple[str, ...] = ()) -> JobSource:
     return JobSource(
-        flag="--input", uri=input_uri, run_id=backfill_run_id(input_uri), extra_args=extra_args
+        flag=INPUT_FLAG, uri=input_uri, run_id=backfill_run_id(input_uri), extra_args=extra_args
     )
-
-
-def preflight_run_id(now: datetime, nonce: str) -> str:
-    """``preflight-20261202t141502z-1a2b3c4d``: each preflight is its own run (UTC time + 8 hex)."""
-    if not re.fullmatch(r"[0-9a-f]{8,}", nonce):
-        raise ValueError(f"nonce {nonce!r}: at least 8 lowercase hex digits")
-    return f"{PREFLIGHT_RUN_PREFIX}{now.astimezone(UTC):%Y%m%dt%H%M%S}z-{nonce[:8]}"
 
 
 def for_preflight(
@@ -256,7 +227,7 @@ def for_preflight(
     if reference_model:
         extra += ["--preflight-reference", reference_model]
     return JobSource(
-        flag="--preflight",
+        flag=PREFLIGHT_FLAG,
         uri=raw_uri,
         run_id=run_id,
         extra_args=tuple(extra),
@@ -265,21 +236,13 @@ def for_preflight(
     )
 
 
-def compaction_run_id(now: datetime, nonce: str) -> str:
-    """``compact-20261202t141502z-1a2b3c4d``: each compaction is its own run (UTC time + 8 hex),
-    so its client token never repeats one of another day's."""
-    if not re.fullmatch(r"[0-9a-f]{8,}", nonce):
-        raise ValueError(f"nonce {nonce!r}: at least 8 lowercase hex digits")
-    return f"{COMPACT_RUN_PREFIX}{now.astimezone(UTC):%Y%m%dt%H%M%S}z-{nonce[:8]}"
-
-
 def for_compaction(min_age_days: float, run_id: str, dry_run: bool = False) -> JobSource:
     """A compaction run of the output's batch partitions at least ``min_age_days`` old; a dry
     run only reports its plan (in the driver's stdout) and writes nothing."""
     if not 0 <= min_age_days < float("inf"):
         raise ValueError(f"min_age_days {min_age_days}: 0 or more")
     return JobSource(
-        flag="--compact",
+        flag=COMPACT_FLAG,
         uri=f"{min_age_days:g}",
         run_id=run_id,
         extra_args=(DRY_RUN_FLAG,) if dry_run else (),

@@ -14,11 +14,8 @@ from typing import Any
 
 from botocore.config import Config
 
-from lambda_trigger.request import DEFAULT_MAX_EXECUTORS, MODEL_FILE, WEIGHTS_FILE, Deployment
-
-# The job's accepted --image-size values (emr_serverless_job.model.IMAGE_SIZES; a test
-# keeps the two equal, since the Lambda does not ship the job's code).
-IMAGE_SIZES = (96, 128, 160, 192, 224)
+from fruits_contract import IMAGE_SIZES, MODEL_FILE, RUNTIMES, WEIGHTS_FILE
+from lambda_trigger.request import DEFAULT_MAX_EXECUTORS, Deployment
 
 APPLICATION_ID = "APPLICATION_ID"
 JOB_ROLE_ARN = "JOB_ROLE_ARN"
@@ -30,7 +27,6 @@ LOGS_URI = "LOGS_URI"
 WEIGHTS_URI = "WEIGHTS_URI"
 MODEL_URI = "MODEL_URI"
 RUNTIME = "RUNTIME"
-RUNTIMES = ("onnx", "tensorflow")  # the job's --runtime choices (a test keeps them equal)
 IMAGE_SIZE = "IMAGE_SIZE"
 MAX_EXECUTORS = "MAX_EXECUTORS"
 JOB_TIMEOUT_MINUTES = "JOB_TIMEOUT_MINUTES"

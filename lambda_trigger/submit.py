@@ -11,10 +11,10 @@ a re-upload of the same photos is never skipped.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
+from fruits_contract import now_iso
 from lambda_trigger import receipts
 from lambda_trigger.manifest import Manifest
 from lambda_trigger.request import Attempt, client_token, start_job_run_request
@@ -29,10 +29,6 @@ class Submission:
     images: int
     already_submitted: bool
     attempt: int = 1
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def next_attempt(receipt: receipts.Receipt | None, max_attempts: int) -> Attempt:

@@ -22,6 +22,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from fruits_contract import now_iso, receipt_name
 from lambda_trigger import receipts
 from lambda_trigger import settings as config
 from lambda_trigger.outcomes import (
@@ -37,7 +38,6 @@ from lambda_trigger.outcomes import (
     source_of,
 )
 from lambda_trigger.request import RUN_ID_KEY, Attempt, resubmission
-from lambda_trigger.submit import now_iso
 
 logger = Logger()
 tracer = Tracer()
@@ -133,7 +133,7 @@ def watch(change: StateChange, settings: config.Settings, s3: Any, emr: Any, sns
         return outcome
     run_id = tags[RUN_ID_KEY]
     logger.set_correlation_id(run_id)
-    bucket, key = settings.manifests.bucket, settings.manifests.key(f"{run_id}.jobrun.json")
+    bucket, key = settings.manifests.bucket, settings.manifests.key(receipt_name(run_id))
     ended_as = Attempt.from_tags(tags) or Attempt()
     receipt = ledger(receipts.read(s3, bucket, key), job_run, ended_as)
     if receipts.ended(receipt, change.job_run_id) is not None:

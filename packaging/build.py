@@ -21,7 +21,7 @@
   on this machine otherwise (a glibc Linux with gcc and the -dev headers cpython.py names);
 - ``artifacts.json``: sha256 and size of each file, the archive's packages and how it was built.
 
-File names are the ones the StartJobRun request uses (``lambda_trigger/request.py``).
+File names are the contract's (``fruits_contract``), which the StartJobRun request uses.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ from emr_serverless_job.model import (  # noqa: E402 (the root is added just abo
     file_sha256,
 )
 from emr_serverless_job.synthetic import CLASSES, fruit_image  # noqa: E402
-from lambda_trigger.request import (  # noqa: E402
+from fruits_contract import (  # noqa: E402
+    ARTIFACTS_MANIFEST,
     ENTRY_POINT,
     JOB_PACKAGE,
     MODEL_FILE,
@@ -56,7 +57,10 @@ from lambda_trigger.request import (  # noqa: E402
     WEIGHTS_FILE,
 )
 
-JOB_SOURCES = ROOT / "emr_serverless_job"
+# The packages the job zip holds: the job, and the contract it shares with the Lambdas (one
+# copy of each, at the zip's root, so --py-files puts both on every process's path).
+JOB_PACKAGES = (ROOT / "emr_serverless_job", ROOT / "fruits_contract")
+JOB_SOURCES = JOB_PACKAGES[0]
 # What the archive installs, per runtime: read by this script and COPY'd by the Dockerfile
 # (which installs requirements/job.txt and requirements/${RUNTIME}.txt).
 ARCHIVE_REQUIREMENTS = {
@@ -78,7 +82,6 @@ CALIBRATION_SYNC = (
 PACKER_REQUIREMENTS = "requirements/packaging.txt"
 DOCKERFILE = ROOT / "packaging" / "Dockerfile"
 PACK = ROOT / "packaging" / "pack.py"
-MANIFEST = "artifacts.json"
 PLATFORMS = {"x86_64": "linux/amd64", "arm64": "linux/arm64"}
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # What keras.applications.MobileNetV2(weights="imagenet", include_top=False) downloads.
@@ -89,10 +92,11 @@ IMAGENET_URL = (
 
 
 def job_package(dest: Path) -> Path:
-    """The package as a zip for ``--py-files``, byte-for-byte reproducible."""
+    """The job's packages as a zip for ``--py-files``, byte-for-byte reproducible."""
+    sources = sorted(source for package in JOB_PACKAGES for source in package.glob("*.py"))
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as archive:
-        for source in sorted(JOB_SOURCES.glob("*.py")):
-            info = zipfile.ZipInfo(f"emr_serverless_job/{source.name}", date_time=ZIP_DATE)
+        for source in sources:
+            info = zipfile.ZipInfo(f"{source.parent.name}/{source.name}", date_time=ZIP_DATE)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, source.read_bytes())
@@ -384,7 +388,7 @@ def build(
             warnings.append(calibration_warning(model["calibration_images"]))
     if model is None:
         (dist / MODEL_FILE).unlink(missing_ok=True)
-    previous = dist / MANIFEST
+    previous = dist / ARTIFACTS_MANIFEST
     if archive == "keep":
         if not (dist / VENV_ARCHIVE).is_file() or not previous.is_file():
             raise SystemExit(f"--archive keep: no earlier {VENV_ARCHIVE} in {dist}")
@@ -414,7 +418,7 @@ def build(
         "python": platform.python_version(),
         "requirements": list(ARCHIVE_REQUIREMENTS[runtime]),
     }
-    (dist / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (dist / ARTIFACTS_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

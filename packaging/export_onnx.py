@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from emr_serverless_job.images import decode_batch, is_image_path, preprocess  # noqa: E402
+from emr_serverless_job.images import decode_batch, preprocess  # noqa: E402
 from emr_serverless_job.model import (  # noqa: E402
     FP32,
     INT8,
@@ -48,14 +48,14 @@ from emr_serverless_job.model import (  # noqa: E402
     onnx_featurizer,
     tensorflow_featurizer,
 )
+from fruits_contract import INT8_MIN_COSINE, is_image_name  # noqa: E402
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCH = 32
-# int8 against fp32 on the parity photos, per image. Measured on the 100 Fruits-360 sample
-# photos with the ImageNet weights on an AVX2 CPU without VNNI, where int8 kernels are
-# least exact: min 0.986 at 128 and 224 px (BENCHMARKS.md).
-INT8_MIN_COSINE = 0.98
+# int8 against fp32 on the parity photos, per image, at least fruits_contract.INT8_MIN_COSINE.
+# Measured on the 100 Fruits-360 sample photos with the ImageNet weights on an AVX2 CPU without
+# VNNI, where int8 kernels are least exact: min 0.986 at 128 and 224 px (BENCHMARKS.md).
 # Activations that come out of these are >= 0, so their uint8 zero point is 0.
 RECTIFIERS = ("Relu", "Clip")
 CALIBRATION_LIMIT = 500  # photos: MinMax ranges settle long before; memory stays < 1 GiB
@@ -119,7 +119,7 @@ def stamp(proto: object, metadata: dict[str, str]) -> None:
 
 
 def photo_paths(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p.name))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name))
 
 
 def parity_batch(folder: Path, image_size: int, limit: int = PARITY_BATCH) -> np.ndarray:

@@ -29,11 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from emr_serverless_job.model import file_sha256  # noqa: E402 (root added just above)
+from fruits_contract import ARTIFACTS_MANIFEST, VENV_ARCHIVE, WEIGHTS_FILE  # noqa: E402
 from lambda_trigger.backfill import stack_settings  # noqa: E402
-from lambda_trigger.request import VENV_ARCHIVE, WEIGHTS_FILE  # noqa: E402
 from lambda_trigger.settings import ARTIFACTS_URI, parse_s3_location  # noqa: E402
 
-MANIFEST = "artifacts.json"
 SHA_KEY = "sha256"  # x-amz-meta-sha256
 ARCHITECTURE = "ARCHITECTURE"  # the stack output Architecture, as stack_settings names it
 # elf.py's CPU names -> the application's Architecture value.
@@ -87,11 +86,11 @@ def dist_problems(dist: Path, manifest: dict[str, Any], architecture: str | None
     for name, entry in manifest.get("files", {}).items():
         path = dist / name
         if not path.is_file():
-            problems.append(f"{name} is listed in {MANIFEST} but not in {dist}")
+            problems.append(f"{name} is listed in {ARTIFACTS_MANIFEST} but not in {dist}")
         elif file_sha256(path) != entry.get("sha256"):
             problems.append(
-                f"{name} changed since {MANIFEST} listed it (its sha256 differs): rebuild with "
-                "./dev package"
+                f"{name} changed since {ARTIFACTS_MANIFEST} listed it (its sha256 differs): "
+                "rebuild with ./dev package"
             )
     archive = dist / VENV_ARCHIVE
     if VENV_ARCHIVE not in manifest.get("files", {}) or not archive.is_file():
@@ -115,10 +114,10 @@ def dist_problems(dist: Path, manifest: dict[str, Any], architecture: str | None
 def upload(s3: Any, dist: Path, artifacts_uri: str) -> tuple[list[str], list[str]]:
     """Returns (uploaded, unchanged) file names; the manifest goes last, once files are in."""
     location = parse_s3_location(artifacts_uri)
-    manifest_path = dist / MANIFEST
+    manifest_path = dist / ARTIFACTS_MANIFEST
     manifest = json.loads(manifest_path.read_text())
     entries = dict(manifest["files"])
-    entries[MANIFEST] = {"sha256": file_sha256(manifest_path)}
+    entries[ARTIFACTS_MANIFEST] = {"sha256": file_sha256(manifest_path)}
     uploaded, unchanged = [], []
     for name, entry in entries.items():
         key = location.key(name)
@@ -148,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the application's Architecture (default with --stack: the stack's output)",
     )
     args = parser.parse_args(argv)
-    if not (args.dist / MANIFEST).is_file():
-        print(f"error: no {MANIFEST} in {args.dist}; run packaging/build.py first", file=sys.stderr)
+    if not (args.dist / ARTIFACTS_MANIFEST).is_file():
+        print(
+            f"error: no {ARTIFACTS_MANIFEST} in {args.dist}; run packaging/build.py first",
+            file=sys.stderr,
+        )
         return 2
     import boto3
 
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: --artifacts: {error}", file=sys.stderr)
         return 2
-    manifest = json.loads((args.dist / MANIFEST).read_text())
+    manifest = json.loads((args.dist / ARTIFACTS_MANIFEST).read_text())
     problems = dist_problems(args.dist, manifest, architecture)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)

@@ -11,9 +11,9 @@ import boto3
 import pytest
 
 from emr_serverless_job.config import parse_args
+from fruits_contract import backfill_run_id
 from lambda_trigger import backfill, sizing
 from lambda_trigger import handler as trigger
-from lambda_trigger.request import backfill_run_id
 from tests.loopback import REGION, FakeContext, job_runs, receive_batch, sqs_event
 
 
@@ -98,12 +98,6 @@ def test_flags_override_and_pca_flags_reach_the_job(stack, capsys):
     assert args[-4:] == ["--pca-k", "20", "--pca-scaling", "standard"]
     job = parse_args([*args, "--weights", "random:0"])  # the job takes what it is sent
     assert (job.pca_k, job.pca_scaling) == (20, "standard")
-
-
-def test_the_pca_scaling_choices_are_the_jobs():
-    from emr_serverless_job.projection import SCALINGS
-
-    assert backfill.PCA_SCALINGS == SCALINGS
 
 
 def test_wait_follows_the_run_to_its_end(stack, capsys):

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from emr_serverless_job import compact_plan
 from emr_serverless_job.config import parse_args
 from lambda_trigger import compact as command
 from lambda_trigger import request as rq
@@ -45,11 +44,6 @@ def test_the_request_is_a_small_compaction_run_the_job_accepts():
 def test_the_watcher_neither_retries_nor_alerts_on_a_compaction():
     request = command.compaction_request(deployment_from_environment(ENV), 7, False, NOW, "0" * 8)
     assert decide("failed", request["tags"]).decision == "ignore"
-
-
-def test_the_default_cutoff_is_the_jobs():
-    assert command.DEFAULT_MIN_AGE_DAYS == compact_plan.DEFAULT_MIN_AGE_DAYS
-    assert "--compact" in rq.SOURCE_FLAGS
 
 
 def test_help_shows_the_defaults(capsys):

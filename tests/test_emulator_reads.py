@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from emr_emulator import reads as rule
 from emr_emulator.reads import Reads, first_photo, reads, split_uri
 from emr_emulator.run import run_job
 from emr_emulator.submit import launch
@@ -48,20 +47,6 @@ def request_for(source, bucket: str = BUCKET) -> dict:
 
 def uris(pairs) -> set[str]:
     return {f"s3://{bucket}/{key}" for bucket, key in pairs}
-
-
-def test_the_layout_the_rule_names_is_the_jobs():
-    from emr_serverless_job import config, erase, job, reduce
-
-    assert rule.PCA_MODEL_DIRNAME == config.PCA_MODEL_DIRNAME
-    assert rule.POINTER_FILE == reduce.POINTER_FILE
-    assert rule.VERSIONS_FOLDER == reduce.VERSIONS_FOLDER
-    assert set(rule.ERASE_READS) == {
-        job.FEATURES_TABLE,
-        job.ERRORS_TABLE,
-        erase.ERASURES_TABLE,
-        job.REPORTS_FOLDER,
-    }
 
 
 def test_a_backfill_reads_its_artifacts_and_its_prefix_and_nothing_of_the_output():
@@ -130,7 +115,6 @@ def test_a_compaction_reads_the_tables_it_merges_and_their_reports_not_photos_or
         f"{output}/errors/",
         f"{output}/reports/",
     }
-    assert set(rule.COMPACT_READS) <= set(rule.ERASE_READS)
     assert not wanted.wants(BUCKET, "raw/Kiwi/a.jpg")
     assert not wanted.wants(BUCKET, "output/pca_model/current.json")
 

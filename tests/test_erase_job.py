@@ -18,6 +18,7 @@ from emr_serverless_job.config import ConfigError, parse_args
 from emr_serverless_job.current import current_features
 from emr_serverless_job.inputs import spark_spelling
 from emr_serverless_job.synthetic import write_image_set
+from fruits_contract import erase_run_id
 from tests.test_job import run_job
 
 GONE = "2020-01-01T00:00:00.000Z"
@@ -89,7 +90,7 @@ def test_an_erase_run_removes_the_photos_rows_and_leaves_the_others(spark, histo
     report = erase_run(spark, manifest, output)
 
     assert report.rows_removed == {"features": 1, "errors": 1}
-    assert report.run_id == erase.default_run_id(manifest.read_bytes())
+    assert report.run_id == erase_run_id(manifest.read_bytes())
     erased = {spark_spelling(str(banana)), spark_spelling(str(empty))}
     expected_features = {key: row for key, row in features.items() if key[1] not in erased}
     expected_errors = {key: row for key, row in errors.items() if key[1] not in erased}

@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 
 from emr_serverless_job.model import read_onnx_model
-from lambda_trigger.request import JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE
+from fruits_contract import ARTIFACTS_MANIFEST, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE
 from tests.conftest import ROOT
 from tests.test_packaging import load
 
@@ -70,8 +70,8 @@ def test_readme_packaging_command_builds_archive_and_model_on_a_fresh_clone(tmp_
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
 
     dist = clone / "dist"
-    manifest = json.loads((dist / build.MANIFEST).read_text())
-    assert pack.check_python_links(dist / VENV_ARCHIVE).problems == []
+    manifest = json.loads((dist / ARTIFACTS_MANIFEST).read_text())
+    assert pack.check_archive(dist / VENV_ARCHIVE).problems == []
     assert manifest["archive"]["valid_on_emr"] is True
     model = manifest["model"]
     info = read_onnx_model(dist / MODEL_FILE)

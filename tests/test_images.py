@@ -14,10 +14,10 @@ from emr_serverless_job.images import (
     ImageError,
     decode_batch,
     decode_image,
-    is_image_path,
     preprocess,
 )
 from emr_serverless_job.synthetic import fruit_image, truncated_jpeg
+from fruits_contract import is_image_name
 
 SIZE = 32
 
@@ -196,4 +196,4 @@ def test_preprocess_matches_mobilenet_v2_range():
     ],
 )
 def test_image_suffixes_in_any_case(path, expected):
-    assert is_image_path(path) is expected
+    assert is_image_name(path) is expected

@@ -21,7 +21,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from emr_serverless_job.model import file_sha256, read_onnx_model
-from lambda_trigger.request import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE, WEIGHTS_FILE
+from fruits_contract import (
+    ARTIFACTS_MANIFEST,
+    ENTRY_POINT,
+    JOB_PACKAGE,
+    MODEL_FILE,
+    VENV_ARCHIVE,
+    WEIGHTS_FILE,
+)
 from tests.conftest import REAL_SAMPLE, REAL_WEIGHTS, ROOT, build_dist, needs_real_data
 
 PACKAGING = ROOT / "packaging"
@@ -274,8 +281,41 @@ def test_job_package_is_reproducible_and_complete(tmp_path):
     import zipfile
 
     names = set(zipfile.ZipFile(first).namelist())
-    sources = {f"emr_serverless_job/{p.name}" for p in (ROOT / "emr_serverless_job").glob("*.py")}
+    sources = {
+        f"{package}/{p.name}"
+        for package in ("emr_serverless_job", "fruits_contract")  # the contract it shares
+        for p in (ROOT / package).glob("*.py")
+    }
     assert names == sources
+
+
+def test_the_job_finds_its_contract_in_the_zip_alone(tmp_path):
+    """On EMR the job's code is the --py-files zip and nothing else: the entry point's first
+    import is the contract, and every name a shipped module takes from it must be in the zip's
+    copy. Checked with the zip alone on the path (no site-packages, no checkout)."""
+    package = build.job_package(tmp_path / JOB_PACKAGE)
+    probe = (
+        "import ast, sys, zipfile; sys.path.insert(0, sys.argv[1]);"  # -S: no site-packages
+        "import fruits_contract, emr_serverless_job.main as main;"
+        "assert fruits_contract.__file__.startswith(sys.argv[1]), fruits_contract.__file__;"
+        "assert main.__file__.startswith(sys.argv[1]), main.__file__;"
+        "assert main.is_preflight(['--preflight', 's3://b/raw/']);"
+        "archive = zipfile.ZipFile(sys.argv[1]);"
+        "missing = [f'{name}: {alias.name}' for name in archive.namelist()"
+        " for node in ast.walk(ast.parse(archive.read(name)))"
+        " if isinstance(node, ast.ImportFrom) and node.module == 'fruits_contract'"
+        " for alias in node.names if not hasattr(fruits_contract, alias.name)];"
+        "print(main.JVM_OPTIONS, missing)"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-S", "-B", "-c", probe, str(package)],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.split(maxsplit=1) == ["-XX:TieredStopAtLevel=1", "[]\n"]
 
 
 def test_slimming_removes_tests_caches_headers_and_installers(tmp_path):
@@ -317,7 +357,7 @@ def dist(request):
 
 @needs_real_data()
 def test_manifest_lists_every_artifact_with_its_checksum_and_the_tested_versions(dist):
-    manifest = json.loads((dist / build.MANIFEST).read_text())
+    manifest = json.loads((dist / ARTIFACTS_MANIFEST).read_text())
     runtime = manifest["runtime"]
     model = {MODEL_FILE} if runtime == "onnx" else set()
     assert set(manifest["files"]) == {ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, VENV_ARCHIVE, *model}
@@ -452,7 +492,7 @@ def write_manifest(folder: Path) -> None:
         for name in names
     }
     checked = {"valid_on_emr": True, "python_links": {"bin/python": "bin/python3.11"}}
-    (folder / build.MANIFEST).write_text(json.dumps({"files": files, "archive": checked}))
+    (folder / ARTIFACTS_MANIFEST).write_text(json.dumps({"files": files, "archive": checked}))
 
 
 def small_dist(folder: Path, weights: bytes = b"weights", machine: int = X86_64) -> Path:
@@ -474,7 +514,7 @@ def test_upload_puts_dist_under_artifacts_and_then_transfers_nothing(stack, tmp_
     assert f"WEIGHTS_URI={target}/{WEIGHTS_FILE}" in captured.out
     assert "not checked against the application's Architecture" in captured.err  # no --stack
     s3 = stack.client("s3")
-    for name in (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, VENV_ARCHIVE, build.MANIFEST):
+    for name in (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, VENV_ARCHIVE, ARTIFACTS_MANIFEST):
         body = s3.get_object(Bucket=stack.bucket, Key=f"artifacts/{name}")["Body"].read()
         assert body == (folder / name).read_bytes()
         head = s3.head_object(Bucket=stack.bucket, Key=f"artifacts/{name}")
@@ -513,7 +553,7 @@ def test_upload_reads_the_archive_and_refuses_a_rewritten_python_link(
     folder = small_dist(tmp_path / "dist")
     small_archive(folder / VENV_ARCHIVE, {**GOOD_LINKS, "bin/python3.11": target})
     write_manifest(folder)
-    assert json.loads((folder / build.MANIFEST).read_text())["archive"]["valid_on_emr"] is True
+    assert json.loads((folder / ARTIFACTS_MANIFEST).read_text())["archive"]["valid_on_emr"] is True
     artifacts = f"s3://{stack.bucket}/artifacts"
     assert upload.main(["--artifacts", artifacts, "--dist", str(folder)]) == 2
     err = capsys.readouterr().err

@@ -16,19 +16,16 @@ import pytest
 
 from emr_emulator.run import run_job
 from emr_serverless_job import preflight as job_preflight
-from emr_serverless_job.config import RUN_ID_PATTERN, parse_args
+from emr_serverless_job.config import parse_args
 from emr_serverless_job.main import is_preflight
+from fruits_contract import MODEL_FILE, PREFLIGHT_MARKER_FOLDER, RUN_ID_PATTERN, preflight_run_id
 from lambda_trigger import preflight
 from lambda_trigger.outcomes import decide
 from lambda_trigger.request import (
-    ARTIFACTS_MANIFEST,
-    MODEL_FILE,
-    PREFLIGHT_REPORT,
     PREFLIGHT_TAG,
     PREFLIGHT_TIMEOUT_MINUTES,
     for_backfill,
     for_preflight,
-    preflight_run_id,
     request_from_job_run,
     start_job_run_request,
 )
@@ -97,13 +94,6 @@ def test_a_reference_model_and_a_photo_key_reach_the_job():
     request = start_job_run_request(DEPLOYMENT, source, RUN_ID)
     config = parse_args(request["jobDriver"]["sparkSubmit"]["entryPointArguments"])
     assert config.preflight == photo and config.preflight_reference == reference
-
-
-def test_the_shared_names_are_the_same_on_both_sides():
-    assert PREFLIGHT_REPORT == job_preflight.REPORT_PATH
-    assert load("export_onnx").INT8_MIN_COSINE == job_preflight.INT8_MIN_COSINE
-    assert ARTIFACTS_MANIFEST == load("build").MANIFEST == load("upload").MANIFEST
-    assert job_preflight.RUN_PREFIX == "preflight-" and RUN_ID.startswith(job_preflight.RUN_PREFIX)
 
 
 # --- the command: help, and refusals before any AWS call ------------------------------------
@@ -305,7 +295,7 @@ def test_the_marker_that_cannot_be_written_fails_its_check_naming_the_uri(
     shutil.copyfile(sorted(REAL_SAMPLE.rglob("*.jpg"))[0], raw / "a.jpg")
     output = tmp_path / "output"
     output.mkdir()
-    (output / job_preflight.MARKER_FOLDER).write_text("a file where the marker's folder goes")
+    (output / PREFLIGHT_MARKER_FOLDER).write_text("a file where the marker's folder goes")
     model = tmp_path / "preflight-model.onnx"  # Spark ships a file by name, once per session
     shutil.copyfile(onnx_dist / MODEL_FILE, model)
     args = job_preflight.parse(

@@ -21,7 +21,7 @@ from PIL import Image
 
 from emr_serverless_job import job
 from emr_serverless_job.config import parse_args
-from lambda_trigger.request import MODEL_FILE
+from fruits_contract import MODEL_FILE
 
 from .conftest import REAL_SAMPLE, REAL_WEIGHTS, needs_real_data
 

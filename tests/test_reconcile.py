@@ -10,12 +10,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from fruits_contract import is_image_name
 from lambda_trigger.events import S3Object
 from lambda_trigger.reconcile import (
     Tally,
     _filesystem,
     ascending,
-    is_photo,
     is_table_file,
     reconcile,
     row_keys,
@@ -43,7 +43,9 @@ def test_objects_in_neither_table_are_missing_whatever_the_characters():
 def test_photos_are_images_in_any_letter_case_and_never_folder_markers():
     photos = ("a.Jpg", "b.JPEG", "c.png", "d.WebP", "e.heic", "f.HEIF")
     others = ("raw/Kiwi/", "raw/Kiwi.jpg/", "d.txt", "e.jpg.txt", "f.gif")
-    assert [is_photo(k) for k in photos + others] == [True] * len(photos) + [False] * len(others)
+    assert [is_image_name(k) for k in photos + others] == [True] * len(photos) + [False] * len(
+        others
+    )
 
 
 def test_row_keys_are_the_buckets_sorted_distinct_keys_from_the_path_column(tmp_path):

@@ -14,7 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from emr_serverless_job import images
+from fruits_contract import (
+    ARTIFACTS_MANIFEST,
+    ENTRY_POINT,
+    ERASURES_TABLE,
+    ERRORS_TABLE,
+    FEATURES_TABLE,
+    IMAGE_SUFFIXES,
+    JOB_PACKAGE,
+    MODEL_FILE,
+    PCA_MODEL_FOLDER,
+    PCA_POINTER_FILE,
+    PCA_VERSIONS_FOLDER,
+    PREFLIGHT_MARKER_FOLDER,
+    PREFLIGHT_REPORT,
+    REPORTS_FOLDER,
+    RUNTIMES,
+    VENV_ARCHIVE,
+)
 from lambda_trigger import settings
 from tests.loopback import TEMPLATE, template
 
@@ -27,8 +44,8 @@ EU_MEMBER_REGIONS = {
     "eu-south-2",
 }
 # S3 filters are case-sensitive: each suffix the job reads, in both of its usual spellings.
-IMAGE_SUFFIXES = {
-    spelling for suffix in images.IMAGE_SUFFIXES for spelling in (suffix.lower(), suffix.upper())
+SUFFIX_SPELLINGS = {
+    spelling for suffix in IMAGE_SUFFIXES for spelling in (suffix.lower(), suffix.upper())
 }
 # eu-south-1 (Milan) and eu-south-2 (Spain) launched after 20 March 2019: opt-in Regions.
 OPT_IN_REGIONS = {"eu-south-1", "eu-south-2"}
@@ -146,7 +163,7 @@ def test_only_image_uploads_under_raw_reach_the_queue(transformed):
     assert suffixes == {
         (event, suffix)
         for event in ("s3:ObjectCreated:*", "s3:ObjectRemoved:*")
-        for suffix in IMAGE_SUFFIXES
+        for suffix in SUFFIX_SPELLINGS
     }
     # The queue policy must exist before S3 validates the notification target.
     assert bucket["DependsOn"] == "UploadsQueuePolicy"
@@ -251,32 +268,20 @@ def folder_keys(key: str) -> list[str]:
 def job_paths() -> tuple[list[str], list[str]]:
     """The keys one backfill, one batch and one preflight read and write, from the request
     and the job."""
-    from emr_serverless_job.config import PCA_MODEL_DIRNAME
-    from emr_serverless_job.job import ERRORS_TABLE, FEATURES_TABLE, REPORTS_FOLDER
-    from emr_serverless_job.preflight import MARKER_FOLDER
-    from lambda_trigger.request import (
-        ARTIFACTS_MANIFEST,
-        ENTRY_POINT,
-        JOB_PACKAGE,
-        MODEL_FILE,
-        PREFLIGHT_REPORT,
-        VENV_ARCHIVE,
-    )
-
     run_id, preflight = "batch-0123456789abcdef", "preflight-20261202t141502z-1a2b3c4d"
     artifacts = (ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE, ARTIFACTS_MANIFEST)
     reads = [
         "raw/Apple Braeburn/0_100.jpg",
         f"manifests/{run_id}.jsonl",
         *(f"artifacts/{name}" for name in artifacts),
-        f"output/{PCA_MODEL_DIRNAME}/metadata/part-00000",
+        f"output/{PCA_MODEL_FOLDER}/metadata/part-00000",
     ]
     writes = [
         f"output/{FEATURES_TABLE}/run_id={run_id}/part-00000.snappy.parquet",
         f"output/{ERRORS_TABLE}/run_id={run_id}/_SUCCESS",
         f"output/{REPORTS_FOLDER}/run_id={run_id}/report.json",
-        f"output/{PCA_MODEL_DIRNAME}/stages/1_PCAModel/data/part-00000.parquet",
-        f"output/{MARKER_FOLDER}/{preflight}",  # written, read back and deleted
+        f"output/{PCA_MODEL_FOLDER}/stages/1_PCAModel/data/part-00000.parquet",
+        f"output/{PREFLIGHT_MARKER_FOLDER}/{preflight}",  # written, read back and deleted
         f"output/{PREFLIGHT_REPORT.format(run_id=preflight)}",
     ]
     return reads, writes
@@ -374,18 +379,7 @@ def job_listings() -> dict[str, list[str]]:
     job's own constants, so a table added there is listed here.
     """
     from emr_serverless_job import reduce
-    from emr_serverless_job.config import PCA_MODEL_DIRNAME
-    from emr_serverless_job.erase import ERASURES_TABLE, JOURNAL_SUFFIX, STAGING_PREFIX
-    from emr_serverless_job.job import ERRORS_TABLE, FEATURES_TABLE, REPORTS_FOLDER
-    from emr_serverless_job.preflight import MARKER_FOLDER
-    from lambda_trigger.request import (
-        ARTIFACTS_MANIFEST,
-        ENTRY_POINT,
-        JOB_PACKAGE,
-        MODEL_FILE,
-        PREFLIGHT_REPORT,
-        VENV_ARCHIVE,
-    )
+    from emr_serverless_job.erase import JOURNAL_SUFFIX, STAGING_PREFIX
 
     run, erase_run, version = "batch-0123456789abcdef", "erase-0123456789abcdef", "v-1"
     preflight = "preflight-20261202t141502z-1a2b3c4d"
@@ -404,7 +398,7 @@ def job_listings() -> dict[str, list[str]]:
         # probed, written and deleted, the report probed and written.
         "preflight": [
             "raw/",
-            f"output/{MARKER_FOLDER}/{preflight}/",
+            f"output/{PREFLIGHT_MARKER_FOLDER}/{preflight}/",
             f"output/{PREFLIGHT_REPORT.format(run_id=preflight)}/",
         ],
     }
@@ -427,14 +421,14 @@ def job_listings() -> dict[str, list[str]]:
         f"output/{REPORTS_FOLDER}/run_id={run}/",
         f"output/{REPORTS_FOLDER}/run_id={run}/report.json/",
     ]
-    model = f"output/{PCA_MODEL_DIRNAME}"
-    folder = f"{model}/{reduce.VERSIONS_FOLDER}/{version}"
+    model = f"output/{PCA_MODEL_FOLDER}"
+    folder = f"{model}/{PCA_VERSIONS_FOLDER}/{version}"
     listings["pca_model/"] = [
         f"{model}/",
-        f"{model}/{reduce.POINTER_FILE}/",
+        f"{model}/{PCA_POINTER_FILE}/",
         f"{model}/{reduce.METADATA_FILE}/",  # a model saved before versions existed
         f"{model}/{reduce.PROJECTION_FILE}/",
-        f"{model}/{reduce.VERSIONS_FOLDER}/",
+        f"{model}/{PCA_VERSIONS_FOLDER}/",
         f"{folder}/",
         f"{folder}/{reduce.METADATA_FILE}/",
         f"{folder}/{reduce.PROJECTION_FILE}/",
@@ -526,27 +520,80 @@ def test_outputs_give_names_ids_and_the_backfill_command(transformed):
 LAMBDA_RUNTIME = re.compile(r"^python(3\.\d+)$")
 
 
-@pytest.fixture(scope="module")
-def lambda_build(tmp_path_factory) -> Path:
-    """`sam build` runs lambda_trigger/Makefile: what it leaves is what the function imports."""
-    artifacts = tmp_path_factory.mktemp("lambda") / "artifacts"
-    result = subprocess.run(
+def sam_build(code_uri: Path, work: Path, *variables: str) -> subprocess.CompletedProcess:
+    """What `sam build` does for a makefile function (aws-lambda-builders' CustomMakeWorkflow):
+    copy the CodeUri folder to a scratch folder, then run ``make --makefile <CodeUri>/Makefile
+    build-<Function>`` there, with ARTIFACTS_DIR set. Only the CodeUri folder is copied."""
+    scratch = work / "scratch"
+    shutil.copytree(code_uri, scratch, ignore=shutil.ignore_patterns(".aws-sam", ".git"))
+    return subprocess.run(
         [
             "make",
             "--no-print-directory",
-            "-C",
-            "lambda_trigger",
+            "--makefile",
+            str(code_uri / "Makefile"),
             "build-TriggerFunction",
-            f"ARTIFACTS_DIR={artifacts}",
+            f"ARTIFACTS_DIR={work / 'artifacts'}",
             f"PYTHON={sys.executable}",
+            *variables,
         ],
-        cwd=TEMPLATE.parent,
+        cwd=scratch,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+@pytest.fixture(scope="module")
+def lambda_build(tmp_path_factory) -> Path:
+    """`sam build` runs lambda_trigger/Makefile: what it leaves is what the function imports."""
+    (code_uri,) = {
+        function["Properties"]["CodeUri"]
+        for function in resources_of(template(), "AWS::Serverless::Function").values()
+    }
+    work = tmp_path_factory.mktemp("lambda")
+    result = sam_build(TEMPLATE.parent / code_uri, work)
     assert result.returncode == 0, result.stderr[-3000:]
-    return artifacts
+    return work / "artifacts"
+
+
+def test_the_lambda_bundle_carries_the_contract_and_imports_it_from_there(lambda_build):
+    """The Lambdas import fruits_contract, which lives outside their CodeUri: the build puts the
+    one copy at the bundle's root. Imported here with the bundle alone on the path (no site
+    packages, no checkout), as the function's runtime imports it."""
+    contract = TEMPLATE.parent / "fruits_contract"
+    shipped = lambda_build / "fruits_contract"
+    assert sorted(p.name for p in shipped.glob("*.py")) == sorted(
+        p.name for p in contract.glob("*.py")
+    )
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"  # -S: no site-packages
+        "import fruits_contract, lambda_trigger.manifest, lambda_trigger.outcomes,"
+        " lambda_trigger.reconcile, lambda_trigger.request;"
+        "print(fruits_contract.__file__, lambda_trigger.request.__file__)"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-S", "-B", "-c", probe, str(lambda_build)],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+        cwd=lambda_build.parent,
+    )
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    contract_file, request_file = imported.stdout.split()
+    assert contract_file == str(shipped / "__init__.py")
+    assert request_file.startswith(str(lambda_build / "lambda_trigger"))
+
+
+def test_a_lambda_build_without_the_contract_stops_and_says_why(tmp_path):
+    """A container build (sam build --use-container) mounts only the CodeUri folder: the build
+    must fail there, not ship a function whose first import fails."""
+    result = sam_build(
+        TEMPLATE.parent / "lambda_trigger", tmp_path, f"CONTRACT={tmp_path / 'nowhere'}"
+    )
+    assert result.returncode != 0
+    assert "no fruits_contract at" in result.stderr
+    assert not (tmp_path / "artifacts" / "lambda_trigger").exists()
 
 
 def runtime_version() -> str:
@@ -601,7 +648,9 @@ def test_lambda_build_imports_under_the_functions_python(lambda_build):
         pytest.skip(f"no Python {version} here (set LAMBDA_PYTHON); the wheel tags are checked")
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import lambda_trigger.handler as h, aws_lambda_powertools, boto3, wrapt;"
+        "import lambda_trigger.handler as h, lambda_trigger.watcher as w, aws_lambda_powertools,"
+        " boto3, wrapt, fruits_contract;"
+        "assert fruits_contract.__file__.startswith(sys.argv[1]), fruits_contract.__file__;"
         "print(aws_lambda_powertools.__file__, boto3.__version__, h.handler.__name__)"
     )
     env = {"PATH": os.environ["PATH"], "POWERTOOLS_TRACE_DISABLED": "true"}
@@ -664,7 +713,7 @@ def run_vcpu(conf: dict[str, str]) -> int:
     return int(conf["spark.driver.cores"]) + executors * int(conf["spark.executor.cores"])
 
 
-@pytest.mark.parametrize("runtime", settings.RUNTIMES)
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_the_default_stack_and_request_fit_a_new_accounts_vcpu_quota(transformed, runtime):
     from emr_emulator.submit import memory_mb
 
@@ -711,9 +760,7 @@ def test_the_application_queues_runs_beyond_what_its_capacity_holds_at_full_size
         major, minor, _ = (int(n) for n in label.removeprefix("emr-").split("."))
         assert (major, minor) >= (7, 0), label
     defaults = {name: int(p["Default"]) for name, p in params.items() if name.startswith("Max")}
-    widest = max(
-        run_vcpu(backfill_conf(runtime, defaults["MaxExecutors"])) for runtime in settings.RUNTIMES
-    )
+    widest = max(run_vcpu(backfill_conf(runtime, defaults["MaxExecutors"])) for runtime in RUNTIMES)
     assert defaults["MaxConcurrentRuns"] * widest <= defaults["MaxVcpu"]
     assert defaults["MaxConcurrentRuns"] == defaults["MaxVcpu"] // widest  # and no fewer
     # A queued run that waits out the queue ends CANCELLED; lasting at least the job timeout,

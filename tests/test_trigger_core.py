@@ -9,6 +9,7 @@ import botocore.session
 import pytest
 from botocore.validate import validate_parameters
 
+import fruits_contract as contract
 from lambda_trigger import request as rq
 from lambda_trigger.events import (
     Ignored,
@@ -20,7 +21,6 @@ from lambda_trigger.events import (
 )
 from lambda_trigger.manifest import build_manifest
 from lambda_trigger.settings import (
-    IMAGE_SIZES,
     SettingsError,
     deployment_from_environment,
     from_environment,
@@ -170,24 +170,9 @@ def test_run_ids_are_the_ones_the_job_derives_itself():
     assert manifest.run_id == f"batch-{content_digest(manifest.body)[:16]}"
     uri = f"s3://{BUCKET}/raw/"
     assert (
-        rq.backfill_run_id(uri)
+        contract.backfill_run_id(uri)
         == f"backfill-{content_digest(normalize_location(uri).encode())[:16]}"
     )
-
-
-def test_image_suffixes_match_the_job():
-    """The Lambda package cannot import the job, so it keeps a copy of the names a run reads:
-    a suffix the job reads but the trigger ignored would reach no run and no reconcile."""
-    from emr_serverless_job.images import IMAGE_SUFFIXES as JOB_IMAGE_SUFFIXES
-    from lambda_trigger.events import IMAGE_SUFFIXES
-
-    assert IMAGE_SUFFIXES == JOB_IMAGE_SUFFIXES
-
-
-def test_image_sizes_match_the_job():
-    from emr_serverless_job.model import IMAGE_SIZES as JOB_IMAGE_SIZES
-
-    assert IMAGE_SIZES == JOB_IMAGE_SIZES
 
 
 # --- settings -------------------------------------------------------------------------------
@@ -198,7 +183,7 @@ def test_settings_from_the_environment():
     assert settings.raw.bucket == BUCKET and settings.raw.prefix == "raw/"
     assert settings.manifests.key("x.jsonl") == "manifests/x.jsonl"
     d = settings.deployment
-    assert d.weights_uri == f"s3://{BUCKET}/artifacts/{rq.WEIGHTS_FILE}"
+    assert d.weights_uri == f"s3://{BUCKET}/artifacts/{contract.WEIGHTS_FILE}"
     assert (d.image_size, d.max_executors, d.timeout_minutes) == (224, 3, 120)
 
 
@@ -272,7 +257,7 @@ def test_request_runs_the_entry_point_in_the_venv_archive():
     assert args[args.index("--output") + 1] == f"s3://{BUCKET}/output"
     # ONNX Runtime by default; the model decides the image size, so none is passed.
     assert args[args.index("--runtime") + 1] == "onnx"
-    assert args[args.index("--model") + 1] == f"s3://{BUCKET}/artifacts/{rq.MODEL_FILE}"
+    assert args[args.index("--model") + 1] == f"s3://{BUCKET}/artifacts/{contract.MODEL_FILE}"
     assert "--weights" not in args and "--image-size" not in args
     assert args[args.index("--run-id") + 1] == request["name"] == request["clientToken"]
     assert "--py-files s3://" in driver["sparkSubmitParameters"]
@@ -284,13 +269,11 @@ def test_request_runs_the_entry_point_in_the_venv_archive():
         "spark.executorEnv.PYSPARK_PYTHON",
     ):
         assert conf[key] == "./environment/bin/python"
-    from emr_serverless_job.main import JVM_OPTIONS
-
     for key in (
         "spark.emr-serverless.driverEnv.JAVA_TOOL_OPTIONS",
         "spark.executorEnv.JAVA_TOOL_OPTIONS",
     ):
-        assert conf[key] == JVM_OPTIONS
+        assert conf[key] == contract.JVM_OPTIONS
     logs = request["configurationOverrides"]["monitoringConfiguration"]
     assert logs["s3MonitoringConfiguration"]["logUri"] == f"s3://{BUCKET}/logs/"
 
@@ -300,16 +283,9 @@ def test_tensorflow_runtime_passes_weights_and_image_size():
     request = rq.start_job_run_request(deployment, rq.for_backfill("s3://b/raw/"), "token")
     args = request["jobDriver"]["sparkSubmit"]["entryPointArguments"]
     assert args[args.index("--runtime") + 1] == "tensorflow"
-    assert args[args.index("--weights") + 1] == f"s3://{BUCKET}/artifacts/{rq.WEIGHTS_FILE}"
+    assert args[args.index("--weights") + 1] == f"s3://{BUCKET}/artifacts/{contract.WEIGHTS_FILE}"
     assert args[args.index("--image-size") + 1] == "128"
     assert "--model" not in args
-
-
-def test_runtimes_match_the_job():
-    from emr_serverless_job.model import RUNTIMES as JOB_RUNTIMES
-    from lambda_trigger.settings import RUNTIMES
-
-    assert RUNTIMES == JOB_RUNTIMES
 
 
 def _gigabytes(size: str) -> float:
@@ -354,7 +330,7 @@ def test_client_tokens_are_one_per_submission_and_attempt_and_fit_the_api():
     submissions of one run id (two backfills of a prefix) never share one."""
     model = botocore.session.get_session().get_service_model("emr-serverless")
     shape = model.operation_model("StartJobRun").input_shape.members["clientToken"]
-    run_id = rq.backfill_run_id("s3://b/raw/")
+    run_id = contract.backfill_run_id("s3://b/raw/")
     first = {"jobRunId": "00fexamplejobrun1", **_backfill_job_run(run_id)}
     second = {**first, "jobRunId": "00fexamplejobrun2"}
     tokens = [rq.resubmission(run, rq.Attempt(2, 3))["clientToken"] for run in (first, second)]

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from botocore.exceptions import ClientError
 
+from fruits_contract import EVENT_DETAIL_TYPE, EVENT_SOURCE
 from lambda_trigger import backfill, outcomes, receipts, watcher
 from lambda_trigger import handler as trigger
 from lambda_trigger import request as rq
@@ -112,7 +113,7 @@ def test_an_event_that_is_not_a_job_run_state_change_is_refused():
         outcomes.parse_state_change({"source": "aws.emr-serverless", "detail-type": "Other"})
     with pytest.raises(outcomes.NotAStateChange, match="'applicationId'"):
         outcomes.parse_state_change(
-            {"source": outcomes.SOURCE, "detail-type": outcomes.DETAIL_TYPE, "detail": {}}
+            {"source": EVENT_SOURCE, "detail-type": EVENT_DETAIL_TYPE, "detail": {}}
         )
 
 
