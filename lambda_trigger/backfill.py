@@ -18,7 +18,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from fruits_contract import PCA_SCALINGS
+from lambda_trigger import listing, sizing
 from lambda_trigger import settings as config
 from lambda_trigger.request import Attempt, for_backfill, start_job_run_request
 
@@ -178,6 +181,35 @@ def describe_end(run: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def counted(session: Any, input_uri: str, deployment: Any) -> tuple[int | None, int | None]:
+    """The photos and bytes under the prefix, for the run's size (``listing.py``); none when
+    there are enough for the widest size, or when the prefix cannot be listed from here (then
+    said, and the run is as wide as the stack allows)."""
+    location = config.parse_s3_location(input_uri)
+    threshold = sizing.widest_work_vcpu_s(deployment.max_executors, deployment.runtime)
+
+    def enough(photos: int, total_bytes: int) -> bool:
+        return sizing.work_vcpu_s(photos, total_bytes) >= threshold
+
+    try:
+        found = listing.count_photos(session.client("s3"), location.bucket, location.prefix, enough)
+    except (BotoCoreError, ClientError) as error:
+        print(
+            f"warning: could not count the photos under {input_uri} ({error}): the run is "
+            "sized as wide as the stack allows",
+            file=sys.stderr,
+        )
+        return None, None
+    if not found.complete:
+        return None, None
+    print(
+        f"{found.photos} photos, {found.total_bytes / 1e6:.1f} MB under {input_uri}: the run is "
+        "sized to them",
+        file=sys.stderr,
+    )
+    return found.photos, found.total_bytes
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = os.environ if env is None else env
@@ -201,7 +233,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     if not 0 <= args.retries <= MAX_RETRIES:
         print(f"configuration error: --retries {args.retries}: 0 to {MAX_RETRIES}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    source = for_backfill(args.input, extra)
+    source = for_backfill(args.input, extra, *counted(session, args.input, deployment))
     request = start_job_run_request(
         deployment, source, client_token=str(uuid.uuid4()), attempt=Attempt(1, 1 + args.retries)
     )

@@ -147,8 +147,11 @@ def trigger(
 
 
 def backfill(photos: int, *, sized: bool, service: Service, max_executors: int) -> Figures:
-    """A backfill by hand: its request does not know the count, so it is as wide as allowed."""
-    size = sizing.widest("onnx", max_executors) if sized else FIXED
+    """A backfill by hand: the command counts the prefix's photos and sizes the run to them
+    (``lambda_trigger/listing.py``); the fixed request was as wide as allowed."""
+    size = (
+        sizing.size_run(photos, runtime="onnx", max_executors=max_executors) if sized else FIXED
+    )
     run = run_cost(photos, size, service, backfill=True)
     latency = service.application_start_s + run.seconds
     return Figures(

@@ -209,9 +209,21 @@ def for_manifest(
     )
 
 
-def for_backfill(input_uri: str, extra_args: tuple[str, ...] = ()) -> JobSource:
+def for_backfill(
+    input_uri: str,
+    extra_args: tuple[str, ...] = (),
+    photos: int | None = None,
+    total_bytes: int | None = None,
+) -> JobSource:
+    """A backfill of ``input_uri``; sized to ``photos``/``total_bytes`` when they are known (the
+    backfill command counts them), else as wide as the stack allows."""
     return JobSource(
-        flag=INPUT_FLAG, uri=input_uri, run_id=backfill_run_id(input_uri), extra_args=extra_args
+        flag=INPUT_FLAG,
+        uri=input_uri,
+        run_id=backfill_run_id(input_uri),
+        extra_args=extra_args,
+        photos=photos,
+        total_bytes=total_bytes,
     )
 
 

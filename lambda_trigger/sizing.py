@@ -85,6 +85,12 @@ def work_vcpu_s(photos: int, total_bytes: int | None = None) -> float:
     return photos * PHOTO_VCPU_S + megabytes * MB_VCPU_S
 
 
+def widest_work_vcpu_s(max_executors: int, runtime: str = "onnx") -> float:
+    """The work from which ``size_run`` gives every executor allowed: counting a backfill's
+    photos past it changes nothing, so its listing stops there."""
+    return max_executors * LARGE_EXECUTOR[runtime][0] * TARGET_WORK_S
+
+
 def widest(runtime: str, max_executors: int) -> RunSize:
     """A run whose size is not known when it is submitted (a backfill of a prefix): every
     executor the stack allows, from the start."""

@@ -12,7 +12,7 @@ import pytest
 
 from emr_serverless_job.config import parse_args
 from fruits_contract import backfill_run_id
-from lambda_trigger import backfill, sizing
+from lambda_trigger import backfill, listing, sizing
 from lambda_trigger import handler as trigger
 from tests.loopback import REGION, FakeContext, job_runs, receive_batch, sqs_event
 
@@ -67,15 +67,17 @@ def test_backfill_from_stack_outputs_matches_the_lambdas_request(stack, capsys):
     ours, theirs = run["jobDriver"]["sparkSubmit"], from_lambda["jobDriver"]["sparkSubmit"]
     assert ours["entryPoint"] == theirs["entryPoint"]
     # The same archive, package, environment and JVM options; the size follows the run: the
-    # batch of one photo holds one small executor, the backfill every executor allowed.
+    # batch of one photo holds one small executor, and so does the backfill, which counted the
+    # one photo under its prefix.
     ours_conf, theirs_conf = confs(ours), confs(theirs)
     sized = set(sizing.widest("onnx", 3).spark_conf())
     assert {k: v for k, v in ours_conf.items() if k not in sized} == {
         k: v for k, v in theirs_conf.items() if k not in sized
     }
     assert ours["sparkSubmitParameters"].startswith("--py-files ")
-    assert ours_conf["spark.dynamicAllocation.maxExecutors"] == "3"
+    assert ours_conf["spark.dynamicAllocation.maxExecutors"] == "1"
     assert theirs_conf["spark.dynamicAllocation.maxExecutors"] == "1"
+    assert ours_conf["spark.executor.cores"] == "2"
     assert theirs_conf["spark.executor.cores"] == "2"
     assert ours["entryPointArguments"][:2] == ["--input", raw]
     assert ours["entryPointArguments"][2:-2] == theirs["entryPointArguments"][2:-2]
@@ -166,6 +168,49 @@ EXAMPLE_FLAGS = [
     f"s3://{EXAMPLE_BUCKET}/logs",
     "--dry-run",
 ]
+
+
+def test_a_backfill_is_sized_to_the_photos_under_its_prefix_and_stops_counting_when_wide(
+    stack, capsys, monkeypatch
+):
+    """GIVEN photos under raw/ (and a note, which no run reads) WHEN backfilled THEN the run is
+    sized to the photos counted; past the widest size the listing stops and the run is wide."""
+    s3 = stack.client("s3")
+    for index in range(5):
+        s3.put_object(Bucket=stack.bucket, Key=f"raw/Kiwi/{index}.jpg", Body=b"x" * 1000)
+    s3.put_object(Bucket=stack.bucket, Key="raw/Kiwi/notes.txt", Body=b"x")
+    raw = f"s3://{stack.bucket}/raw/"
+    assert backfill.main(["--input", raw, "--print-request"], env=stack.environment) == 0
+    captured = capsys.readouterr()
+    assert f"5 photos, 0.0 MB under {raw}: the run is sized to them" in captured.err
+    small = sizing.size_run(5, runtime="onnx", max_executors=3, total_bytes=5000)
+    conf = confs(json.loads(captured.out)["jobDriver"]["sparkSubmit"])
+    assert {k: conf[k] for k in small.spark_conf()} == small.spark_conf()
+
+    pages = []
+    real = listing.count_photos
+
+    def counting(s3_client, bucket, prefix, enough):
+        found = real(s3_client, bucket, prefix, lambda p, b: pages.append(p) or enough(p, b))
+        return found
+
+    monkeypatch.setattr(listing, "count_photos", counting)
+    monkeypatch.setattr(sizing, "widest_work_vcpu_s", lambda executors, runtime="onnx": 0.0)
+    assert backfill.main(["--input", raw, "--print-request"], env=stack.environment) == 0
+    wide = confs(json.loads(capsys.readouterr().out)["jobDriver"]["sparkSubmit"])
+    assert pages == [5]  # one page listed, then enough
+    widest = sizing.widest("onnx", 3).spark_conf()
+    assert {k: wide[k] for k in widest} == widest
+
+
+def test_a_prefix_that_cannot_be_listed_is_said_and_sized_wide(stack, capsys):
+    raw = f"s3://no-such-bucket-{stack.bucket}/raw/"
+    assert backfill.main(["--input", raw, "--print-request"], env=stack.environment) == 0
+    captured = capsys.readouterr()
+    assert f"warning: could not count the photos under {raw}" in captured.err
+    widest = sizing.widest("onnx", 3).spark_conf()
+    conf = confs(json.loads(captured.out)["jobDriver"]["sparkSubmit"])
+    assert {k: conf[k] for k in widest} == widest
 
 
 def test_dry_run_prints_the_same_request_as_an_aws_cli_command(capsys):

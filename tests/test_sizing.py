@@ -38,6 +38,18 @@ def test_a_trigger_batch_holds_the_smallest_footprint_and_a_backfill_spreads_wid
     assert middle.max_executors == 3  # 1,255 vCPU-s: 3 executors of 4 vCPU for ~2 minutes
 
 
+def test_past_the_widest_work_more_photos_change_nothing():
+    """Where a backfill's listing may stop counting (lambda_trigger/listing.py)."""
+    for executors in (1, 3, 20):
+        threshold = sizing.widest_work_vcpu_s(executors)
+        photos = int(threshold / sizing.PHOTO_VCPU_S) + 1
+        at = sizing.size_run(photos, runtime="onnx", max_executors=executors)
+        assert at == sizing.size_run(photos * 10, runtime="onnx", max_executors=executors)
+        assert at.max_executors == executors and at.executor.cores == 4
+        below = sizing.size_run(photos // 2, runtime="onnx", max_executors=executors)
+        assert executors == 1 or below.max_executors < executors
+
+
 def test_large_photos_count_as_more_work():
     phones = 2_000 * 3_000_000  # 2,000 phone photos of 3 MB
     assert sizing.size_run(2_000, runtime="onnx", max_executors=3).executor.cores == 2
