@@ -242,7 +242,11 @@ def build(cache: Path | None = None, jobs: int | None = None) -> Path:
         built = work / "stage" / PREFIX.lstrip("/")
         trim(built)
         check_built(built)
-        built.rename(home)
+        try:
+            built.rename(home)
+        except OSError:  # another build of the same key finished first: the same bytes
+            if not (home / "bin" / f"python{SERIES}").is_file():
+                raise
     return home
 
 
