@@ -74,8 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         for photo in photos:
             s3.upload_file(str(photo), bucket, f"raw/{photo.relative_to(folder).as_posix()}")
         if args.trigger:
+            os.environ.update(stack.environment)  # the function's configuration (template.yaml)
+            os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "fruits-trigger")
+            os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FruitsFeatures")
             invocation = poll_and_invoke(stack, trigger.handler)
-            assert invocation is not None and invocation.response == {"batchItemFailures": []}
+            assert invocation is not None and invocation.response == {"batchItemFailures": []}, (
+                invocation
+            )
             request = request_from_job_run(job_runs(stack)[0])
         else:
             printed = io.StringIO()
