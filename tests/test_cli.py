@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from emr_emulator import __main__ as emulator
-from emr_serverless_job import inventory, report
+from emr_serverless_job import demo, inventory, report
 from emr_serverless_job import main as job
 from fruits_contract import cli as convention
 from lambda_trigger import backfill, capacity, compact, erase, preflight, reconcile
@@ -60,6 +60,7 @@ MAINS = {
     "packaging/build.py": build.main,
     "packaging/upload.py": upload.main,
     "emr_emulator": emulator.main,
+    "emr_serverless_job.demo": demo.main,
 }
 
 
