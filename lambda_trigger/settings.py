@@ -115,7 +115,8 @@ class Sources:
     flag (``--output``) or a stack output, for each setting given so; and the flag that sets
     each setting, for one that is not set at all. Empty (the Lambda): variable names only."""
 
-    given: Mapping[str, str] = field(default_factory=dict)  # setting -> "--output" or "..."
+    # setting -> "--output", or "stack fruits output OutputUri"
+    given: Mapping[str, str] = field(default_factory=dict)
     flags: Mapping[str, str] = field(default_factory=dict)  # setting -> "--output"
 
 
