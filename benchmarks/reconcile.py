@@ -109,7 +109,7 @@ def main() -> int:
         }
         started = time.perf_counter()
         process = subprocess.Popen(
-            [sys.executable, "-m", "lambda_trigger.reconcile", "--out", os.devnull],
+            [sys.executable, "-m", "lambda_trigger.reconcile", "--missing-manifest", os.devnull],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

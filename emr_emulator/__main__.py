@@ -15,7 +15,6 @@ back, new objects only.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import os
@@ -25,10 +24,11 @@ from urllib.parse import urlsplit
 
 from emr_emulator.run import run_job
 from emr_emulator.submit import RequestError
+from fruits_contract import cli as convention
 from lambda_trigger.request import request_from_job_run
 
-EXIT_FAILED = 1
-EXIT_BAD_REQUEST = 2
+EXIT_FAILED = convention.EXIT_FAILED
+EXIT_BAD_REQUEST = convention.EXIT_USAGE
 
 
 def is_loopback(endpoint: str | None) -> bool:
@@ -45,14 +45,29 @@ def is_loopback(endpoint: str | None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emr_emulator", description=__doc__)
+    parser = convention.parser(
+        "python -m emr_emulator", __doc__, "the job run ended FAILED or CANCELLED"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--request", type=Path, help="JSON file of StartJobRun's parameters")
     source.add_argument("--job-run-id", help="a job run submitted to the EMR Serverless API")
-    parser.add_argument("--application-id", help="with --job-run-id")
-    parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
-    parser.add_argument("--region")
-    parser.add_argument("--workdir", type=Path, help="keep the run's files here")
+    parser.add_argument(
+        "--application-id", help="the job run's application (needed with --job-run-id)"
+    )
+    parser.add_argument(
+        "--endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="S3 and EMR Serverless endpoint, on loopback (default: $AWS_ENDPOINT_URL)",
+    )
+    parser.add_argument(
+        "--region", help="AWS region (default: the AWS CLI's, from AWS_REGION or ~/.aws/config)"
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="the run's working directory, kept for inspection (default: a temporary one, "
+        "removed at the end)",
+    )
     parser.add_argument(
         "--push",
         action="store_true",
@@ -73,13 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if not is_loopback(args.endpoint_url) and not args.allow_remote_endpoint:
-        print(
-            f"error: {args.endpoint_url or 'AWS (no --endpoint-url)'} is not a loopback "
-            "endpoint: the emulator would copy every bucket the request names to this machine. "
-            "Use a moto server on 127.0.0.1, or say --allow-remote-endpoint",
-            file=sys.stderr,
+        shown = f"--endpoint-url {args.endpoint_url}" if args.endpoint_url else "AWS"
+        return convention.refuse(
+            f"{shown}: not a loopback endpoint (no --endpoint-url means AWS itself): the "
+            "emulator would copy every bucket the request names to this machine. "
+            "Use a moto server on 127.0.0.1, or say --allow-remote-endpoint"
         )
-        return EXIT_BAD_REQUEST
     if args.push_also and not args.push:
         parser.error("--push-also needs --push")
     import boto3
@@ -89,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     release = None
     try:
         if args.request:
-            request = json.loads(args.request.read_text())
+            try:
+                request = json.loads(args.request.read_text())
+            except (OSError, ValueError) as error:
+                return convention.refuse(convention.flag_error("--request", args.request, error))
         else:
             if not args.application_id:
                 parser.error("--job-run-id needs --application-id")
@@ -109,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             push_also=tuple(args.push_also),
         )
     except (RequestError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_REQUEST
+        return convention.refuse(str(error))
     print(json.dumps(result, indent=2, default=str))
     return 0 if result["state"] == "SUCCESS" else EXIT_FAILED
 

@@ -25,6 +25,7 @@ from fruits_contract import (
     RUN_ID_PATTERN,
     RUNTIMES,
 )
+from fruits_contract import cli as convention
 
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_PCA_VARIANCE = 0.95
@@ -84,12 +85,13 @@ def normalize_location(location: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="emr_serverless_job",
-        description=(
-            "Turn fruit photos into MobileNetV2 features and PCA-reduced features in Parquet. "
-            "Runs locally on local[*] or on EMR Serverless through spark-submit."
-        ),
+    parser = convention.parser(
+        "emr_serverless_job",
+        "Turn fruit photos into MobileNetV2 features and PCA-reduced features in Parquet. "
+        "Runs locally on local[*] (python -m emr_serverless_job, or the console script "
+        "fruits-featurize) or on EMR Serverless through spark-submit.",
+        "the run failed (inputs not all accounted for, an erase or a compaction incomplete, "
+        "a preflight check failed)",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -132,16 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--preflight-artifacts",
         default=None,
         help="With --preflight: the uploaded artifacts.json, to compare what runs with what "
-        "was built (checksums, interpreter, package versions, the build's int8 cosine).",
+        "was built (checksums, interpreter, package versions, the build's int8 cosine; "
+        "default: not compared).",
     )
     parser.add_argument(
         "--preflight-reference",
         default=None,
         help="With --preflight: an fp32 .onnx of the same weights; the deployed int8 model's "
-        "features are compared with it on each executor's CPU.",
+        "features are compared with it on each executor's CPU (default: with itself, run "
+        "operator by operator).",
     )
     parser.add_argument(
-        "--output", required=True, help="Folder or s3:// prefix under which tables and reports go."
+        "--output",
+        required=True,
+        help="The output location: folder or s3:// prefix under which tables and reports go.",
     )
     parser.add_argument(
         "--runtime",
@@ -155,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default=None,
         help="Path or URI of the .onnx model packaging/ exported (runtime onnx); its input "
-        "size is the image size.",
+        "size is the image size (default: dist/ of this checkout, when no --runtime or "
+        "--weights is given).",
     )
     parser.add_argument(
         "--weights",
@@ -182,13 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_PCA_VARIANCE}).",
     )
     pca.add_argument(
-        "--pca-k", type=int, default=None, help="Keep exactly this many PCA components."
+        "--pca-k",
+        type=int,
+        default=None,
+        help="Keep exactly this many PCA components (default: chosen by --pca-variance).",
     )
     parser.add_argument(
         "--pca-scaling",
         choices=PCA_SCALINGS,
         default=DEFAULT_SCALING,
-        help="Backfills: 'none' centres the features before PCA (default); 'standard' also "
+        help="Backfills: 'none' centres the features before PCA; 'standard' also "
         "scales each to unit variance first (the classic recipe: needs about twice the "
         "components for the same variance and separated held-out photos less well). A "
         "manifest run uses whatever the saved model records.",
@@ -204,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--run-id",
         default=None,
-        help="Output partition name; by default derived from the inputs so a rerun replaces it.",
+        help="Output partition name (default: derived from the inputs, so that a rerun "
+        "replaces its own partition).",
     )
     parser.add_argument(
         "--batch-size",

@@ -8,7 +8,6 @@ folder beside the checkout) and otherwise ``random:0``, with a warning that says
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from emr_serverless_job import main as job_main
 from emr_serverless_job import report
 from emr_serverless_job.synthetic import write_awkward_inputs, write_image_set
+from fruits_contract import cli as convention
 
 SHARED_WEIGHTS = (
     Path(__file__).resolve().parents[2]
@@ -45,15 +45,21 @@ def pick_weights(requested: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emr_serverless_job.demo", description=__doc__)
+    parser = convention.parser(
+        "python -m emr_serverless_job.demo (./dev run)", __doc__, "the job's run failed"
+    )
     parser.add_argument(
         "--workdir",
         type=Path,
         default=Path("build/demo"),
-        help="Where the images, the output and the plots go (replaced).",
+        help="the demo's folder: images/, output/ (the job's --output) and the plots (replaced)",
     )
-    parser.add_argument("--weights", help="Weights for the run (default: see above).")
-    parser.add_argument("--image-size", default="224", help="Network input size.")
+    parser.add_argument(
+        "--weights",
+        help="weights for the run (default: $FRUITS_WEIGHTS, else the shared models folder's "
+        "ImageNet file, else random:0)",
+    )
+    parser.add_argument("--image-size", default="224", help="the job's --image-size")
     args = parser.parse_args(argv)
 
     images, output = args.workdir / "images", args.workdir / "output"

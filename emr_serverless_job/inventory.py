@@ -10,7 +10,6 @@ the same rule (``current.py``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter, defaultdict
@@ -48,6 +47,7 @@ from fruits_contract import (
     PCA_VERSIONS_FOLDER,
     report_path,
 )
+from fruits_contract import cli as convention
 from lambda_trigger.reconcile import table_files
 
 FEATURIZED_AT = "featurized_at"
@@ -272,11 +272,19 @@ def lines(inventory: Inventory) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("output", help="the job's --output: a folder or s3://BUCKET/output")
+    parser = convention.parser(
+        "python -m emr_serverless_job.inventory",
+        __doc__.splitlines()[0],
+        None,
+    )
+    parser.add_argument(
+        "output",
+        metavar="OUTPUT",
+        help="the output location (the job's --output): a folder or s3://BUCKET/output",
+    )
     args = parser.parse_args(argv)
     print("\n".join(lines(read(args.output))))
-    return 0
+    return convention.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ if __package__ in (None, ""):
 # C1 compiler only (the reason is with the constant); the trigger passes the same option to
 # EMR's driver and executors. On EMR the package arrives in the --py-files zip with the job's.
 from fruits_contract import JVM_OPTIONS, PREFLIGHT_FLAG
+from fruits_contract.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, USAGE_PREFIX
 
 LOCAL_DRIVER_MEMORY = "4g"
-EXIT_CONFIG_ERROR = 2
-EXIT_RUN_FAILED = 1
+EXIT_CONFIG_ERROR = EXIT_USAGE
+EXIT_RUN_FAILED = EXIT_FAILED
 # PySpark's Arrow code imports distutils in every Python worker. In a development venv,
 # setuptools' hook answers that import by loading setuptools (0.3-0.4 s per process);
 # the deployed archive has no setuptools (packaging/slim.py), so local runs and their
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config: JobConfig = parse_args(argv)
     except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
+        print(f"{USAGE_PREFIX}{error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 
     from emr_serverless_job import compact, erase, job
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         spark.stop()
     print(report.summary())
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fruits_contract import FEATURES_TABLE, REPORT_FILE, REPORTS_FOLDER, RUN_ID_PARTITION
+from fruits_contract import cli as convention
 
 SCREE_COMPONENTS = 50
 SCREE_MARGIN = 10  # components drawn past k, to show what was left out
@@ -132,23 +133,41 @@ def write_plots(output: Path, run_id: str | None = None, target: Path | None = N
     return [scree, scatter]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="emr_serverless_job.report",
-        description="Draw a scree plot and a 2-D PCA scatter (PNG) from a local job output.",
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``python -m emr_serverless_job.report`` and of ``fruits-report``."""
+    parser = convention.parser(
+        "python -m emr_serverless_job.report",
+        "Draw a scree plot and a 2-D PCA scatter (PNG) from a local job output "
+        "(also installed as the console script fruits-report).",
+        None,
     )
-    parser.add_argument("output", type=Path, help="The job's --output folder (local).")
-    parser.add_argument("--run-id", help="Which run to draw (default: the latest).")
-    parser.add_argument("--to", type=Path, help="Folder for the PNGs (default: the run's reports).")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "output",
+        metavar="OUTPUT",
+        type=Path,
+        help="the output location (the job's --output), a local folder",
+    )
+    parser.add_argument("--run-id", help="which run to draw (default: the latest)")
+    plots = parser.add_argument(
+        "--plots",
+        type=Path,
+        metavar="FOLDER",
+        help="folder the PNGs are written to (default: OUTPUT/reports/run_id=RUN/)",
+    )
+    convention.deprecated_alias(parser, "--to", plots)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m emr_serverless_job.report`` and the console script ``fruits-report``."""
+    args = build_parser().parse_args(argv)
     try:
-        written = write_plots(args.output, args.run_id, args.to)
+        written = write_plots(args.output, args.run_id, args.plots)
     except ReportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return convention.refuse(str(error))
     for path in written:
         print(path)
-    return 0
+    return convention.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Start a backfill by hand: ``python -m lambda_trigger.backfill --stack NAME --input s3://.../raw/``.
 
 The request comes from the same builder the Lambda uses; only the input flag, the run id
-and the client token differ. Settings come from the stack's outputs (``--stack``), the
-Lambda's environment variable names, or flags, in increasing order of precedence.
+and the client token differ. Each setting comes from its flag, else the stack's output
+(``--stack``), else the Lambda's environment variable of the same name (``SETTINGS_ORDER``,
+which every operator command shares with this one).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import shlex
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -21,15 +23,27 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fruits_contract import PCA_SCALINGS
+from fruits_contract import cli as convention
 from lambda_trigger import listing, sizing
 from lambda_trigger import settings as config
 from lambda_trigger.request import Attempt, for_backfill, start_job_run_request
 
 TERMINAL_STATES = ("SUCCESS", "FAILED", "CANCELLED")
 DEFAULT_POLL_SECONDS = 30.0
-EXIT_RUN_FAILED = 1
-EXIT_CONFIG_ERROR = 2
+EXIT_RUN_FAILED = convention.EXIT_FAILED
+EXIT_CONFIG_ERROR = convention.EXIT_USAGE
 MAX_RETRIES = 9
+# Said once, in the epilog of every command that takes the settings flags.
+SETTINGS_ORDER = (
+    "Each deployment setting (the flags whose help says 'default: stack output ...') is taken "
+    "from its flag, else from the stack's output with --stack, else from the environment "
+    "variable of the same name as the Lambda's (APPLICATION_ID, OUTPUT_URI, ...), else its "
+    "built-in default; a bad value is refused (exit 2) naming the flag, output or variable "
+    "it came from."
+)
+REGION_HELP = "AWS region (default: the AWS CLI's, from AWS_REGION or ~/.aws/config)"
+STACK_HELP = "read the deployment settings from this CloudFormation stack's outputs"
+POLL_HELP = "seconds between two GetJobRun calls while following the run"
 
 # flag -> the environment variable (and stack output, in CamelCase) it stands for
 FLAG_SETTINGS = {
@@ -57,16 +71,59 @@ def stack_settings(cloudformation: Any, stack: str) -> dict[str, str]:
     return {setting_name(o["OutputKey"]): o["OutputValue"] for o in outputs}
 
 
+def setting_help(name: str) -> str:
+    """A settings flag's help: what the setting is and where its value comes from otherwise."""
+    origins = []
+    if name in config.STACK_OUTPUTS:
+        origins.append(f"stack output {config.output_key(name)}")
+    origins.append(f"${name}")
+    default = config.FIELDS[name][1] or config.DERIVED_DEFAULTS.get(name)
+    if default is not None:
+        origins.append(str(default))
+    return f"{config.DESCRIPTIONS[name]} (default: {', else '.join(origins)})"
+
+
+def flag_name(dest: str) -> str:
+    return f"--{dest.replace('_', '-')}"
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, flags: Mapping[str, str]) -> None:
+    """One flag per setting (flag dest -> setting name), each saying where else it comes from."""
+    settings = parser.add_argument_group("deployment settings", textwrap.fill(SETTINGS_ORDER))
+    for flag, name in flags.items():
+        settings.add_argument(
+            flag_name(flag), dest=flag, metavar=name.rsplit("_", 1)[-1], help=setting_help(name)
+        )
+
+
+def setting_sources(
+    args: argparse.Namespace,
+    stack: Mapping[str, str],
+    flags: Mapping[str, str] = FLAG_SETTINGS,
+) -> config.Sources:
+    """How the user gave each setting (``merged_settings``' order), for errors that name it."""
+    given: dict[str, str] = {}
+    for flag, name in flags.items():
+        if getattr(args, flag) is not None:
+            given[name] = flag_name(flag)
+        elif stack.get(name):
+            given[name] = f"stack {args.stack} output {config.output_key(name)}"
+    return config.Sources(given=given, flags={name: flag_name(f) for f, name in flags.items()})
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lambda_trigger.backfill",
-        description="Start one EMR Serverless job run over every image under an S3 prefix.",
+    parser = convention.parser(
+        "python -m lambda_trigger.backfill",
+        "Start one EMR Serverless job run over every image under an S3 prefix.",
+        "with --wait, the run ended FAILED or CANCELLED",
     )
-    parser.add_argument("--input", required=True, help="s3:// prefix to featurize (recursive)")
-    parser.add_argument("--stack", help="read the settings from this CloudFormation stack")
-    parser.add_argument("--region", help="AWS region (default: the AWS CLI's)")
+    parser.add_argument(
+        "--input", required=True, help="s3:// prefix of the photos to featurize (recursive)"
+    )
+    parser.add_argument("--stack", help=STACK_HELP)
+    parser.add_argument("--region", help=REGION_HELP)
     parser.add_argument("--wait", action="store_true", help="follow the run until it ends")
-    parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS)
+    parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS, help=POLL_HELP)
     shown = parser.add_mutually_exclusive_group()
     shown.add_argument(
         "--dry-run",
@@ -82,19 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries",
         type=int,
         default=0,
-        help="resubmit a failed or cancelled run this many times (the watcher does it; "
-        "default 0: a backfill by hand is not retried)",
+        help=f"resubmit a failed or cancelled run this many times, 0 to {MAX_RETRIES} (the "
+        "watcher does it; a backfill by hand is not retried unless asked)",
     )
     pca = parser.add_mutually_exclusive_group()
-    pca.add_argument("--pca-variance", type=float, help="passed to the job")
-    pca.add_argument("--pca-k", type=int, help="passed to the job")
+    pca.add_argument(
+        "--pca-variance",
+        type=float,
+        help="the job's --pca-variance: share of variance the PCA keeps (default: the job's)",
+    )
+    pca.add_argument("--pca-k", type=int, help="the job's --pca-k: exactly this many components")
     parser.add_argument(
         "--pca-scaling",
         choices=PCA_SCALINGS,
-        help="passed to the job: none (centred, the job's default) or standard",
+        help="the job's --pca-scaling: none (centred) or standard (default: the job's, none)",
     )
-    for flag, name in FLAG_SETTINGS.items():
-        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, help=f"overrides {name}")
+    add_setting_flags(parser, FLAG_SETTINGS)
     return parser
 
 
@@ -213,16 +273,24 @@ def counted(session: Any, input_uri: str, deployment: Any) -> tuple[int | None, 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = os.environ if env is None else env
+    try:
+        config.parse_s3_location(args.input)
+    except config.BadValue as error:
+        return convention.refuse(convention.flag_error("--input", args.input, error.problem))
+    if not 0 <= args.retries <= MAX_RETRIES:
+        return convention.refuse(
+            convention.flag_error("--retries", args.retries, f"0 to {MAX_RETRIES}")
+        )
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
     stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
     try:
-        deployment = config.deployment_from_environment(merged_settings(args, env, stack))
-        config.parse_s3_location(args.input)
-    except (config.SettingsError, ValueError) as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        deployment = config.deployment_from_environment(
+            merged_settings(args, env, stack), setting_sources(args, stack)
+        )
+    except config.SettingsError as error:
+        return convention.refuse(str(error))
     extra: tuple[str, ...] = ()
     if args.pca_variance is not None:
         extra = ("--pca-variance", str(args.pca_variance))
@@ -230,9 +298,6 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         extra = ("--pca-k", str(args.pca_k))
     if args.pca_scaling is not None:
         extra += ("--pca-scaling", args.pca_scaling)
-    if not 0 <= args.retries <= MAX_RETRIES:
-        print(f"configuration error: --retries {args.retries}: 0 to {MAX_RETRIES}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
     source = for_backfill(args.input, extra, *counted(session, args.input, deployment))
     request = start_job_run_request(
         deployment, source, client_token=str(uuid.uuid4()), attempt=Attempt(1, 1 + args.retries)

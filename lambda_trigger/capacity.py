@@ -19,6 +19,7 @@ import math
 import sys
 from dataclasses import dataclass
 
+from fruits_contract import cli as convention
 from lambda_trigger import request, sizing
 
 # Billing: "from the time workers are ready to run your workload until the time they stop,
@@ -149,9 +150,7 @@ def trigger(
 def backfill(photos: int, *, sized: bool, service: Service, max_executors: int) -> Figures:
     """A backfill by hand: the command counts the prefix's photos and sizes the run to them
     (``lambda_trigger/listing.py``); the fixed request was as wide as allowed."""
-    size = (
-        sizing.size_run(photos, runtime="onnx", max_executors=max_executors) if sized else FIXED
-    )
+    size = sizing.size_run(photos, runtime="onnx", max_executors=max_executors) if sized else FIXED
     run = run_cost(photos, size, service, backfill=True)
     latency = service.application_start_s + run.seconds
     return Figures(
@@ -190,23 +189,59 @@ def table(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    parser.add_argument("--batch-size", type=int, default=1000, help="the stack's BatchSize")
+    parser = convention.parser("python -m lambda_trigger.capacity", __doc__.splitlines()[0], None)
     parser.add_argument(
-        "--batch-window", type=float, default=120, help="the stack's BatchWindowSeconds"
+        "--batch-size", type=int, default=1000, help="the stack's BatchSize parameter"
     )
     parser.add_argument(
-        "--max-executors", type=int, default=request.DEFAULT_MAX_EXECUTORS, help="MaxExecutors"
+        "--batch-window",
+        type=float,
+        default=120,
+        help="the stack's BatchWindowSeconds parameter, seconds",
     )
-    parser.add_argument("--max-concurrent-runs", type=int, default=1, help="MaxConcurrentRuns")
-    parser.add_argument("--vcpu-hour", type=float, help="price per vCPU-hour in your region")
-    parser.add_argument("--gb-hour", type=float, help="price per GB-hour in your region")
-    parser.add_argument("--billing-minimum", type=float, default=BILLING_MINIMUM_S)
-    parser.add_argument("--worker-start", type=float, default=WORKER_START_S)
-    parser.add_argument("--application-start", type=float, default=APPLICATION_START_S)
-    parser.add_argument("--run-fixed", type=float, default=RUN_FIXED_S)
+    parser.add_argument(
+        "--max-executors",
+        type=int,
+        default=request.DEFAULT_MAX_EXECUTORS,
+        help="the stack's MaxExecutors parameter",
+    )
+    parser.add_argument(
+        "--max-concurrent-runs", type=int, default=1, help="the stack's MaxConcurrentRuns"
+    )
+    parser.add_argument(
+        "--vcpu-hour",
+        type=float,
+        help="price per vCPU-hour in your region (default: none, the formula is printed)",
+    )
+    parser.add_argument(
+        "--gb-hour",
+        type=float,
+        help="price per GB-hour in your region (default: none, the formula is printed)",
+    )
+    parser.add_argument(
+        "--billing-minimum",
+        type=float,
+        default=BILLING_MINIMUM_S,
+        help="seconds billed at least per worker (the service's 1-minute minimum)",
+    )
+    parser.add_argument(
+        "--worker-start",
+        type=float,
+        default=WORKER_START_S,
+        help="seconds from a worker's request to ready (an assumption)",
+    )
+    parser.add_argument(
+        "--application-start",
+        type=float,
+        default=APPLICATION_START_S,
+        help="seconds for a stopped application to start (an assumption)",
+    )
+    parser.add_argument(
+        "--run-fixed",
+        type=float,
+        default=RUN_FIXED_S,
+        help="a run's driver seconds that do not featurize (measured, see the module)",
+    )
     return parser
 
 

@@ -9,8 +9,8 @@ into few files of at most 128 MiB, and every reader answers the same afterwards.
 the plan (partitions, files, bytes and rows before and after) in the driver's stdout, and
 writes nothing. The plan needs the tables' listing and row counts, which the job reads where
 it runs; this command needs no access to the data. ``--print-request`` prints the request as
-JSON and starts nothing. Settings come from the stack's outputs (``--stack``), the Lambda's
-environment variable names, or flags, as for the backfill.
+JSON and starts nothing. Settings come from flags, the stack's outputs (``--stack``) or the
+Lambda's environment variable names, as for the backfill.
 """
 
 from __future__ import annotations
@@ -25,12 +25,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fruits_contract import COMPACT_MIN_AGE_DAYS, compaction_run_id, report_path
+from fruits_contract import cli as convention
 from lambda_trigger import settings as config
 from lambda_trigger.backfill import (
     DEFAULT_POLL_SECONDS,
     FLAG_SETTINGS,
+    POLL_HELP,
+    REGION_HELP,
+    STACK_HELP,
+    add_setting_flags,
     describe_end,
     merged_settings,
+    setting_sources,
     stack_settings,
     wait_for,
 )
@@ -41,21 +47,19 @@ from lambda_trigger.request import (
     start_job_run_request,
 )
 
-EXIT_RUN_FAILED = 1
-EXIT_CONFIG_ERROR = 2
+EXIT_RUN_FAILED = convention.EXIT_FAILED
+EXIT_CONFIG_ERROR = convention.EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lambda_trigger.compact",
-        description=(
-            "Merge old batch partitions of the features and errors tables into few files, "
-            "with one EMR Serverless job run (docs/operating.md, 'Compaction')."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = convention.parser(
+        "python -m lambda_trigger.compact",
+        "Merge old batch partitions of the features and errors tables into few files, "
+        "with one EMR Serverless job run (docs/operating.md, 'Compaction').",
+        "with --wait, the run ended FAILED or CANCELLED",
     )
-    parser.add_argument("--stack", default=None, help="read the settings from this stack")
-    parser.add_argument("--region", default=None, help="AWS region (default: the AWS CLI's)")
+    parser.add_argument("--stack", default=None, help=STACK_HELP)
+    parser.add_argument("--region", default=None, help=REGION_HELP)
     parser.add_argument(
         "--older-than-days",
         type=float,
@@ -75,9 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the StartJobRun request as JSON (for python -m emr_emulator); start nothing",
     )
     parser.add_argument("--wait", action="store_true", help="follow the run until it ends")
-    parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS)
-    for flag, name in FLAG_SETTINGS.items():
-        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, help=f"overrides {name}")
+    parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS, help=POLL_HELP)
+    add_setting_flags(parser, FLAG_SETTINGS)
     return parser
 
 
@@ -118,17 +121,19 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     env = os.environ if env is None else env
     say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     if not 0 <= args.older_than_days < float("inf"):
-        say(f"configuration error: --older-than-days {args.older_than_days}: 0 or more")
-        return EXIT_CONFIG_ERROR
+        return convention.refuse(
+            convention.flag_error("--older-than-days", args.older_than_days, "0 or more")
+        )
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
     stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
     try:
-        deployment = config.deployment_from_environment(merged_settings(args, env, stack))
+        deployment = config.deployment_from_environment(
+            merged_settings(args, env, stack), setting_sources(args, stack)
+        )
     except config.SettingsError as error:
-        say(f"configuration error: {error}")
-        return EXIT_CONFIG_ERROR
+        return convention.refuse(str(error))
     request = compaction_request(
         deployment, args.older_than_days, args.dry_run, datetime.now(UTC), uuid.uuid4().hex
     )

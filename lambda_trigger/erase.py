@@ -6,9 +6,9 @@ the same manifest, receipt and request path as the Lambda's (docs/erasure.md). W
 ``--delete-objects`` the objects are deleted from ``raw/`` first; their deletion events then
 also reach the trigger, whose own erase run finds nothing left to remove.
 
-Settings come from the stack's outputs (``--stack``) or the Lambda's environment variable
-names. Every flag and every line of the keys file is checked before anything is deleted,
-written or started.
+Settings come from flags (``--raw``, ``--manifests``), the stack's outputs (``--stack``) or the
+Lambda's environment variable names, as for the backfill. Every flag and every line of the
+keys file is checked before anything is deleted, written or started.
 """
 
 from __future__ import annotations
@@ -24,13 +24,22 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from fruits_contract import IMAGE_SUFFIXES, is_image_name, now_iso
+from fruits_contract import cli as convention
 from lambda_trigger import settings as config
-from lambda_trigger.backfill import stack_settings
+from lambda_trigger.backfill import (
+    REGION_HELP,
+    STACK_HELP,
+    add_setting_flags,
+    setting_sources,
+    stack_settings,
+)
 from lambda_trigger.events import OBJECT_REMOVED, S3Object
 from lambda_trigger.manifest import Manifest, build_erasure_manifest
 from lambda_trigger.submit import submit_batch
 
-EXIT_CONFIG_ERROR = 2
+EXIT_CONFIG_ERROR = convention.EXIT_USAGE
+# flag -> setting: where the photos are, and where the erasure manifest and its receipt go.
+ERASE_SETTINGS = {"raw": config.RAW_URI, "manifests": config.MANIFESTS_URI}
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys per call
 # The event name the command's erasure entries stand for (a deletion it made or vouches for).
 COMMAND_EVENT = f"{OBJECT_REMOVED}Delete"
@@ -55,13 +64,11 @@ class Request:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lambda_trigger.erase",
-        description=(
-            "Remove photos' rows from every features and errors partition (GDPR erasure) "
-            "with one EMR Serverless erase run; optionally delete the photos from raw/ first."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = convention.parser(
+        "python -m lambda_trigger.erase",
+        "Remove photos' rows from every features and errors partition (GDPR erasure) "
+        "with one EMR Serverless erase run; optionally delete the photos from raw/ first.",
+        None,
     )
     parser.add_argument(
         "--keys",
@@ -70,10 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="text file, one photo per line: a key relative to the raw prefix "
         "(Kiwi/a.jpg) or a full s3://bucket/raw/... URI; blank lines are skipped",
     )
-    parser.add_argument(
-        "--stack", default=None, help="read the settings from this CloudFormation stack"
-    )
-    parser.add_argument("--region", default=None, help="AWS region (default: the AWS CLI's)")
+    parser.add_argument("--stack", default=None, help=STACK_HELP)
+    parser.add_argument("--region", default=None, help=REGION_HELP)
     parser.add_argument(
         "--delete-objects",
         action="store_true",
@@ -84,8 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the erasure manifest; delete, write and start nothing",
     )
-    for flag, name in (("raw", config.RAW_URI), ("manifests", config.MANIFESTS_URI)):
-        parser.add_argument(f"--{flag}", default=None, help=f"overrides {name}")
+    add_setting_flags(parser, ERASE_SETTINGS)
     return parser
 
 
@@ -182,7 +186,7 @@ def merged_settings(
 ) -> dict[str, str]:
     merged = {name: env[name] for name in config.FIELDS if env.get(name)}
     merged.update(stack)
-    for flag, name in (("raw", config.RAW_URI), ("manifests", config.MANIFESTS_URI)):
+    for flag, name in ERASE_SETTINGS.items():
         if getattr(args, flag) is not None:
             merged[name] = getattr(args, flag)
     return merged
@@ -195,18 +199,18 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     try:
         lines = read_keys(args.keys)
     except KeysError as error:
-        say(f"configuration error: {error}")
-        return EXIT_CONFIG_ERROR
+        return convention.refuse(str(error))
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
     stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
     try:
-        settings = config.from_environment(merged_settings(args, env, stack))
+        settings = config.from_environment(
+            merged_settings(args, env, stack), setting_sources(args, stack, ERASE_SETTINGS)
+        )
         keys = resolve_keys(lines, settings.raw)
     except (config.SettingsError, KeysError) as error:
-        say(f"configuration error: {error}")
-        return EXIT_CONFIG_ERROR
+        return convention.refuse(str(error))
     bucket = settings.raw.bucket
     if args.dry_run:
         print(erasure_manifest(bucket, Request(keys, now_iso())).body.decode(), end="")

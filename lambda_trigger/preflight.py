@@ -11,9 +11,9 @@ marker written and deleted under ``output/``, and the model on the executors' CP
 check passed; 1 with the cause (the failed check, or the service's state details and where the
 driver's log is); 2 for a configuration it refuses before any AWS call is made with it.
 
-Settings as for the backfill (the same resolver): the stack's outputs (``--stack``), the
-Lambda's environment variable names, or flags, in increasing order of precedence; and
-``RAW_URI`` (``--raw``), where the photo is read.
+Settings as for the backfill (the same resolver): each from its flag, else the stack's output
+(``--stack``), else the Lambda's environment variable of the same name; and ``RAW_URI``
+(``--raw``), where the photo is read.
 """
 
 from __future__ import annotations
@@ -35,12 +35,18 @@ from fruits_contract import (
     VENV_ARCHIVE,
     preflight_run_id,
 )
+from fruits_contract import cli as convention
 from lambda_trigger import settings as config
 from lambda_trigger.backfill import (
     DEFAULT_POLL_SECONDS,
     FLAG_SETTINGS,
+    POLL_HELP,
+    REGION_HELP,
+    STACK_HELP,
+    add_setting_flags,
     describe_end,
     merged_settings,
+    setting_sources,
     shown_instead,
     stack_settings,
     wait_for,
@@ -48,24 +54,26 @@ from lambda_trigger.backfill import (
 from lambda_trigger.outcomes import driver_log
 from lambda_trigger.request import Deployment, for_preflight, start_job_run_request
 
-EXIT_FAILED = 1
-EXIT_CONFIG_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_FAILED = convention.EXIT_FAILED
+EXIT_CONFIG_ERROR = convention.EXIT_USAGE
+EXIT_INTERRUPTED = convention.EXIT_INTERRUPTED
 # flag -> setting: the backfill's, and where photos arrive (the preflight reads one there).
 PREFLIGHT_SETTINGS = {**FLAG_SETTINGS, "raw": config.RAW_URI}
 MISSING = ("404", "NoSuchKey", "NotFound")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lambda_trigger.preflight",
-        description="Run a tiny job on the stack's EMR Serverless application, from the "
+    parser = convention.parser(
+        "python -m lambda_trigger.preflight",
+        "Run a tiny job on the stack's EMR Serverless application, from the "
         "uploaded artifacts and with a real run's request, that checks the interpreter, "
         "imports, CPU, S3 access and model where the backfill will run; exit 0 only if "
         "every check passed.",
+        "a check failed, or the run ended without its report",
+        {convention.EXIT_INTERRUPTED: "stopped following (Ctrl-C), the run goes on"},
     )
-    parser.add_argument("--stack", help="read the settings from this CloudFormation stack")
-    parser.add_argument("--region", help="AWS region (default: the AWS CLI's)")
+    parser.add_argument("--stack", help=STACK_HELP)
+    parser.add_argument("--region", help=REGION_HELP)
     parser.add_argument(
         "--key",
         help="the photo to read: a key under raw/ (or its s3:// URI); default: the first found",
@@ -77,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "executor's CPU. Without it, the int8 model is compared with itself run operator by "
         "operator, and the build's int8-to-fp32 cosine is reported from artifacts.json",
     )
-    parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS)
+    parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS, help=POLL_HELP)
     follow = parser.add_mutually_exclusive_group()
     follow.add_argument(
         "--no-wait",
@@ -98,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the StartJobRun request as JSON (for python -m emr_emulator); start nothing",
     )
-    for flag, name in PREFLIGHT_SETTINGS.items():
-        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, help=f"overrides {name}")
+    add_setting_flags(parser, PREFLIGHT_SETTINGS)
     return parser
 
 
@@ -107,19 +114,25 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
     """What is wrong with the flags themselves, known before any setting is read."""
     problems = []
     if args.poll_seconds < 0:
-        problems.append(f"--poll-seconds {args.poll_seconds}: at least 0")
+        problems.append(convention.flag_error("--poll-seconds", args.poll_seconds, "at least 0"))
     if args.reference_model is not None:
         try:
             location = config.parse_s3_location(args.reference_model)
-        except ValueError as error:
-            problems.append(f"--reference-model: {error}")
+        except config.BadValue as error:
+            problems.append(
+                convention.flag_error("--reference-model", args.reference_model, error.problem)
+            )
         else:
             if not location.prefix.rstrip("/").endswith(".onnx"):
-                problems.append(f"--reference-model {args.reference_model}: not an .onnx file")
+                problems.append(
+                    convention.flag_error(
+                        "--reference-model", args.reference_model, "not an .onnx file"
+                    )
+                )
     if args.key is not None:
         key = args.key.removeprefix("s3://").split("/", 1)[-1] if "://" in args.key else args.key
         if key.endswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
-            problems.append(f"--key {args.key!r}: not the key of one object")
+            problems.append(convention.flag_error("--key", args.key, "not the key of one object"))
     return problems
 
 
@@ -132,7 +145,7 @@ def photo_location(raw: config.S3Location, key: str | None) -> str:
     if key.startswith("s3://"):
         bucket, _, name = key[len("s3://") :].partition("/")
         if bucket != raw.bucket or not name.startswith(raw.prefix):
-            raise ValueError(f"--key {key}: not under {raw.uri}")
+            raise ValueError(convention.flag_error("--key", key, f"not under {raw.uri}"))
     else:
         name = key if key.startswith(raw.prefix) else f"{raw.prefix}{key.lstrip('/')}"
     return f"s3://{raw.bucket}/{name}"
@@ -236,20 +249,19 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     problems = flag_problems(args)
     if problems:
-        say(f"configuration error: {'; '.join(problems)}")
-        return EXIT_CONFIG_ERROR
+        return convention.refuse("; ".join(problems))
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
     stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
     try:
         deployment, raw = config.preflight_from_environment(
-            merged_settings(args, env, stack, PREFLIGHT_SETTINGS)
+            merged_settings(args, env, stack, PREFLIGHT_SETTINGS),
+            setting_sources(args, stack, PREFLIGHT_SETTINGS),
         )
         source = photo_location(raw, args.key)
     except (config.SettingsError, ValueError) as error:
-        say(f"configuration error: {error}")
-        return EXIT_CONFIG_ERROR
+        return convention.refuse(str(error))
     run_id = preflight_run_id(datetime.now(UTC), uuid.uuid4().hex)
     job_source = for_preflight(deployment, source, run_id, args.reference_model)
     request = start_job_run_request(deployment, job_source, client_token=run_id)
@@ -262,11 +274,10 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     else:
         missing = missing_objects(s3, artifacts_to_check(deployment, args.reference_model), say)
         if missing:
-            say(
-                f"configuration error: not uploaded: {', '.join(missing)} (run ./dev package and "
+            return convention.refuse(
+                f"not uploaded: {', '.join(missing)} (run ./dev package and "
                 f"./dev upload --stack {args.stack or 'NAME'} first)"
             )
-            return EXIT_CONFIG_ERROR
         job_run_id = emr.start_job_run(**request)["jobRunId"]
         print(job_run_id)
         say(

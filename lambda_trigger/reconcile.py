@@ -13,8 +13,10 @@ runs starts nothing).
 
 Memory stays flat in the number of objects: the listing is streamed in S3's key order and
 merged against the two tables' keys, which are held as sorted Arrow string arrays (compact
-buffers, not Python sets). Settings come from the stack's outputs, the Lambda's environment
-variable names, or flags, as for the backfill.
+buffers, not Python sets). Settings come from flags, the stack's outputs or the Lambda's
+environment variable names, as for the backfill. The missing photos' manifest is written to
+``--missing-manifest`` (``--out`` until issue 22: it still works, with a warning; ``--output``
+is the output location, as in every command).
 """
 
 from __future__ import annotations
@@ -31,13 +33,24 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fruits_contract import ERRORS_TABLE, FEATURES_TABLE, PATH_COLUMN, is_image_name
+from fruits_contract import cli as convention
 from lambda_trigger import settings as config
-from lambda_trigger.backfill import FLAG_SETTINGS, merged_settings, stack_settings
+from lambda_trigger.backfill import (
+    FLAG_SETTINGS,
+    REGION_HELP,
+    STACK_HELP,
+    add_setting_flags,
+    merged_settings,
+    setting_sources,
+    stack_settings,
+)
 from lambda_trigger.events import S3Object
 from lambda_trigger.manifest import build_manifest
 
-EXIT_MISSING = 1  # photos without a row (and --submit not given)
-EXIT_CONFIG_ERROR = 2
+EXIT_MISSING = convention.EXIT_FAILED  # photos without a row (and --submit not given)
+EXIT_CONFIG_ERROR = convention.EXIT_USAGE
+# flag -> setting: the backfill's, where photos arrive (listed) and where manifests go (--submit)
+RECONCILE_SETTINGS = {**FLAG_SETTINGS, "raw": config.RAW_URI, "manifests": config.MANIFESTS_URI}
 TABLES = (FEATURES_TABLE, ERRORS_TABLE)  # the job's: a photo with a row in either is done
 KEYS_PER_CHUNK = 65_536  # Python strings made from the Arrow arrays at a time
 DEFAULT_OUT = "reconcile-missing.jsonl"
@@ -166,23 +179,38 @@ def ascending(keys: Any) -> Iterator[str]:
         yield from keys.slice(start, KEYS_PER_CHUNK).to_pylist()
 
 
+def iso_time(value: str) -> datetime:
+    """``--since``'s value; argparse names the flag and the value when this raises."""
+    return datetime.fromisoformat(value)
+
+
+iso_time.__name__ = "ISO-8601 date or time"  # what argparse's refusal calls the type
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lambda_trigger.reconcile", description=__doc__.splitlines()[0]
+    parser = convention.parser(
+        "python -m lambda_trigger.reconcile",
+        __doc__.splitlines()[0],
+        "photos without a row were found (and --submit was not given)",
     )
-    parser.add_argument("--stack", help="read the settings from this CloudFormation stack")
-    parser.add_argument("--region", help="AWS region (default: the AWS CLI's)")
+    parser.add_argument("--stack", help=STACK_HELP)
+    parser.add_argument("--region", help=REGION_HELP)
     parser.add_argument(
-        "--since", type=datetime.fromisoformat, help="only objects modified at or after (ISO date)"
+        "--since",
+        type=iso_time,
+        help="only objects modified at or after this ISO-8601 date or time (UTC unless it says; "
+        "default: every object)",
     )
-    parser.add_argument(
-        "--out", type=Path, default=Path(DEFAULT_OUT), help="missing photos' manifest"
+    missing = parser.add_argument(
+        "--missing-manifest",
+        type=Path,
+        default=Path(DEFAULT_OUT),
+        metavar="FILE",
+        help="where the manifest of the photos without a row is written (JSON Lines)",
     )
+    convention.deprecated_alias(parser, "--out", missing)
     parser.add_argument("--submit", action="store_true", help="start one job run for the missing")
-    for flag, name in FLAG_SETTINGS.items():
-        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, help=f"overrides {name}")
-    parser.add_argument("--raw", dest="raw", help=f"overrides {config.RAW_URI}")
-    parser.add_argument("--manifests", dest="manifests", help=f"overrides {config.MANIFESTS_URI}")
+    add_setting_flags(parser, RECONCILE_SETTINGS)
     return parser
 
 
@@ -193,14 +221,11 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
 
     session = boto3.session.Session(region_name=args.region)
     stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
-    merged = {**env, **merged_settings(args, env, stack)}
-    for flag, name in (("raw", config.RAW_URI), ("manifests", config.MANIFESTS_URI)):
-        merged[name] = getattr(args, flag) or stack.get(name) or env.get(name, "")
+    merged = {**env, **merged_settings(args, env, stack, RECONCILE_SETTINGS)}
     try:
-        settings = config.from_environment(merged)
+        settings = config.from_environment(merged, setting_sources(args, stack, RECONCILE_SETTINGS))
     except config.SettingsError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return convention.refuse(str(error))
     since = args.since.replace(tzinfo=args.since.tzinfo or UTC) if args.since else None
     s3 = session.client("s3")
     started = time.perf_counter()
@@ -220,8 +245,8 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
     if not missing:
         return 0
     manifest = build_manifest(missing)
-    args.out.write_bytes(manifest.body)
-    print(f"missing photos listed in {args.out} ({manifest.images})")
+    args.missing_manifest.write_bytes(manifest.body)
+    print(f"missing photos listed in {args.missing_manifest} ({manifest.images})")
     if not args.submit:
         return EXIT_MISSING
     from lambda_trigger.submit import submit_batch

@@ -8,13 +8,15 @@ is read from the queue or written anywhere, and all problems are reported at onc
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.config import Config
 
 from fruits_contract import IMAGE_SIZES, MODEL_FILE, RUNTIMES, WEIGHTS_FILE
+from fruits_contract.cli import flag_error
 from lambda_trigger.request import DEFAULT_MAX_EXECUTORS, Deployment
 
 APPLICATION_ID = "APPLICATION_ID"
@@ -34,6 +36,45 @@ MAX_ATTEMPTS = "MAX_ATTEMPTS"  # submissions of one batch before the watcher giv
 ALERTS_TOPIC_ARN = "ALERTS_TOPIC_ARN"  # where the watcher says a run failed for good
 DEFAULT_MAX_ATTEMPTS = 3
 
+# What each setting is, for the commands' --help (each flag that sets one says it once, there).
+DESCRIPTIONS = {
+    APPLICATION_ID: "the EMR Serverless application that runs the job",
+    JOB_ROLE_ARN: "the IAM role the job run assumes",
+    RAW_URI: "s3:// prefix where photos arrive",
+    ARTIFACTS_URI: "s3:// prefix of the uploaded artifacts (./dev upload)",
+    MANIFESTS_URI: "s3:// prefix of the batch manifests and their receipts",
+    OUTPUT_URI: "the output location: s3:// prefix of the tables and reports (the job's --output)",
+    LOGS_URI: "s3:// prefix of the job runs' logs",
+    WEIGHTS_URI: "s3:// URI of the weights .h5 (runtime tensorflow)",
+    MODEL_URI: "s3:// URI of the .onnx model (runtime onnx)",
+    RUNTIME: f"the job's --runtime ({', '.join(RUNTIMES)})",
+    IMAGE_SIZE: "the job's --image-size",
+    MAX_EXECUTORS: "most executors a run may hold",
+    JOB_TIMEOUT_MINUTES: "minutes before the service cancels a run",
+    MAX_ATTEMPTS: "submissions of one batch before the watcher gives up",
+    ALERTS_TOPIC_ARN: "SNS topic told about runs that failed for good",
+}
+# What an empty WEIGHTS_URI or MODEL_URI stands for (_deployment derives them so).
+DERIVED_DEFAULTS = {
+    WEIGHTS_URI: f"{ARTIFACTS_URI}/{WEIGHTS_FILE}",
+    MODEL_URI: f"{ARTIFACTS_URI}/{MODEL_FILE}",
+}
+# The settings template.yaml's stack also outputs (as OutputUri for OUTPUT_URI, and so on), which
+# --stack reads; tests/test_cli.py keeps this equal to the template.
+STACK_OUTPUTS = (
+    APPLICATION_ID,
+    JOB_ROLE_ARN,
+    RAW_URI,
+    ARTIFACTS_URI,
+    MANIFESTS_URI,
+    OUTPUT_URI,
+    LOGS_URI,
+    RUNTIME,
+    IMAGE_SIZE,
+    MAX_EXECUTORS,
+    ALERTS_TOPIC_ARN,
+)
+
 S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
 APPLICATION_ID_PATTERN = re.compile(r"^[0-9a-z]{1,64}$")
 ROLE_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
@@ -51,6 +92,32 @@ CLIENT_CONFIG = Config(
 
 class SettingsError(ValueError):
     """One or more variables are missing or malformed; raised before any side effect."""
+
+
+class BadValue(ValueError):
+    """A value a setting cannot take. ``str()`` reads as before (``'raw/' is not an s3://...``,
+    what the Lambda logs); ``problem`` is the same without its subject, for a command to put
+    after the flag its user typed (``--input raw/: not an s3://...``)."""
+
+    def __init__(self, shown: str, predicate: str) -> None:
+        super().__init__(f"{shown} {predicate}")
+        self.problem = predicate.removeprefix("is ")
+
+
+def output_key(name: str) -> str:
+    """The stack output (``OutputUri``) that carries a setting (``OUTPUT_URI``)."""
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where a command's settings came from, so that an error names what its user typed: a
+    flag (``--output``) or a stack output, for each setting given so; and the flag that sets
+    each setting, for one that is not set at all. Empty (the Lambda): variable names only."""
+
+    # setting -> "--output", or "stack fruits output OutputUri"
+    given: Mapping[str, str] = field(default_factory=dict)
+    flags: Mapping[str, str] = field(default_factory=dict)  # setting -> "--output"
 
 
 @dataclass(frozen=True)
@@ -79,7 +146,7 @@ def parse_s3_location(value: str) -> S3Location:
     """``s3://bucket/prefix`` (trailing slash optional) to a bucket and a ``prefix/``."""
     match = S3_URI.match(value.strip())
     if not match:
-        raise ValueError(f"{value!r} is not an s3://bucket/prefix URI")
+        raise BadValue(repr(value), "is not an s3://bucket/prefix URI")
     key = (match["key"] or "").strip("/")
     return S3Location(bucket=match["bucket"], prefix=f"{key}/" if key else "")
 
@@ -87,7 +154,7 @@ def parse_s3_location(value: str) -> S3Location:
 def _s3_object(value: str) -> str:
     location = parse_s3_location(value)
     if not location.prefix:
-        raise ValueError(f"{value!r} names a bucket, not a file in it")
+        raise BadValue(repr(value), "names a bucket, not a file in it")
     return f"s3://{location.bucket}/{location.prefix.rstrip('/')}"
 
 
@@ -96,9 +163,9 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
         try:
             number = int(value)
         except ValueError as error:
-            raise ValueError(f"{value!r} is not a whole number") from error
+            raise BadValue(repr(value), "is not a whole number") from error
         if not low <= number <= high:
-            raise ValueError(f"{number} is not between {low} and {high}")
+            raise BadValue(str(number), f"is not between {low} and {high}")
         return number
 
     return parse
@@ -107,7 +174,7 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
 def _matching(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if not regex.match(value):
-            raise ValueError(f"{value!r} is not {what}")
+            raise BadValue(repr(value), f"is not {what}")
         return value
 
     return parse
@@ -115,14 +182,14 @@ def _matching(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
 
 def _runtime(value: str) -> str:
     if value not in RUNTIMES:
-        raise ValueError(f"{value!r} is not one of {', '.join(RUNTIMES)}")
+        raise BadValue(repr(value), f"is not one of {', '.join(RUNTIMES)}")
     return value
 
 
 def _image_size(value: str) -> int:
     size = _bounded_int(1, 10_000)(value)
     if size not in IMAGE_SIZES:
-        raise ValueError(f"{size} is not one of {', '.join(map(str, IMAGE_SIZES))}")
+        raise BadValue(str(size), f"is not one of {', '.join(map(str, IMAGE_SIZES))}")
     return size
 
 
@@ -161,25 +228,39 @@ DEPLOYMENT_FIELDS = (
 )
 
 
-def _read(env: Mapping[str, str], name: str) -> Any:
+NO_SOURCES = Sources()
+
+
+def _read(env: Mapping[str, str], name: str, sources: Sources = NO_SOURCES) -> Any:
     parse, default = FIELDS[name]
     raw = env.get(name, "").strip()
     if not raw:
         if default is None:
-            raise SettingsError(f"{name} is not set")
+            flag = sources.flags.get(name)
+            hint = f" (pass {flag}, set {name}, or --stack NAME)" if flag else ""
+            raise SettingsError(f"{name} is not set{hint}")
         return default
     try:
         return parse(raw)
+    except BadValue as error:
+        given = sources.given.get(name)
+        if given and given.startswith("--"):
+            raise SettingsError(flag_error(given, raw, error.problem)) from error
+        if given:
+            raise SettingsError(f"{given} ({name}) {shlex.quote(raw)}: {error.problem}") from error
+        raise SettingsError(f"{name}: {error}") from error
     except ValueError as error:
         raise SettingsError(f"{name}: {error}") from error
 
 
-def _read_all(env: Mapping[str, str], names: tuple[str, ...]) -> dict[str, Any]:
+def _read_all(
+    env: Mapping[str, str], names: tuple[str, ...], sources: Sources = NO_SOURCES
+) -> dict[str, Any]:
     values: dict[str, Any] = {}
     problems: list[str] = []
     for name in names:
         try:
-            values[name] = _read(env, name)
+            values[name] = _read(env, name, sources)
         except SettingsError as error:
             problems.append(str(error))
     if problems:
@@ -206,21 +287,26 @@ def _deployment(values: dict[str, Any]) -> Deployment:
     )
 
 
-def deployment_from_environment(env: Mapping[str, str]) -> Deployment:
+def deployment_from_environment(
+    env: Mapping[str, str], sources: Sources = NO_SOURCES
+) -> Deployment:
     """What a backfill needs: the job's side of the settings only."""
-    return _deployment(_read_all(env, DEPLOYMENT_FIELDS))
+    return _deployment(_read_all(env, DEPLOYMENT_FIELDS, sources))
 
 
-def preflight_from_environment(env: Mapping[str, str]) -> tuple[Deployment, S3Location]:
+def preflight_from_environment(
+    env: Mapping[str, str], sources: Sources = NO_SOURCES
+) -> tuple[Deployment, S3Location]:
     """What a preflight needs: the job's side of the settings and where photos arrive (it
     reads one); every problem of either named at once."""
-    values = _read_all(env, (*DEPLOYMENT_FIELDS, RAW_URI))
+    values = _read_all(env, (*DEPLOYMENT_FIELDS, RAW_URI), sources)
     return _deployment(values), values[RAW_URI]
 
 
-def from_environment(env: Mapping[str, str]) -> Settings:
-    """Validate every variable; a SettingsError names each missing or malformed one."""
-    values = _read_all(env, tuple(FIELDS))
+def from_environment(env: Mapping[str, str], sources: Sources = NO_SOURCES) -> Settings:
+    """Validate every variable; a SettingsError names each missing or malformed one (as the
+    user gave it: ``sources``)."""
+    values = _read_all(env, tuple(FIELDS), sources)
     return Settings(
         deployment=_deployment(values),
         raw=values[RAW_URI],

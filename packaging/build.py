@@ -51,11 +51,13 @@ from emr_serverless_job.synthetic import CLASSES, fruit_image  # noqa: E402
 from fruits_contract import (  # noqa: E402
     ARTIFACTS_MANIFEST,
     ENTRY_POINT,
+    IMAGE_SIZES,
     JOB_PACKAGE,
     MODEL_FILE,
     VENV_ARCHIVE,
     WEIGHTS_FILE,
 )
+from fruits_contract import cli as convention  # noqa: E402
 
 # The packages the job zip holds: the job, and the contract it shares with the Lambdas (one
 # copy of each, at the zip's root, so --py-files puts both on every process's path).
@@ -422,24 +424,63 @@ def build(
     return manifest
 
 
+def flag_problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the flags, found before dist/ is touched (build() checks the same
+    again, for its other callers, but only once it has begun writing)."""
+    problems = []
+    if args.weights.startswith(RANDOM_PREFIX):
+        try:
+            Weights.parse(args.weights)
+        except ValueError as error:
+            problems.append(convention.flag_error("--weights", args.weights, str(error)))
+    elif args.weights != "imagenet" and not Path(args.weights).expanduser().is_file():
+        problems.append(convention.flag_error("--weights", args.weights, "no such file"))
+    for flag, folder in (("--photos", args.photos), ("--calibration", args.calibration)):
+        if folder is not None and not folder.is_dir():
+            problems.append(convention.flag_error(flag, folder, "no such folder"))
+    if args.image_size not in IMAGE_SIZES:
+        sizes = ", ".join(map(str, IMAGE_SIZES))
+        problems.append(
+            convention.flag_error("--image-size", args.image_size, f"not one of {sizes}")
+        )
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build the job's artifacts into dist/.")
-    parser.add_argument("--dist", type=Path, default=ROOT / "dist")
+    parser = convention.parser(
+        "python packaging/build.py",
+        "Build the job's artifacts into dist/ (./dev package runs this).",
+        "the build failed: no weights download, the export's parity or int8 check, the "
+        "archive's packing or check",
+    )
+    parser.add_argument(
+        "--dist",
+        type=Path,
+        default=ROOT / "dist",
+        help="the artifacts folder written (replaced file by file); ./dev upload reads it",
+    )
     parser.add_argument(
         "--weights",
         default="imagenet",
         help="'imagenet' (Keras downloads it: needs internet), a weights .h5 file, or "
         "random:SEED (offline demos and tests only)",
     )
-    parser.add_argument("--arch", choices=sorted(PLATFORMS), default="x86_64")
+    parser.add_argument(
+        "--arch",
+        choices=sorted(PLATFORMS),
+        default="x86_64",
+        help="CPU of the EMR Serverless application (the stack's Architecture)",
+    )
     parser.add_argument(
         "--runtime",
         choices=sorted(ARCHIVE_REQUIREMENTS),
         default="onnx",
-        help="onnx (default): export the model, archive without TensorFlow; tensorflow: the "
+        help="onnx: export the model, archive without TensorFlow; tensorflow: the "
         "fallback archive with TensorFlow",
     )
-    parser.add_argument("--image-size", type=int, default=224, help="of the exported model")
+    parser.add_argument(
+        "--image-size", type=int, default=224, help="input size of the exported model, px"
+    )
     parser.add_argument(
         "--photos",
         "--parity-images",
@@ -453,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         "--precision",
         choices=("fp32", "int8"),
         default="int8",
-        help="of the exported model (default int8: 1.4-1.6x the fp32 speed, gated on cosine to "
+        help="of the exported model (int8: 1.4-1.6x the fp32 speed, gated on cosine to "
         "fp32; fp32 keeps features comparable with older runs: see docs/artifacts.md, "
         "The model's precision)",
     )
@@ -474,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         help="auto: Docker where it runs, else pack.py here (builds CPython 3.11 once; needs gcc)",
     )
     args = parser.parse_args(argv)
+    problems = flag_problems(args)
+    if problems:
+        return convention.refuse("; ".join(problems))
     manifest = build(
         args.dist.resolve(),
         args.weights,

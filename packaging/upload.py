@@ -17,7 +17,6 @@ Prints the URIs the Lambda's configuration and the backfill use.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import sys
@@ -30,8 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from emr_serverless_job.model import file_sha256  # noqa: E402 (root added just above)
 from fruits_contract import ARTIFACTS_MANIFEST, VENV_ARCHIVE, WEIGHTS_FILE  # noqa: E402
-from lambda_trigger.backfill import stack_settings  # noqa: E402
-from lambda_trigger.settings import ARTIFACTS_URI, parse_s3_location  # noqa: E402
+from fruits_contract import cli as convention  # noqa: E402
+from lambda_trigger.backfill import REGION_HELP, stack_settings  # noqa: E402
+from lambda_trigger.settings import ARTIFACTS_URI, BadValue, parse_s3_location  # noqa: E402
 
 SHA_KEY = "sha256"  # x-amz-meta-sha256
 ARCHITECTURE = "ARCHITECTURE"  # the stack output Architecture, as stack_settings names it
@@ -135,24 +135,36 @@ def upload(s3: Any, dist: Path, artifacts_uri: str) -> tuple[list[str], list[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = convention.parser(
+        "python packaging/upload.py",
+        __doc__.splitlines()[0] + " (./dev upload runs this).",
+        None,
+    )
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--stack", help="read the artifacts prefix from this stack's outputs")
-    target.add_argument("--artifacts", help="s3://BUCKET/artifacts")
-    parser.add_argument("--region")
-    parser.add_argument("--dist", type=Path, default=ROOT / "dist")
+    target.add_argument(
+        "--stack", help="read the artifacts prefix (stack output ArtifactsUri) from this stack"
+    )
+    target.add_argument("--artifacts", metavar="URI", help="s3://BUCKET/artifacts")
+    parser.add_argument("--region", help=REGION_HELP)
+    parser.add_argument(
+        "--dist",
+        type=Path,
+        default=ROOT / "dist",
+        help="the artifacts folder ./dev package built (its --dist)",
+    )
     parser.add_argument(
         "--architecture",
         choices=sorted(PACK_ARCH),
-        help="the application's Architecture (default with --stack: the stack's output)",
+        help="the application's Architecture (default with --stack: the stack's output "
+        "Architecture; without: not checked, with a warning)",
     )
     args = parser.parse_args(argv)
     if not (args.dist / ARTIFACTS_MANIFEST).is_file():
-        print(
-            f"error: no {ARTIFACTS_MANIFEST} in {args.dist}; run packaging/build.py first",
-            file=sys.stderr,
+        return convention.refuse(
+            convention.flag_error(
+                "--dist", args.dist, f"no {ARTIFACTS_MANIFEST}; run packaging/build.py first"
+            )
         )
-        return 2
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
@@ -161,32 +173,31 @@ def main(argv: list[str] | None = None) -> int:
         outputs = stack_settings(session.client("cloudformation"), args.stack)
         artifacts, deployed = outputs[ARTIFACTS_URI], outputs.get(ARCHITECTURE)
         if deployed and architecture and deployed != architecture:
-            print(
-                f"error: --architecture {architecture}, but stack {args.stack}'s application "
-                f"is {deployed}",
-                file=sys.stderr,
+            return convention.refuse(
+                convention.flag_error(
+                    "--architecture",
+                    architecture,
+                    f"stack {args.stack}'s application is {deployed}",
+                )
             )
-            return 2
         architecture = deployed or architecture
         if architecture is None:
-            print(
-                f"error: stack {args.stack} has no Architecture output (deployed from an older "
-                "template): update it with sam deploy, or pass --architecture",
-                file=sys.stderr,
+            return convention.refuse(
+                f"stack {args.stack} has no Architecture output (deployed from an older "
+                "template): update it with sam deploy, or pass --architecture"
             )
-            return 2
     try:
         parse_s3_location(artifacts)
-    except ValueError as error:
-        print(f"error: --artifacts: {error}", file=sys.stderr)
-        return 2
+    except BadValue as error:
+        flag = "--artifacts" if args.artifacts else f"stack {args.stack} output ArtifactsUri"
+        return convention.refuse(convention.flag_error(flag, artifacts, error.problem))
     manifest = json.loads((args.dist / ARTIFACTS_MANIFEST).read_text())
     problems = dist_problems(args.dist, manifest, architecture)
     for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"{convention.USAGE_PREFIX}{problem}", file=sys.stderr)
     if problems:
         print("nothing uploaded", file=sys.stderr)
-        return 2
+        return convention.EXIT_USAGE
     if architecture is None:
         print(
             f"warning: {VENV_ARCHIVE} was not checked against the application's Architecture "
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(uploaded)} uploaded, {len(unchanged)} unchanged")
     print(f"ARTIFACTS_URI={artifacts}")
     print(f"WEIGHTS_URI={artifacts}/{WEIGHTS_FILE}")
-    return 0
+    return convention.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def no_aws(monkeypatch):
     [
         ([], {}, "APPLICATION_ID is not set"),
         ([], {k: v for k, v in SETTINGS.items() if k != "RAW_URI"}, "RAW_URI is not set"),
-        (["--raw", "/local/photos"], SETTINGS, "RAW_URI: '/local/photos' is not an s3://"),
+        (["--raw", "/local/photos"], SETTINGS, "--raw /local/photos: not an s3://"),
         (["--reference-model", "model.onnx"], SETTINGS, "--reference-model"),
         (["--reference-model", f"s3://{BUCKET}/a.h5"], SETTINGS, "not an .onnx file"),
         (["--key", "Kiwi/../a.jpg"], SETTINGS, "not the key of one object"),

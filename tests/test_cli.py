@@ -1,0 +1,290 @@
+"""Every entry point follows the one CLI convention (docs/cli.md): ``--help`` exits 0 and shows
+each flag's help and default, and the exit codes; a renamed flag still works under its old
+name, with a warning; a refused value names the flag as typed and exits 2 before any side
+effect (no AWS client, no Spark session, nothing written)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from emr_emulator import __main__ as emulator
+from emr_serverless_job import demo, inventory, report
+from emr_serverless_job import main as job
+from fruits_contract import cli as convention
+from lambda_trigger import backfill, capacity, compact, erase, preflight, reconcile
+from lambda_trigger import settings as config
+from tests.conftest import ROOT
+
+SETTINGS = {
+    config.APPLICATION_ID: "00fabc123",
+    config.JOB_ROLE_ARN: "arn:aws:iam::111122223333:role/fruits-job",
+    config.RAW_URI: "s3://fruits-data/raw/",
+    config.ARTIFACTS_URI: "s3://fruits-data/artifacts/",
+    config.MANIFESTS_URI: "s3://fruits-data/manifests/",
+    config.OUTPUT_URI: "s3://fruits-data/output/",
+    config.LOGS_URI: "s3://fruits-data/logs/",
+}
+
+
+def script(name: str) -> object:
+    """packaging/<name>.py (scripts, not a package: one named ``packaging`` shadows pip's)."""
+    spec = importlib.util.spec_from_file_location(
+        f"fruits_cli_test_{name}", ROOT / "packaging" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+build = script("build")
+upload = script("upload")
+
+MAINS = {
+    "emr_serverless_job": job.main,
+    "lambda_trigger.backfill": lambda argv: backfill.main(argv, env=SETTINGS),
+    "lambda_trigger.reconcile": lambda argv: reconcile.main(argv, env=SETTINGS),
+    "lambda_trigger.compact": lambda argv: compact.main(argv, env=SETTINGS),
+    "lambda_trigger.erase": lambda argv: erase.main(argv, env=SETTINGS),
+    "lambda_trigger.preflight": lambda argv: preflight.main(argv, env=SETTINGS),
+    "lambda_trigger.capacity": capacity.main,
+    "emr_serverless_job.inventory": inventory.main,
+    "emr_serverless_job.report": report.main,
+    "packaging/build.py": build.main,
+    "packaging/upload.py": upload.main,
+    "emr_emulator": emulator.main,
+    "emr_serverless_job.demo": demo.main,
+}
+
+
+@pytest.fixture
+def no_side_effects(monkeypatch):
+    """Fails the test on any AWS client or Spark session: a refusal comes before either."""
+    import boto3
+
+    def client(self, service, *args, **kwargs):
+        raise AssertionError(f"an AWS client ({service}) was made before the refusal")
+
+    def spark(*args, **kwargs):
+        raise AssertionError("a Spark session was started before the refusal")
+
+    monkeypatch.setattr(boto3.session.Session, "client", client)
+    monkeypatch.setattr(job, "spark_session", spark)
+
+
+@pytest.fixture
+def parsers(monkeypatch):
+    """Every parser the convention builds during a test, to read their flags back."""
+    made: list[argparse.ArgumentParser] = []
+    original = convention.parser
+
+    def recording(*args, **kwargs):
+        made.append(original(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(convention, "parser", recording)
+    return made
+
+
+def flag_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS]
+
+
+@pytest.mark.parametrize("name", MAINS)
+def test_help_exits_0_with_every_flag_explained_and_the_exit_codes(name, parsers, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        MAINS[name](["--help"])
+    assert exit_.value.code == convention.EXIT_OK
+    out = capsys.readouterr().out
+    assert "exit codes: 0 done; " in re.sub(r"\s+", " ", out)
+    assert "2 bad usage or configuration, refused before any side effect" in " ".join(out.split())
+    (parser,) = parsers
+    unexplained = []
+    for action in flag_actions(parser):
+        if action.dest == "help":
+            continue
+        if not action.help:
+            unexplained.append(f"{action.option_strings[0]}: no help")
+        shown = action.default not in (None, [])
+        says = "default" in action.help.lower() or "with --" in action.help.lower()
+        if not (shown or says or action.required or action.container is not parser):
+            unexplained.append(f"{action.option_strings[0]}: no default shown or said")
+    assert not unexplained, unexplained
+    if any(a.default not in (None, False, []) for a in flag_actions(parser) if a.dest != "help"):
+        assert "(default: " in out
+
+
+def test_settings_flags_say_which_variable_and_stack_output_they_stand_for(capsys):
+    with pytest.raises(SystemExit):
+        backfill.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--output URI the output location" in out
+    assert "(default: stack output OutputUri, else $OUTPUT_URI)" in out
+    assert "(default: stack output Runtime, else $RUNTIME, else onnx)" in out
+    assert "(default: $JOB_TIMEOUT_MINUTES, else 120)" in out  # no such stack output
+    assert "overrides" not in out
+    assert out.count("else from the stack's output with --stack") == 1  # said once
+
+
+def test_the_stack_outputs_the_help_names_are_the_templates():
+    template = (ROOT / "template.yaml").read_text().split("\nOutputs:\n", 1)[1]
+    outputs = set(re.findall(r"^  (\w+):\s*$", template, re.M))
+    carried = {name for name in config.FIELDS if config.output_key(name) in outputs}
+    assert set(config.STACK_OUTPUTS) == carried
+    assert all(backfill.setting_name(config.output_key(n)) == n for n in config.FIELDS)
+
+
+def test_reconciles_old_out_still_names_the_missing_manifest_with_a_warning(capsys):
+    args = reconcile.build_parser().parse_args(["--out", "old.jsonl"])
+    assert args.missing_manifest == Path("old.jsonl")
+    assert capsys.readouterr().err.strip() == (
+        "warning: --out is deprecated, use --missing-manifest (same value)"
+    )
+    fresh = reconcile.build_parser().parse_args([])
+    assert fresh.missing_manifest == Path(reconcile.DEFAULT_OUT) and capsys.readouterr().err == ""
+    with pytest.raises(SystemExit):
+        reconcile.build_parser().parse_args(["--help"])
+    assert "--out " not in capsys.readouterr().out  # hidden: one name to learn
+
+
+def test_the_reports_old_to_still_names_the_plots_folder_with_a_warning(capsys):
+    args = report.build_parser().parse_args(["out/", "--to", "plots/"])
+    assert args.plots == Path("plots/") and args.output == Path("out/")
+    assert "warning: --to is deprecated, use --plots" in capsys.readouterr().err
+    assert report.build_parser().parse_args(["out/"]).plots is None
+
+
+BAD = {
+    "backfill --input": (
+        "lambda_trigger.backfill",
+        ["--input", "raw/"],
+        "--input raw/: not an s3://bucket/prefix URI",
+    ),
+    "backfill --output": (
+        "lambda_trigger.backfill",
+        ["--input", "s3://fruits-data/raw/", "--output", "/local/out"],
+        "--output /local/out: not an s3://bucket/prefix URI",
+    ),
+    "backfill --retries": (
+        "lambda_trigger.backfill",
+        ["--input", "s3://fruits-data/raw/", "--retries", "12"],
+        "--retries 12: 0 to 9",
+    ),
+    "reconcile --raw": (
+        "lambda_trigger.reconcile",
+        ["--raw", "raw/"],
+        "--raw raw/: not an s3://bucket/prefix URI",
+    ),
+    "compact --max-executors": (
+        "lambda_trigger.compact",
+        ["--max-executors", "0"],
+        "--max-executors 0: not between 1 and 1000",
+    ),
+    "compact --older-than-days": (
+        "lambda_trigger.compact",
+        ["--older-than-days", "-1"],
+        "--older-than-days -1.0: 0 or more",
+    ),
+    "preflight --raw": (
+        "lambda_trigger.preflight",
+        ["--raw", "/photos"],
+        "--raw /photos: not an s3://bucket/prefix URI",
+    ),
+    "preflight --reference-model": (
+        "lambda_trigger.preflight",
+        ["--reference-model", "model.onnx"],
+        "--reference-model model.onnx: not an s3://bucket/prefix URI",
+    ),
+    "emulator --endpoint-url": (
+        "emr_emulator",
+        ["--request", "r.json", "--endpoint-url", "https://s3.amazonaws.com"],
+        "--endpoint-url https://s3.amazonaws.com: not a loopback endpoint",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_bad_value_is_refused_naming_the_flag_typed(case, no_side_effects, capsys):
+    name, argv, said = BAD[case]
+    assert MAINS[name](argv) == convention.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(convention.USAGE_PREFIX) and said in err, err
+
+
+def test_a_setting_from_the_environment_or_the_stack_is_named_as_such(no_side_effects, capsys):
+    env = {**SETTINGS, config.OUTPUT_URI: "/local/out"}
+    assert backfill.main(["--input", "s3://fruits-data/raw/"], env=env) == 2
+    assert "OUTPUT_URI: '/local/out' is not an s3://bucket/prefix URI" in capsys.readouterr().err
+    args = backfill.build_parser().parse_args(["--input", "s3://x/raw/", "--stack", "fruits"])
+    sources = backfill.setting_sources(args, {config.OUTPUT_URI: "bad"})
+    assert sources.given == {config.OUTPUT_URI: "stack fruits output OutputUri"}
+    with pytest.raises(config.SettingsError, match=r"stack fruits output OutputUri \(OUTPUT_URI\)"):
+        config.deployment_from_environment({**SETTINGS, config.OUTPUT_URI: "bad"}, sources)
+    del env[config.APPLICATION_ID]
+    assert backfill.main(["--input", "s3://fruits-data/raw/"], env=env) == 2
+    assert "APPLICATION_ID is not set (pass --application-id" in capsys.readouterr().err
+
+
+def test_the_erase_command_names_its_raw_flag(no_side_effects, tmp_path, capsys):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("Kiwi/a.jpg\n")
+    assert erase.main(["--keys", str(keys), "--raw", "raw/"], env=SETTINGS) == 2
+    assert "--raw raw/: not an s3://bucket/prefix URI" in capsys.readouterr().err
+
+
+def test_the_job_refuses_a_bad_flag_before_a_spark_session(no_side_effects, tmp_path, capsys):
+    output = tmp_path / "out"
+    argv = ["--input", str(tmp_path), "--output", str(output), "--weights", "random:0"]
+    assert job.main([*argv, "--image-size", "300"]) == convention.EXIT_USAGE
+    assert "--image-size: 300 is not one of" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_the_build_refuses_bad_flags_before_dist_is_touched(no_side_effects, tmp_path, capsys):
+    dist = tmp_path / "dist"
+    argv = ["--dist", str(dist), "--weights", str(tmp_path / "none.h5"), "--image-size", "300"]
+    assert build.main(argv) == convention.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"--weights {tmp_path / 'none.h5'}: no such file" in err
+    assert "--image-size 300: not one of 96, 128, 160, 192, 224" in err
+    assert not dist.exists()
+
+
+def test_the_upload_names_its_dist_flag(no_side_effects, tmp_path, capsys):
+    assert upload.main(["--artifacts", "s3://b/a", "--dist", str(tmp_path)]) == 2
+    assert f"--dist {tmp_path}: no artifacts.json" in capsys.readouterr().err
+
+
+def test_argparse_refusals_name_the_flag_and_exit_2(capsys):
+    for main, argv, flag in (
+        (capacity.main, ["--batch-size", "many"], "--batch-size"),
+        (reconcile.main, ["--since", "yesterday"], "--since"),
+        (inventory.main, [], "OUTPUT"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == convention.EXIT_USAGE
+        assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script_name", ["fruits-featurize", "fruits-report"])
+def test_the_console_scripts_run_their_command(script_name, capsys):
+    """pyproject.toml's console scripts point at a main that exists and follows the convention
+    (docs/cli.md documents them)."""
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, function = scripts[script_name].partition(":")
+    main = getattr(importlib.import_module(module), function)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == convention.EXIT_OK
+    assert "exit codes:" in capsys.readouterr().out
+    assert f"`{script_name}`" in (ROOT / "docs" / "cli.md").read_text()
