@@ -131,6 +131,7 @@ def build_key(machine: str, glibc: tuple[int, int]) -> str:
     digest.update(repr(sorted(UNSHIPPED_MODULES)).encode() + repr(UNSHIPPED_STDLIB).encode())
     for patch in sorted(OWN_PATCHES.glob("*.patch")):
         digest.update(patch.read_bytes())
+    digest.update(Path(__file__).read_bytes())  # how it is built, trimmed and checked
     return f"cpython-{VERSION}-{machine}-{digest.hexdigest()[:12]}"
 
 
@@ -143,10 +144,10 @@ def fetch(source: Source, folder: Path) -> Path:
     """The file, downloaded once into ``folder`` and refused if its sha256 differs."""
     path = folder / source.name
     if not path.is_file():
-        partial = path.with_suffix(".part")
+        partial = path.with_name(f"{path.name}.{os.getpid()}.part")  # builds may run at once
         with urllib.request.urlopen(source.url, timeout=120) as response:
             partial.write_bytes(response.read())
-        partial.rename(path)
+        partial.replace(path)
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
     if actual != source.sha256:
         path.unlink()
@@ -234,7 +235,9 @@ def build(cache: Path | None = None, jobs: int | None = None) -> Path:
         source = prepare_source(cache / "downloads", work)
         header = work / "glibc_pins.h"
         header.write_text(symbol_pins(machine, glibc))
-        env = {**os.environ, "CFLAGS": f"-include {header}"}
+        # CFLAGS_NODIST: used for this build only, not recorded in sysconfig, so a C extension
+        # built later against the archive's Python is not pointed at this deleted header.
+        env = {**os.environ, "CFLAGS_NODIST": f"-include {header}"}
         log = work / "build.log"
         _run(["./configure", *CONFIGURE], source, log, env)
         _run(["make", f"-j{jobs or os.cpu_count() or 1}"], source, log, env)

@@ -61,10 +61,13 @@ NEWEST_VERSIONS = {
     "UUID": (2, 31),
 }
 VERSION_NAME = re.compile(r"^([A-Z][A-Z_]*?)_(\d+(?:\.\d+)*)$")
+# Version names that are not NAMESPACE_N.N but that Amazon Linux 2023's libraries define.
+KNOWN_ODD_VERSIONS = frozenset({"XZ_5.1.2alpha"})
 
 
 class NotElf(ValueError):
-    """The bytes are not a 64-bit little-endian ELF file (the only kind EMR's CPUs load)."""
+    """The bytes are not a 64-bit little-endian ELF file (the only kind EMR's CPUs load), or
+    one whose needs cannot be read from its sections."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +92,14 @@ def read(data: bytes) -> ElfNeeds:
     (machine,) = struct.unpack_from("<H", data, 18)
     (shoff,) = struct.unpack_from("<Q", data, 40)
     shentsize, shnum = struct.unpack_from("<HH", data, 58)
-    sections = [
-        struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)
-    ]
+    if not shnum:
+        raise NotElf("no section headers: what it needs cannot be read (stripped with sstrip?)")
+    try:
+        sections = [
+            struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)
+        ]
+    except struct.error:
+        raise NotElf("truncated: its section headers are past its end") from None
 
     def contents(index: int) -> bytes:
         _, _, _, _, offset, size, *_ = sections[index]
@@ -148,6 +156,8 @@ def system_problems(needs: ElfNeeds, carried: set[str]) -> list[str]:
         for name in sorted(names):
             parsed = _version(name)
             if parsed is None:
+                if name not in KNOWN_ODD_VERSIONS:
+                    problems.append(f"needs {name} from {soname}, a version nobody checked")
                 continue
             namespace, number = parsed
             newest = NEWEST_VERSIONS.get(namespace)

@@ -34,6 +34,7 @@ import json
 import os
 import posixpath
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
@@ -134,14 +135,18 @@ def _elf_problems(
 ) -> tuple[dict[str, int], list[str]]:
     """Each ELF file's CPU and what it needs from the system, against Amazon Linux 2023."""
     files = {}
+    unreadable: list[str] = []
     for name, member in members.items():
         if member.isfile() and member.size >= 64:
             data = packed.extractfile(member).read()
             if elf.is_elf(data):
-                files[name] = elf.read(data)
+                try:
+                    files[name] = elf.read(data)
+                except (elf.NotElf, struct.error, ValueError) as error:
+                    unreadable.append(f"{name} is an ELF file that cannot be checked: {error}")
     carried = {posixpath.basename(name) for name in files}
     machines: dict[str, int] = {}
-    problems = []
+    problems = unreadable
     for name, needs in sorted(files.items()):
         machines[needs.machine] = machines.get(needs.machine, 0) + 1
         if machine and needs.machine != machine:

@@ -113,10 +113,14 @@ def tar_with(path: Path, links: dict[str, str], files: dict[str, bytes]) -> Path
     return path
 
 
-def elf(machine: int) -> bytes:
-    """The start of a 64-bit little-endian shared object built for ``machine`` (e_machine)."""
+def elf(machine: int, sections: int = 1) -> bytes:
+    """A 64-bit little-endian shared object built for ``machine`` (e_machine) that needs
+    nothing: its header and ``sections`` empty (SHT_NULL) section headers right after it."""
     ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
-    return ident + (3).to_bytes(2, "little") + machine.to_bytes(2, "little") + bytes(44)
+    header = ident + (3).to_bytes(2, "little") + machine.to_bytes(2, "little") + bytes(4)
+    header += bytes(16) + (64 if sections else 0).to_bytes(8, "little")  # e_entry, e_phoff, e_shoff
+    header += bytes(10) + (64).to_bytes(2, "little") + sections.to_bytes(2, "little") + bytes(2)
+    return header + bytes(64 * sections)
 
 
 X86_64, AARCH64 = 62, 183
@@ -203,6 +207,29 @@ def test_archive_check_refuses_a_binary_amazon_linux_2023_cannot_load(tmp_path):
     assert any(
         "_bz2.so needs libbz2.so.1.0, which Amazon Linux 2023 does not" in p for p in problems
     )
+
+
+def test_an_elf_file_that_cannot_be_read_fails_the_check_instead_of_passing(tmp_path):
+    """A file stripped of its section headers, or cut short, would need nothing by this
+    reader's account: it is refused, not waved through."""
+    stripped = {**HOME, "lib/a.so": elf(X86_64, sections=0), "lib/b.so": elf(X86_64)[:70]}
+    problems = pack.check_archive(tar_with(tmp_path / "s.tar.gz", GOOD_LINKS, stripped)).problems
+    assert any(
+        "lib/a.so is an ELF file that cannot be checked: no section headers" in p for p in problems
+    ), problems
+    assert any("lib/b.so is an ELF file that cannot be checked" in p for p in problems), problems
+
+
+def test_a_version_name_the_check_cannot_compare_is_a_problem():
+    elf_module = load("elf")
+    odd = elf_module.ElfNeeds("x86_64", ("libc.so.6",), {"libc.so.6": frozenset({"GLIBC_PRIVATE"})})
+    assert elf_module.system_problems(odd, set()) == [
+        "needs GLIBC_PRIVATE from libc.so.6, a version nobody checked"
+    ]
+    xz = elf_module.ElfNeeds(
+        "x86_64", ("liblzma.so.5",), {"liblzma.so.5": frozenset({"XZ_5.1.2alpha"})}
+    )
+    assert elf_module.system_problems(xz, set()) == []
 
 
 def test_libraries_the_archive_carries_are_its_own_not_the_systems(tmp_path):
