@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    # The function's own settings (template.yaml), read when the handler module is imported.
+    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "fruits-trigger")
+    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FruitsFeatures")
     from emr_emulator.run import run_job
     from lambda_trigger import backfill
     from lambda_trigger import handler as trigger
@@ -75,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
             s3.upload_file(str(photo), bucket, f"raw/{photo.relative_to(folder).as_posix()}")
         if args.trigger:
             os.environ.update(stack.environment)  # the function's configuration (template.yaml)
-            os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "fruits-trigger")
-            os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FruitsFeatures")
             invocation = poll_and_invoke(stack, trigger.handler)
             assert invocation is not None and invocation.response == {"batchItemFailures": []}, (
                 invocation

@@ -57,6 +57,7 @@ from fruits_contract import (
     ERRORS_TABLE,
     FEATURES_TABLE,
     REPORTS_FOLDER,
+    iso_utc,
     report_path,
 )
 
@@ -393,9 +394,9 @@ def run(config: JobConfig, spark: SparkSession) -> CompactionReport:
     report = CompactionReport(
         run_id=config.run_id or default_run_id(now),
         output=output,
-        started_at=now.isoformat(timespec="seconds"),
+        started_at=iso_utc(now),
         min_age_days=min_age,
-        cutoff=cutoff.isoformat(timespec="seconds"),
+        cutoff=iso_utc(cutoff),
         target_bytes=TARGET_FILE_BYTES,
         dry_run=config.dry_run,
     )
@@ -434,7 +435,7 @@ def run(config: JobConfig, spark: SparkSession) -> CompactionReport:
         report.timings_s["total"] = round(time.perf_counter() - started, 3)
     finally:
         spark.conf.set(TYPE_INFERENCE, inference)
-    report.finished_at = _now().isoformat(timespec="seconds")
+    report.finished_at = iso_utc(_now())
     if not config.dry_run:
         uri = f"{output}/{report_path(report.run_id)}"
         hadoopfs.write_bytes(spark, uri, report.to_json().encode())

@@ -33,10 +33,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-ELIGIBLE_PREFIX = "batch-"
+from fruits_contract import BATCH_RUN_PREFIX, RUN_ID_PARTITION
+
+ELIGIBLE_PREFIX = BATCH_RUN_PREFIX
 COMPACTED_PREFIX = "compacted-"
 NAME_DIGITS = 16
-PARTITION_KEY = "run_id"
+PARTITION_KEY = RUN_ID_PARTITION
 # The run that wrote a row of a merged partition (the folder names the merge).
 ORIGIN_RUN_COLUMN = "origin_run_id"
 # A merge in progress: a hidden staging folder and journal beside the partitions (a leading '.',

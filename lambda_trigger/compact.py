@@ -24,7 +24,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from fruits_contract import COMPACT_MIN_AGE_DAYS, compaction_run_id, report_path
+from fruits_contract import (
+    COMPACT_MIN_AGE_DAYS,
+    DRIVER_STDOUT_LOG,
+    compaction_run_id,
+    job_run_logs,
+    report_path,
+)
 from fruits_contract import cli as convention
 from lambda_trigger import settings as config
 from lambda_trigger.backfill import (
@@ -98,10 +104,8 @@ def driver_stdout(job_run: dict[str, Any]) -> str:
     log_uri = job_run["configurationOverrides"]["monitoringConfiguration"][
         "s3MonitoringConfiguration"
     ]["logUri"]
-    return (
-        f"{log_uri.rstrip('/')}/applications/{job_run['applicationId']}/jobs/"
-        f"{job_run['jobRunId']}/SPARK_DRIVER/stdout.gz"
-    )
+    folder = job_run_logs(log_uri, job_run["applicationId"], job_run["jobRunId"])
+    return f"{folder}/{DRIVER_STDOUT_LOG}"
 
 
 def report_lines(s3: Any, output_uri: str, run_id: str) -> list[str]:
