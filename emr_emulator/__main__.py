@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from emr_emulator.run import run_job
+from emr_emulator.run import SUCCESS, run_job
 from emr_emulator.submit import RequestError
 from lambda_trigger.request import request_from_job_run
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_REQUEST
     print(json.dumps(result, indent=2, default=str))
-    return 0 if result["state"] == "SUCCESS" else EXIT_FAILED
+    return 0 if result["state"] == SUCCESS else EXIT_FAILED
 
 
 if __name__ == "__main__":
