@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from emr_emulator.run import run_job
+from emr_emulator.run import SUCCESS, run_job
 from emr_emulator.submit import RequestError
 from fruits_contract import cli as convention
 from lambda_trigger.request import request_from_job_run
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RequestError, ValueError, OSError) as error:
         return convention.refuse(str(error))
     print(json.dumps(result, indent=2, default=str))
-    return 0 if result["state"] == "SUCCESS" else EXIT_FAILED
+    return 0 if result["state"] == SUCCESS else EXIT_FAILED
 
 
 if __name__ == "__main__":

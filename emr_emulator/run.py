@@ -43,6 +43,7 @@ import tempfile
 import time
 import uuid
 import zipfile
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,14 @@ from urllib.parse import urlsplit
 
 from emr_emulator.image import pythons_problem
 from emr_emulator.limits import (
+    DRIVER,
     KILLED_EXIT_CODE,
+    Kill,
     Watchdog,
     container_mib,
     killed_details,
 )
-from emr_emulator.mirror import Mirror, PushScope, remote_exists
+from emr_emulator.mirror import Mirror, Pushed, PushScope, remote_exists
 from emr_emulator.reads import Reads, reads
 from emr_emulator.releases import spark_version_of
 from emr_emulator.submit import (
@@ -89,6 +92,9 @@ DEFAULT_LANG = "C.UTF-8"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"  # no virtualenv of the caller's
 FAILURE_LINES = 5
 FAILURE_MARKERS = ("Exception", "Error", "Cannot run program")
+# The states a job run ends in, as GetJobRun names them.
+SUCCESS, FAILED, CANCELLED = "SUCCESS", "FAILED", "CANCELLED"
+DEFAULT_TIMEOUT_MINUTES = 720  # the service's executionTimeoutMinutes when a request has none
 STATE_DETAILS_FAILED = (
     "Job failed, please check complete logs in configured logging destination. "
     "ExitCode: {code}. Last few exceptions: {lines}"
@@ -247,6 +253,298 @@ def _driver_environment(
     return env
 
 
+@dataclass(frozen=True)
+class JobRun:
+    """The job run as the service names it when it accepts the request."""
+
+    application_id: str
+    job_run_id: str
+    release_label: str | None
+    created: datetime
+    timeout: int  # seconds: the request's executionTimeoutMinutes
+
+    @classmethod
+    def accepted(
+        cls,
+        request: dict[str, Any],
+        application_id: str | None,
+        job_run_id: str | None,
+        release_label: str | None,
+    ) -> JobRun:
+        minutes = int(request.get("executionTimeoutMinutes", DEFAULT_TIMEOUT_MINUTES))
+        return cls(
+            application_id or request.get("applicationId", "local"),
+            job_run_id or uuid.uuid4().hex[:16],
+            release_label,
+            _now(),
+            60 * minutes,
+        )
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """A job run's folder as its driver starts in it: the mirror of what the request reads, a
+    Spark home whose executors' work dirs are made here, the container's environment and the
+    launcher that keeps the driver's environment from the executors."""
+
+    folder: Path
+    mirror: Mirror
+    wanted: Reads
+    buckets: list[str]  # every bucket the run reads or writes: each a mount of s3://
+    home: Path
+    container: dict[str, str]
+    launcher: Path | None  # None: no Java found, executors get the driver's environment
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def driver_dir(self) -> Path:
+        return self.folder / "driver"
+
+    @property
+    def stdout(self) -> Path:
+        return self.folder / "driver.stdout"
+
+    @property
+    def stderr(self) -> Path:
+        return self.folder / "driver.stderr"
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a job run ends, as GetJobRun says it (state, stateDetails), and the driver's exit
+    code (0 when it never started)."""
+
+    state: str = SUCCESS
+    details: str = ""
+    code: int = 0
+
+
+@dataclass(frozen=True)
+class Driven:
+    """What watching the driver found: how it ended, how long it ran, what held its memory."""
+
+    master: str
+    command: list[str]  # the spark-submit command line, run or not
+    ending: Ending
+    seconds: float
+    watchdog: Watchdog | None  # None: no /proc here, or the driver never started
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What went back to S3: the run's own files per bucket, within ``scope``, and its logs."""
+
+    scope: PushScope
+    pushed: dict[str, Pushed]
+    logs: list[str]  # log objects written
+    logs_kept: list[str]  # log objects already there, left as they were
+
+
+def release_warnings(release_label: str | None, pyspark_version: str) -> list[str]:
+    """What the emulator says when the request's release runs another Spark than it does."""
+    expected = spark_version_of(release_label) if release_label else None
+    if release_label and expected != pyspark_version:
+        return [
+            f"{release_label} runs Spark {expected or 'unknown to this emulator'}; "
+            f"this emulator runs PySpark {pyspark_version}"
+        ]
+    return []
+
+
+def stage_workdir(run: Launch, s3: Any, folder: Path) -> Workdir:
+    """The run's folder before its driver starts: what the request reads copied from S3, a
+    folder per bucket it names (even with nothing copied), Spark's home, the environment every
+    process starts with and the executors' Java launcher."""
+    mirror = Mirror(folder / "s3")
+    wanted = pull(s3, run, mirror)
+    buckets = sorted({*run.buckets, *wanted.buckets})
+    for bucket in buckets:  # each is a mount of the s3:// scheme, even with nothing copied
+        (mirror.root / bucket).mkdir(parents=True, exist_ok=True)
+    home = spark_home(folder / "spark-home")
+    container = _container_environment(home)
+    launcher = java_launcher(folder, run, container)
+    warnings: tuple[str, ...] = ()
+    if launcher is None or "JAVA_HOME" in run.executor_env:
+        warnings = (
+            "executors start in the driver's environment, driverEnv included (no Java found, "
+            "or the request's spark.executorEnv.JAVA_HOME bypasses the emulator's launcher)",
+        )
+    staged = Workdir(folder, mirror, wanted, buckets, home, container, launcher, warnings)
+    staged.driver_dir.mkdir()
+    return staged
+
+
+def prepare_driver(run: Launch, staged: Workdir, host_pythons: tuple[str, ...]) -> Ending:
+    """Unpack each archive under its alias in the driver's directory and answer for the
+    interpreters the request names, as the service does before the driver starts. A failure
+    here ends the run unstarted, written where the service's driver log would say it."""
+    ending = Ending()
+    for archive in run.archives:
+        local = _local(archive.uri, staged.mirror)
+        if not local.is_file():
+            ending = Ending(FAILED, f"could not fetch {archive.uri}: no such object")
+            break
+        unpack(local, staged.driver_dir / archive.alias)
+    if ending.state == SUCCESS:
+        problem = pythons_problem(staged.driver_dir, run.driver_env, run.executor_env, host_pythons)
+        if problem:
+            ending = Ending(FAILED, STATE_DETAILS_FAILED.format(code=1, lines=problem), 1)
+    if ending.details:
+        staged.stderr.write_text(ending.details + "\n")
+    return ending
+
+
+def _spark_submit(run: Launch, staged: Workdir, master: str) -> list[str]:
+    """The request's spark-submit, on ``master``, with s3:// served from the mirror."""
+    service_conf = {
+        **s3_mirror_conf(staged.buckets, str(staged.mirror.root)),
+        "spark.ui.enabled": "false",
+    }
+    return spark_submit_command(
+        str(staged.home / "bin" / "spark-submit"), run, master, service_conf
+    )
+
+
+def drive(run: Launch, staged: Workdir, workers: int, timeout: int, prepared: Ending) -> Driven:
+    """Start the driver on a ``local-cluster`` of ``workers`` executors unless preparing it
+    failed, hold it and its executors to their worker sizes and the whole run to ``timeout``
+    seconds, and say how it ended, as the service does."""
+    master = local_cluster(run.conf, workers)
+    command = _spark_submit(run, staged, master)
+    started = time.monotonic()
+    sizes = (container_mib(run.conf, "driver"), container_mib(run.conf, "executor"))
+    warnings: tuple[str, ...] = ()
+    if not Watchdog.available():
+        warnings = ("no /proc here: worker memory is not held to the request's sizes",)
+    if prepared.state != SUCCESS:
+        return Driven(master, command, prepared, time.monotonic() - started, None, warnings)
+    watchdog: Watchdog | None = None
+    with staged.stdout.open("wb") as out, staged.stderr.open("wb") as err:
+        process = subprocess.Popen(
+            command,
+            cwd=staged.driver_dir,
+            env=_driver_environment(run, staged.container, staged.launcher),
+            stdout=out,
+            stderr=err,
+            start_new_session=True,  # executors are its children: one group to stop
+        )
+        if Watchdog.available():
+            watchdog = Watchdog(process.pid, *sizes).start()
+        try:
+            ending = Ending(code=process.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            details = f"Job run exceeded executionTimeoutMinutes ({timeout // 60})"
+            ending = Ending(CANCELLED, details, process.wait())
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
+    ending = _driver_ending(ending, watchdog.killed if watchdog is not None else [], staged)
+    return Driven(master, command, ending, time.monotonic() - started, watchdog, warnings)
+
+
+def _driver_ending(waited: Ending, killed: list[Kill], staged: Workdir) -> Ending:
+    """A driver killed for its memory exits as the service's does; a driver that failed ends
+    the run with the memory cause, then the last exceptions its log shows."""
+    code = KILLED_EXIT_CODE if any(kill.worker == DRIVER for kill in killed) else waited.code
+    if waited.state == SUCCESS and code != 0:
+        cause = killed_details(killed) if killed else None
+        stderr = staged.stderr.read_text(errors="replace")
+        return Ending(FAILED, failure_details(code, stderr, first=cause), code)
+    return replace(waited, code=code)
+
+
+def push_back(
+    request: dict[str, Any],
+    run: Launch,
+    s3: Any,
+    staged: Workdir,
+    job: JobRun,
+    push: bool,
+    push_also: tuple[str, ...],
+) -> Synced:
+    """Nothing goes back to S3 unless ``push``: then the files the run created under its own
+    partitions and ``push_also``, and its logs under the request's ``logUri`` in the service's
+    layout, never over an object that exists."""
+    scope = (
+        PushScope.for_run(run.argument("--output"), run.argument("--run-id"), push_also)
+        if push
+        else PushScope()
+    )
+    pushed = {bucket: staged.mirror.push(s3, bucket, scope) for bucket in staged.buckets}
+    log_uri = (
+        request.get("configurationOverrides", {})
+        .get("monitoringConfiguration", {})
+        .get("s3MonitoringConfiguration", {})
+        .get("logUri")
+    )
+    logs = {
+        "SPARK_DRIVER/stdout": staged.stdout,
+        "SPARK_DRIVER/stderr": staged.stderr,
+        **_executor_logs(staged.home),
+    }
+    written, kept = (
+        _upload_logs(s3, log_uri, job.application_id, job.job_run_id, logs)
+        if log_uri and push
+        else ([], [])
+    )
+    return Synced(scope, pushed, written, kept)
+
+
+def job_run_result(
+    request: dict[str, Any],
+    run: Launch,
+    job: JobRun,
+    staged: Workdir,
+    driven: Driven,
+    synced: Synced,
+    warnings: list[str],
+) -> dict[str, Any]:
+    """GetJobRun's ``jobRun`` for the run, plus ``emulator``: what the emulator ran, what it
+    copied, pushed and left out, the memory it held the workers to, and what it does not do."""
+    import pyspark
+
+    ending, watchdog = driven.ending, driven.watchdog
+    mirror = staged.mirror
+    return {
+        "applicationId": job.application_id,
+        "jobRunId": job.job_run_id,
+        "name": request.get("name", ""),
+        "state": ending.state,
+        "stateDetails": ending.details,
+        "createdAt": job.created,
+        "updatedAt": _now(),
+        "executionRole": request.get("executionRoleArn", ""),
+        "releaseLabel": job.release_label or "",
+        "jobDriver": request["jobDriver"],
+        "configurationOverrides": request.get("configurationOverrides", {}),
+        "tags": request.get("tags", {}),
+        "executionTimeoutMinutes": job.timeout // 60,
+        "totalExecutionDurationSeconds": round(driven.seconds),
+        "emulator": {
+            "workdir": str(staged.folder),
+            "master": driven.master,
+            "command": driven.command,
+            "exitCode": ending.code,
+            "sparkVersion": pyspark.__version__,
+            "droppedConf": run.dropped,
+            "driverEnv": run.driver_env,
+            "logs": synced.logs,
+            "logsNotWritten": synced.logs_kept,
+            "pushScope": list(synced.scope.prefixes),
+            "uploaded": {bucket: pushed.uploaded for bucket, pushed in synced.pushed.items()},
+            "notPushed": {bucket: pushed.refused for bucket, pushed in synced.pushed.items()},
+            "pulled": {**staged.wanted.to_json(), "copied": len(mirror.snapshot)},
+            "notInS3": {f"s3://{b}/{key}": why for (b, key), why in mirror.absent.items()},
+            "notMirrored": {f"s3://{b}/{key}": why for (b, key), why in mirror.skipped.items()},
+            "memory": watchdog.report() if watchdog is not None else None,
+            "notEmulated": list(NOT_EMULATED),
+            "warnings": [*warnings, *staged.warnings, *driven.warnings],
+        },
+    }
+
+
 def run_job(
     request: dict[str, Any],
     s3: Any,
@@ -265,148 +563,19 @@ def run_job(
 
     S3 is only read unless ``push``: then the files the run created under its own output
     partitions and under ``push_also`` (``s3://bucket/prefix/``) are uploaded, and its logs
-    written under ``logUri``, never over an existing object (``mirror.Mirror.push``)."""
+    written under ``logUri``, never over an existing object (``mirror.Mirror.push``). One
+    function per stage below, in the order the service goes through them."""
     import pyspark
 
     run = launch(request)
-    application_id = application_id or request.get("applicationId", "local")
-    job_run_id = job_run_id or uuid.uuid4().hex[:16]
-    created = _now()
-    folder = Path(workdir or tempfile.mkdtemp(prefix=f"emr-{job_run_id}-"))
-    warnings = []
-    expected = spark_version_of(release_label) if release_label else None
-    if release_label and expected != pyspark.__version__:
-        warnings.append(
-            f"{release_label} runs Spark {expected or 'unknown to this emulator'}; "
-            f"this emulator runs PySpark {pyspark.__version__}"
-        )
-    mirror = Mirror(folder / "s3")
-    wanted = pull(s3, run, mirror)
-    buckets = sorted({*run.buckets, *wanted.buckets})
-    for bucket in buckets:  # each is a mount of the s3:// scheme, even with nothing copied
-        (mirror.root / bucket).mkdir(parents=True, exist_ok=True)
-    home = spark_home(folder / "spark-home")
-    container = _container_environment(home)
-    launcher = java_launcher(folder, run, container)
-    if launcher is None or "JAVA_HOME" in run.executor_env:
-        warnings.append(
-            "executors start in the driver's environment, driverEnv included (no Java found, "
-            "or the request's spark.executorEnv.JAVA_HOME bypasses the emulator's launcher)"
-        )
-    driver_dir = folder / "driver"
-    driver_dir.mkdir()
-    state, details, code = "SUCCESS", "", 0
-    for archive in run.archives:
-        local = _local(archive.uri, mirror)
-        if not local.is_file():
-            state, details = "FAILED", f"could not fetch {archive.uri}: no such object"
-            break
-        unpack(local, driver_dir / archive.alias)
-    if state == "SUCCESS":
-        problem = pythons_problem(driver_dir, run.driver_env, run.executor_env, host_pythons)
-        if problem:
-            state, code = "FAILED", 1
-            details = STATE_DETAILS_FAILED.format(code=code, lines=problem)
-    stdout, stderr = driver_dir.parent / "driver.stdout", driver_dir.parent / "driver.stderr"
-    if details:
-        stderr.write_text(details + "\n")  # where the service's driver log would say it
-    master = local_cluster(run.conf, workers)
-    command = spark_submit_command(
-        str(home / "bin" / "spark-submit"),
-        run,
-        master,
-        {**s3_mirror_conf(buckets, str(mirror.root)), "spark.ui.enabled": "false"},
-    )
-    timeout = 60 * int(request.get("executionTimeoutMinutes", 720))
-    started = time.monotonic()
-    watchdog = None
-    sizes = (container_mib(run.conf, "driver"), container_mib(run.conf, "executor"))
-    if not Watchdog.available():
-        warnings.append("no /proc here: worker memory is not held to the request's sizes")
-    if state == "SUCCESS":
-        with stdout.open("wb") as out, stderr.open("wb") as err:
-            process = subprocess.Popen(
-                command,
-                cwd=driver_dir,
-                env=_driver_environment(run, container, launcher),
-                stdout=out,
-                stderr=err,
-                start_new_session=True,  # executors are its children: one group to stop
-            )
-            if Watchdog.available():
-                watchdog = Watchdog(process.pid, *sizes).start()
-            try:
-                code = process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                code = process.wait()
-                state = "CANCELLED"
-                details = f"Job run exceeded executionTimeoutMinutes ({timeout // 60})"
-            finally:
-                if watchdog is not None:
-                    watchdog.stop()
-        killed = watchdog.killed if watchdog is not None else []
-        if any(kill.worker == "driver" for kill in killed):
-            code = KILLED_EXIT_CODE
-        if state == "SUCCESS" and code != 0:
-            state = "FAILED"
-            cause = killed_details(killed) if killed else None
-            details = failure_details(code, stderr.read_text(errors="replace"), first=cause)
-    duration = time.monotonic() - started
-    scope = (
-        PushScope.for_run(run.argument("--output"), run.argument("--run-id"), push_also)
-        if push
-        else PushScope()
-    )
-    synced = {bucket: mirror.push(s3, bucket, scope) for bucket in buckets}
-    log_uri = (
-        request.get("configurationOverrides", {})
-        .get("monitoringConfiguration", {})
-        .get("s3MonitoringConfiguration", {})
-        .get("logUri")
-    )
-    logs = {"SPARK_DRIVER/stdout": stdout, "SPARK_DRIVER/stderr": stderr, **_executor_logs(home)}
-    written, kept = (
-        _upload_logs(s3, log_uri, application_id, job_run_id, logs)
-        if log_uri and push
-        else ([], [])
-    )
-    result = {
-        "applicationId": application_id,
-        "jobRunId": job_run_id,
-        "name": request.get("name", ""),
-        "state": state,
-        "stateDetails": details,
-        "createdAt": created,
-        "updatedAt": _now(),
-        "executionRole": request.get("executionRoleArn", ""),
-        "releaseLabel": release_label or "",
-        "jobDriver": request["jobDriver"],
-        "configurationOverrides": request.get("configurationOverrides", {}),
-        "tags": request.get("tags", {}),
-        "executionTimeoutMinutes": timeout // 60,
-        "totalExecutionDurationSeconds": round(duration),
-        "emulator": {
-            "workdir": str(folder),
-            "master": master,
-            "command": command,
-            "exitCode": code,
-            "sparkVersion": pyspark.__version__,
-            "droppedConf": run.dropped,
-            "driverEnv": run.driver_env,
-            "logs": written,
-            "logsNotWritten": kept,
-            "pushScope": list(scope.prefixes),
-            "uploaded": {bucket: pushed.uploaded for bucket, pushed in synced.items()},
-            "notPushed": {bucket: pushed.refused for bucket, pushed in synced.items()},
-            "pulled": {**wanted.to_json(), "copied": len(mirror.snapshot)},
-            "notInS3": {f"s3://{b}/{key}": why for (b, key), why in mirror.absent.items()},
-            "notMirrored": {f"s3://{b}/{key}": why for (b, key), why in mirror.skipped.items()},
-            "memory": watchdog.report() if watchdog is not None else None,
-            "notEmulated": list(NOT_EMULATED),
-            "warnings": warnings,
-        },
-    }
+    job = JobRun.accepted(request, application_id, job_run_id, release_label)
+    folder = Path(workdir or tempfile.mkdtemp(prefix=f"emr-{job.job_run_id}-"))
+    warnings = release_warnings(release_label, pyspark.__version__)
+    staged = stage_workdir(run, s3, folder)
+    prepared = prepare_driver(run, staged, host_pythons)
+    driven = drive(run, staged, workers, job.timeout, prepared)
+    synced = push_back(request, run, s3, staged, job, push, push_also)
+    result = job_run_result(request, run, job, staged, driven, synced, warnings)
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
         result["emulator"]["workdir"] = None

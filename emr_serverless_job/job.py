@@ -140,10 +140,6 @@ def label_of(path: F.Column) -> F.Column:
     return F.element_at(F.split(path, "/"), -2)
 
 
-def _table_uri(config: JobConfig, table: str, run_id: str) -> str:
-    return f"{config.output}/{table}/{RUN_ID_PARTITION}={run_id}"
-
-
 def features_files(rows: int, k: int) -> int:
     """How many files ``rows`` feature rows of ``k`` PCA values are written in."""
     row_bytes = 4 * (FEATURE_DIM + k) + ROW_OVERHEAD_BYTES
@@ -302,13 +298,37 @@ def _fit_reduction(
 
 
 def run(config: JobConfig, spark: SparkSession) -> RunReport:
-    """Run the job on an existing session and return its report (also written as JSON)."""
+    """Run the job on an existing session and return its report (also written as JSON).
+
+    One function per stage, in the order a run goes through them, each recording its part of
+    the report as it ends. A manifest run loads its PCA version before listing, so a mismatch
+    stops it before any work; the featurized images stay cached while the stages that read
+    them run, and no longer.
+    """
     configure_session(spark, config)
     started = time.perf_counter()
     started_clock = datetime.now(UTC)
-    started_at = iso_utc(started_clock)
     chosen = resolve_featurizer(config, spark)
     config = chosen.config
+    report = start_report(config, chosen, iso_utc(started_clock))
+    preloaded = None if config.is_backfill else _load_reduction(config, spark, report, chosen)
+    found = list_inputs(config, spark, report)
+    with featurize_images(config, spark, report, chosen, found, preloaded) as featurized:
+        reduced = reduce_features(config, spark, report, chosen, featurized, preloaded)
+        tables = write_tables(config, spark, report, reduced, featurized, started_clock)
+        _log_error_sample(featurized.errors, report.run_id)
+        # Read after every stage has run: any recomputation of the UDF would show here.
+        report.images_featurized = featurized.counters.images.value
+        report.models_built = featurized.counters.models_built.value
+    report_uri = write_report(config, spark, report, tables, started)
+    check_accounted(report, found.expected, report_uri)
+    return report
+
+
+def start_report(config: JobConfig, chosen: Featurizer, started_at: str) -> RunReport:
+    """The report as the run starts: what it was asked for and what it runs with. Its run id is
+    the one asked for until the inputs name the default (``list_inputs``). Random weights are
+    said here, in the report and the log, before anyone can mistake the features for real."""
     report = RunReport(
         run_id=config.run_id or "",
         mode="backfill" if config.is_backfill else "manifest",
@@ -328,8 +348,12 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
     if report.random_weights:
         report.warnings.append(RANDOM_WEIGHTS_WARNING)
         event("random_weights", logging.WARNING, message=RANDOM_WEIGHTS_WARNING)
-    preloaded = None if config.is_backfill else _load_reduction(config, spark, report, chosen)
+    return report
 
+
+def list_inputs(config: JobConfig, spark: SparkSession, report: RunReport) -> inputs.Inputs:
+    """Every input the run was asked for, each to be read or already rejected with a reason.
+    The inputs name the default run id, so the report carries its final id from here on."""
     with timed(report, "list"):
         if config.input is not None:
             found = inputs.from_folder(spark, config.input, config.max_file_bytes)
@@ -337,8 +361,63 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
             found = inputs.from_manifest(spark, config.manifest or "", config.max_file_bytes)
     report.run_id = config.run_id or default_run_id(found, config.is_backfill)
     report.duplicates_skipped = found.duplicates
+    return found
 
+
+@dataclass(frozen=True)
+class Featurized:
+    """What the featurizing pass leaves, cached, for the stages after it."""
+
+    ok: DataFrame  # the decoded images: features (and pca_features when projected already)
+    errors: DataFrame  # every input that is no features row, in the error table's columns
+    rows: int  # len(ok), counted by the pass
+    counters: Counters  # images through the model, models built: read once every stage ran
+
+
+@contextmanager
+def featurize_images(
+    config: JobConfig,
+    spark: SparkSession,
+    report: RunReport,
+    chosen: Featurizer,
+    found: inputs.Inputs,
+    preloaded: reduce.Reduction | None,
+) -> Iterator[Featurized]:
+    """Each image through the model exactly once, and every input that became no features row
+    gathered in one error table. A context, not a function, because both stay cached while the
+    stages inside it read them and must be released when they end, whether or not they fail."""
     counters = Counters.create(spark)
+    decoded = _decoded(config, spark, chosen, found, counters, preloaded)
+    errors: DataFrame | None = None
+    try:
+        with timed(report, "featurize"):
+            outcomes = _count_by(decoded, "error")  # fills the cache: the one pass over images
+        rejected, rejections = _rejections(spark, found, decoded, outcomes.total())
+        errors = (
+            decoded.filter(F.col("error").isNotNull())
+            .select("path", "label", "sha256", "size_bytes", F.col("error").alias("reason"))
+            .unionByName(_as_errors(rejected))
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        rows = record_counts(report, outcomes, rejections)
+        ok = decoded.filter(F.col("error").isNull()).drop("error")
+        yield Featurized(ok=ok, errors=errors, rows=rows, counters=counters)
+    finally:
+        decoded.unpersist()
+        if errors is not None:
+            errors.unpersist()
+
+
+def _decoded(
+    config: JobConfig,
+    spark: SparkSession,
+    chosen: Featurizer,
+    found: inputs.Inputs,
+    counters: Counters,
+    preloaded: reduce.Reduction | None,
+) -> DataFrame:
+    """The images through the featurizing function, to be cached by its first action. A
+    manifest run projects in the same pass, with the version it loaded; a backfill fits first."""
     spec = FeaturizerSpec(
         image_size=chosen.image_size,
         weights=config.weights,
@@ -347,12 +426,10 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         runtime=config.runtime,
         model_file=chosen.shipped_model,
     )
-    # A manifest run projects in the same pass that featurizes; a backfill fits first.
     projection = spark.sparkContext.broadcast(preloaded.projection) if preloaded else None
-    featurize = make_function(spec, counters, projection)
-    decoded = (
+    return (
         found.images.select(*INPUT_COLUMNS)
-        .mapInArrow(featurize, RESULT_SCHEMA)
+        .mapInArrow(make_function(spec, counters, projection), RESULT_SCHEMA)
         .select(
             "path",
             label_of(F.col("path")).alias("label"),
@@ -360,95 +437,147 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         )
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    errors: DataFrame | None = None
-    try:
-        with timed(report, "featurize"):
-            outcomes = _count_by(decoded, "error")  # fills the cache: the one pass over images
-        n_ok = outcomes.pop(None, 0)
-        n_read = n_ok + outcomes.total()
-        ok = decoded.filter(F.col("error").isNull()).drop("error")
-        rejected = found.rejected.persist(StorageLevel.MEMORY_AND_DISK)
-        rejections = _count_by(rejected, "reason")
-        if found.listed is not None and n_read + rejections.total() < found.expected:
-            seen = decoded.select("path").unionByName(rejected.select("path"))
-            rejected = rejected.unionByName(
-                inputs.unscanned(spark, found.listed, seen, found.gone_reason)
-            )
-            rejections = _count_by(rejected, "reason")
-        errors = (
-            decoded.filter(F.col("error").isNotNull())
-            .select("path", "label", "sha256", "size_bytes", F.col("error").alias("reason"))
-            .unionByName(_as_errors(rejected))
-            .persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def _rejections(
+    spark: SparkSession, found: inputs.Inputs, decoded: DataFrame, read: int
+) -> tuple[DataFrame, Counter[str | None]]:
+    """The inputs rejected before decoding, with their count per reason. Spark's scan skips
+    zero-length files silently, so when the listing named more files than were read or
+    rejected, each listed file with no row yet is looked at and given one."""
+    rejected = found.rejected.persist(StorageLevel.MEMORY_AND_DISK)
+    rejections = _count_by(rejected, "reason")
+    if found.listed is not None and read + rejections.total() < found.expected:
+        seen = decoded.select("path").unionByName(rejected.select("path"))
+        rejected = rejected.unionByName(
+            inputs.unscanned(spark, found.listed, seen, found.gone_reason)
         )
-        report.errors_by_reason = dict(outcomes + rejections)
-        report.features = n_ok
-        report.errors = sum(report.errors_by_reason.values())
-        report.inputs = n_ok + report.errors
-        featurize_s = report.timings_s["featurize"]
-        report.images_per_second = round(n_read / featurize_s, 2) if featurize_s else 0.0
+        rejections = _count_by(rejected, "reason")
+    return rejected, rejections
 
-        with timed(report, "pca"):
-            reduction = (
-                _fit_reduction(config, spark, ok, n_ok, report, chosen)
-                if config.is_backfill
-                else preloaded
-            )
-        if reduction is not None:
-            report.pca.update(
-                k=reduction.info.k,
-                scaling=reduction.info.scaling,
-                precision=reduction.info.precision,
-                explained_variance=round(reduction.info.explained_variance, 6),
-                component_variance=[round(v, 6) for v in reduction.info.component_variance],
-                model=config.pca_model,
-                version=reduction.info.version,
-            )
-        if config.is_backfill and reduction is not None:
-            features_out = reduce.apply(spark, reduction, ok.drop("pca_features"))
-        else:  # projected by the featurizing pass already (null when there is no model)
-            features_out = reduce.in_space(ok, reduction)
 
-        tables = {
-            FEATURES_TABLE: _table_uri(config, FEATURES_TABLE, report.run_id),
-            ERRORS_TABLE: _table_uri(config, ERRORS_TABLE, report.run_id),
-        }
-        files = features_files(n_ok, reduction.info.k if reduction is not None else 0)
-        refit = config.is_backfill and reduction is not None
-        with timed(report, "write"):
-            if refit:  # readers can re-project the new rows from the moment they appear
-                reduce.save_version(spark, reduction, config.pca_model)
-            _write(
-                spark,
-                features_out.coalesce(files)
-                .withColumn(FEATURIZED_AT_COLUMN, F.lit(started_clock))
-                .select(*FEATURES_COLUMNS),
-                tables[FEATURES_TABLE],
-            )
-            _write(spark, errors.coalesce(1), tables[ERRORS_TABLE])
-            if refit:
-                reduce.point_to(spark, reduction, config.pca_model)
-        _log_error_sample(errors, report.run_id)
-        # Read after every stage has run: any recomputation of the UDF would show here.
-        report.images_featurized = counters.images.value
-        report.models_built = counters.models_built.value
-    finally:
-        decoded.unpersist()
-        if errors is not None:
-            errors.unpersist()
+def record_counts(
+    report: RunReport, outcomes: Counter[str | None], rejections: Counter[str | None]
+) -> int:
+    """Put the run's counts in the report and return how many images were featurized.
 
+    ``outcomes`` counts the featurizing pass's rows by error (None: featurized), ``rejections``
+    the inputs never decoded, by reason. Throughput counts every image the pass read, those it
+    could not decode too: each took its turn through the featurizing function.
+    """
+    failed = Counter(outcomes)
+    featurized = failed.pop(None, 0)
+    report.errors_by_reason = dict(failed + rejections)
+    report.features = featurized
+    report.errors = sum(report.errors_by_reason.values())
+    report.inputs = featurized + report.errors
+    featurize_s = report.timings_s["featurize"]
+    read = featurized + failed.total()
+    report.images_per_second = round(read / featurize_s, 2) if featurize_s else 0.0
+    return featurized
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """The PCA stage's result: the version that projects this run's rows, and those rows."""
+
+    reduction: reduce.Reduction | None  # None: no version (too few images, or none fitted yet)
+    features: DataFrame  # the features table's rows; pca_features null without a version
+
+
+def reduce_features(
+    config: JobConfig,
+    spark: SparkSession,
+    report: RunReport,
+    chosen: Featurizer,
+    featurized: Featurized,
+    preloaded: reduce.Reduction | None,
+) -> Reduced:
+    """A backfill fits a new version on its decoded images and projects them with it; a manifest
+    run's images were projected by the featurizing pass, with the version it loaded."""
+    with timed(report, "pca"):
+        reduction = (
+            _fit_reduction(config, spark, featurized.ok, featurized.rows, report, chosen)
+            if config.is_backfill
+            else preloaded
+        )
+    if reduction is not None:
+        report.pca.update(pca_record(reduction.info, config.pca_model))
+    if config.is_backfill and reduction is not None:
+        features = reduce.apply(spark, reduction, featurized.ok.drop("pca_features"))
+    else:  # projected by the featurizing pass already (null when there is no model)
+        features = reduce.in_space(featurized.ok, reduction)
+    return Reduced(reduction, features)
+
+
+def pca_record(info: reduce.ReductionInfo, model: str) -> dict[str, object]:
+    """What the report says of the version that projected the run, beside its status."""
+    return {
+        "k": info.k,
+        "scaling": info.scaling,
+        "precision": info.precision,
+        "explained_variance": round(info.explained_variance, 6),
+        "component_variance": [round(v, 6) for v in info.component_variance],
+        "model": model,
+        "version": info.version,
+    }
+
+
+def table_uris(output: str, run_id: str) -> dict[str, str]:
+    """This run's partition of each table, in the order the report lists them."""
+    return {
+        table: f"{output}/{table}/{RUN_ID_PARTITION}={run_id}"
+        for table in (FEATURES_TABLE, ERRORS_TABLE)
+    }
+
+
+def write_tables(
+    config: JobConfig,
+    spark: SparkSession,
+    report: RunReport,
+    reduced: Reduced,
+    featurized: Featurized,
+    featurized_at: datetime,
+) -> dict[str, str]:
+    """Replace this run's partitions of the features and errors tables (``_write``), the
+    features in files sized to their rows (``features_files``), the errors in one; returns
+    the partitions' URIs. A backfill's new version is saved before its rows, so readers can
+    re-project them the moment they appear, and made current only after them."""
+    tables = table_uris(config.output, report.run_id)
+    reduction = reduced.reduction
+    files = features_files(featurized.rows, reduction.info.k if reduction is not None else 0)
+    refit = config.is_backfill and reduction is not None
+    with timed(report, "write"):
+        if refit:
+            reduce.save_version(spark, reduction, config.pca_model)
+        _write(
+            spark,
+            reduced.features.coalesce(files)
+            .withColumn(FEATURIZED_AT_COLUMN, F.lit(featurized_at))
+            .select(*FEATURES_COLUMNS),
+            tables[FEATURES_TABLE],
+        )
+        _write(spark, featurized.errors.coalesce(1), tables[ERRORS_TABLE])
+        if refit:
+            reduce.point_to(spark, reduction, config.pca_model)
+    return tables
+
+
+def write_report(
+    config: JobConfig,
+    spark: SparkSession,
+    report: RunReport,
+    tables: dict[str, str],
+    started: float,
+) -> str:
+    """Complete the report (tables, total time, the Spark it ran on), write it as JSON beside
+    the tables and log the run's end; returns the report's URI. It is written before the
+    accounting is checked, so a run that fails that check leaves the report saying why."""
     report_uri = f"{config.output}/{report_path(report.run_id)}"
     report.tables = {**tables, "report": report_uri}
     report.timings_s["total"] = round(time.perf_counter() - started, 3)
     report.finished_at = now_iso()
-    report.spark = {
-        "version": spark.version,
-        "master": spark.sparkContext.master,
-        "default_parallelism": spark.sparkContext.defaultParallelism,
-        "driver_python": sys.executable,
-        "driver_python_resolved": os.path.realpath(sys.executable),
-        "driver_jit_max_tier": _jit_max_tier(spark),
-    }
+    report.spark = spark_record(spark)
     hadoopfs.write_bytes(spark, report_uri, report.to_json().encode())
     event(
         "run_finished",
@@ -459,12 +588,30 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
         images_per_second=report.images_per_second,
         report=report_uri,
     )
-    if report.inputs != found.expected:
+    return report_uri
+
+
+def spark_record(spark: SparkSession) -> dict[str, object]:
+    """The Spark and the driver's Python the run ran on, as the report records them: what shows
+    whether a deployment's interpreter and JVM options took effect."""
+    return {
+        "version": spark.version,
+        "master": spark.sparkContext.master,
+        "default_parallelism": spark.sparkContext.defaultParallelism,
+        "driver_python": sys.executable,
+        "driver_python_resolved": os.path.realpath(sys.executable),
+        "driver_jit_max_tier": _jit_max_tier(spark),
+    }
+
+
+def check_accounted(report: RunReport, expected: int, report_uri: str) -> None:
+    """Every input named up front must have ended in a table: otherwise the run failed (exit
+    1), even though it wrote, and the report it wrote says which counts differ."""
+    if report.inputs != expected:
         raise ReconciliationError(
-            f"{found.expected} inputs were named but {report.inputs} were accounted for "
+            f"{expected} inputs were named but {report.inputs} were accounted for "
             f"({report.features} features + {report.errors} errors); see {report_uri}"
         )
-    return report
 
 
 def _count_by(frame: DataFrame, column: str) -> Counter[str | None]:
