@@ -158,6 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_settings(
+    session: Any,
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    flags: Mapping[str, str] = FLAG_SETTINGS,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The one settings resolver of the operator commands: the settings a command runs with
+    and where each came from, flag > stack output > environment (docs/cli.md); the stack's
+    outputs are read only when ``--stack`` is given. (The erase command merges its own two
+    settings over the environment's: ``erase.merged_settings``.)"""
+    stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
+    return merged_settings(args, env, stack, flags), setting_sources(args, stack, flags)
+
+
 def merged_settings(
     args: argparse.Namespace,
     env: Mapping[str, str],
@@ -284,11 +298,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
-    stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
     try:
-        deployment = config.deployment_from_environment(
-            merged_settings(args, env, stack), setting_sources(args, stack)
-        )
+        deployment = config.deployment_from_environment(*resolve_settings(session, args, env))
     except config.SettingsError as error:
         return convention.refuse(str(error))
     extra: tuple[str, ...] = ()

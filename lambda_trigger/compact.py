@@ -41,9 +41,7 @@ from lambda_trigger.backfill import (
     STACK_HELP,
     add_setting_flags,
     describe_end,
-    merged_settings,
-    setting_sources,
-    stack_settings,
+    resolve_settings,
     wait_for,
 )
 from lambda_trigger.request import (
@@ -131,11 +129,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
-    stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
     try:
-        deployment = config.deployment_from_environment(
-            merged_settings(args, env, stack), setting_sources(args, stack)
-        )
+        deployment = config.deployment_from_environment(*resolve_settings(session, args, env))
     except config.SettingsError as error:
         return convention.refuse(str(error))
     request = compaction_request(

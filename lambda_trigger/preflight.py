@@ -45,10 +45,8 @@ from lambda_trigger.backfill import (
     STACK_HELP,
     add_setting_flags,
     describe_end,
-    merged_settings,
-    setting_sources,
+    resolve_settings,
     shown_instead,
-    stack_settings,
     wait_for,
 )
 from lambda_trigger.outcomes import driver_log
@@ -253,11 +251,9 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
-    stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
     try:
         deployment, raw = config.preflight_from_environment(
-            merged_settings(args, env, stack, PREFLIGHT_SETTINGS),
-            setting_sources(args, stack, PREFLIGHT_SETTINGS),
+            *resolve_settings(session, args, env, PREFLIGHT_SETTINGS)
         )
         source = photo_location(raw, args.key)
     except (config.SettingsError, ValueError) as error:

@@ -40,9 +40,7 @@ from lambda_trigger.backfill import (
     REGION_HELP,
     STACK_HELP,
     add_setting_flags,
-    merged_settings,
-    setting_sources,
-    stack_settings,
+    resolve_settings,
 )
 from lambda_trigger.events import S3Object
 from lambda_trigger.manifest import build_manifest
@@ -220,10 +218,9 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
-    stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
-    merged = {**env, **merged_settings(args, env, stack, RECONCILE_SETTINGS)}
+    merged, sources = resolve_settings(session, args, env, RECONCILE_SETTINGS)
     try:
-        settings = config.from_environment(merged, setting_sources(args, stack, RECONCILE_SETTINGS))
+        settings = config.from_environment({**env, **merged}, sources)
     except config.SettingsError as error:
         return convention.refuse(str(error))
     since = args.since.replace(tzinfo=args.since.tzinfo or UTC) if args.since else None
