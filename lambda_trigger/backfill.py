@@ -163,12 +163,15 @@ def resolve_settings(
     args: argparse.Namespace,
     env: Mapping[str, str],
     flags: Mapping[str, str] = FLAG_SETTINGS,
-) -> tuple[dict[str, str], dict[str, str]]:
+) -> tuple[dict[str, str], config.Sources]:
     """The one settings resolver of the operator commands: the settings a command runs with
     and where each came from, flag > stack output > environment (docs/cli.md); the stack's
     outputs are read only when ``--stack`` is given. (The erase command merges its own two
     settings over the environment's: ``erase.merged_settings``.)"""
-    stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
+    try:
+        stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
+    except (BotoCoreError, ClientError) as error:  # no such stack, no region, no credentials
+        raise config.SettingsError(f"--stack {args.stack}: {error}") from None
     return merged_settings(args, env, stack, flags), setting_sources(args, stack, flags)
 
 

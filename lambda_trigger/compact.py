@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     shown.add_argument(
         "--dry-run",
         action="store_true",
-        help="start a dry-run job run: it prints the plan in the driver's stdout and writes "
-        "nothing",
+        help="start a dry-run job run (billed like any run, unlike other commands' --dry-run, "
+        "which start nothing): it prints the plan in the driver's stdout and writes nothing",
     )
     shown.add_argument(
         "--print-request",

@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
-    merged, sources = resolve_settings(session, args, env, RECONCILE_SETTINGS)
     try:
+        merged, sources = resolve_settings(session, args, env, RECONCILE_SETTINGS)
         settings = config.from_environment({**env, **merged}, sources)
     except config.SettingsError as error:
         return convention.refuse(str(error))

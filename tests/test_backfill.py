@@ -266,3 +266,14 @@ def test_two_backfills_of_one_prefix_retry_as_two_runs(stack, capsys):
     retries = [r for r in runs if r["jobRunId"] not in firsts]
     assert len(runs) == 4 and len(retries) == 2
     assert all(r["tags"]["attempt"] == "2" and r["name"] == backfill_run_id(raw) for r in retries)
+
+
+def test_a_stack_that_cannot_be_read_is_refused_naming_the_flag(stack, capsys):
+    """GIVEN a stack name that does not exist WHEN backfilled THEN exit 2 naming --stack, no
+    traceback and no run (it used to end in botocore's ClientError, exit 1)."""
+    raw = f"s3://{stack.bucket}/raw/"
+    assert (
+        backfill.main(["--stack", "no-such-stack", "--region", REGION, "--input", raw], env={}) == 2
+    )
+    assert "configuration error: --stack no-such-stack:" in capsys.readouterr().err
+    assert job_runs(stack) == []

@@ -112,9 +112,9 @@ def test_photos_become_rows_when_run_as_emr_serverless_runs_the_deployed_artifac
     # Its size as a prefix too large to count gets it (every executor allowed, the large
     # executor), so that the emulator runs one large request and the batch below a small one;
     # a backfill of these 7 photos would be small (tests/test_backfill.py).
-    monkeypatch.setattr(sizing, "widest_work_vcpu_s", lambda executors, runtime="onnx": 0.0)
-    assert backfill.main(["--input", f"s3://{bucket}/raw/"], env=stack.environment) == 0
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:  # undo this alone, not the stack's environment
+        patched.setattr(sizing, "widest_work_vcpu_s", lambda executors, runtime="onnx": 0.0)
+        assert backfill.main(["--input", f"s3://{bucket}/raw/"], env=stack.environment) == 0
     backfill_job = capsys.readouterr().out.strip().splitlines()[-1]
     first = emulate(stack, backfill_job)
     assert first["state"] == "SUCCESS", first["stateDetails"]
