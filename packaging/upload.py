@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from emr_serverless_job.model import file_sha256  # noqa: E402 (root added just above)
 from fruits_contract import ARTIFACTS_MANIFEST, VENV_ARCHIVE, WEIGHTS_FILE  # noqa: E402
 from fruits_contract import cli as convention  # noqa: E402
-from lambda_trigger.backfill import REGION_HELP, stack_settings  # noqa: E402
+from fruits_ops.backfill import REGION_HELP, stack_settings  # noqa: E402
 from lambda_trigger.settings import ARTIFACTS_URI, BadValue, parse_s3_location  # noqa: E402
 
 SHA_KEY = "sha256"  # x-amz-meta-sha256

@@ -12,8 +12,9 @@ import pytest
 
 from emr_serverless_job.config import parse_args
 from fruits_contract import backfill_run_id
-from lambda_trigger import backfill, listing, sizing
+from fruits_ops import backfill, listing
 from lambda_trigger import handler as trigger
+from lambda_trigger import sizing
 from tests.loopback import REGION, FakeContext, job_runs, receive_batch, sqs_event
 
 

@@ -18,7 +18,7 @@ from emr_emulator import __main__ as emulator
 from emr_serverless_job import demo, inventory, report
 from emr_serverless_job import main as job
 from fruits_contract import cli as convention
-from lambda_trigger import backfill, capacity, compact, erase, preflight, reconcile
+from fruits_ops import backfill, capacity, compact, erase, preflight, reconcile
 from lambda_trigger import settings as config
 from tests.conftest import ROOT
 
@@ -49,12 +49,12 @@ upload = script("upload")
 
 MAINS = {
     "emr_serverless_job": job.main,
-    "lambda_trigger.backfill": lambda argv: backfill.main(argv, env=SETTINGS),
-    "lambda_trigger.reconcile": lambda argv: reconcile.main(argv, env=SETTINGS),
-    "lambda_trigger.compact": lambda argv: compact.main(argv, env=SETTINGS),
-    "lambda_trigger.erase": lambda argv: erase.main(argv, env=SETTINGS),
-    "lambda_trigger.preflight": lambda argv: preflight.main(argv, env=SETTINGS),
-    "lambda_trigger.capacity": capacity.main,
+    "fruits_ops.backfill": lambda argv: backfill.main(argv, env=SETTINGS),
+    "fruits_ops.reconcile": lambda argv: reconcile.main(argv, env=SETTINGS),
+    "fruits_ops.compact": lambda argv: compact.main(argv, env=SETTINGS),
+    "fruits_ops.erase": lambda argv: erase.main(argv, env=SETTINGS),
+    "fruits_ops.preflight": lambda argv: preflight.main(argv, env=SETTINGS),
+    "fruits_ops.capacity": capacity.main,
     "emr_serverless_job.inventory": inventory.main,
     "emr_serverless_job.report": report.main,
     "packaging/build.py": build.main,
@@ -163,42 +163,42 @@ def test_the_reports_old_to_still_names_the_plots_folder_with_a_warning(capsys):
 
 BAD = {
     "backfill --input": (
-        "lambda_trigger.backfill",
+        "fruits_ops.backfill",
         ["--input", "raw/"],
         "--input raw/: not an s3://bucket/prefix URI",
     ),
     "backfill --output": (
-        "lambda_trigger.backfill",
+        "fruits_ops.backfill",
         ["--input", "s3://fruits-data/raw/", "--output", "/local/out"],
         "--output /local/out: not an s3://bucket/prefix URI",
     ),
     "backfill --retries": (
-        "lambda_trigger.backfill",
+        "fruits_ops.backfill",
         ["--input", "s3://fruits-data/raw/", "--retries", "12"],
         "--retries 12: 0 to 9",
     ),
     "reconcile --raw": (
-        "lambda_trigger.reconcile",
+        "fruits_ops.reconcile",
         ["--raw", "raw/"],
         "--raw raw/: not an s3://bucket/prefix URI",
     ),
     "compact --max-executors": (
-        "lambda_trigger.compact",
+        "fruits_ops.compact",
         ["--max-executors", "0"],
         "--max-executors 0: not between 1 and 1000",
     ),
     "compact --older-than-days": (
-        "lambda_trigger.compact",
+        "fruits_ops.compact",
         ["--older-than-days", "-1"],
         "--older-than-days -1.0: 0 or more",
     ),
     "preflight --raw": (
-        "lambda_trigger.preflight",
+        "fruits_ops.preflight",
         ["--raw", "/photos"],
         "--raw /photos: not an s3://bucket/prefix URI",
     ),
     "preflight --reference-model": (
-        "lambda_trigger.preflight",
+        "fruits_ops.preflight",
         ["--reference-model", "model.onnx"],
         "--reference-model model.onnx: not an s3://bucket/prefix URI",
     ),

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from emr_serverless_job.config import parse_args
-from lambda_trigger import compact as command
+from fruits_ops import compact as command
 from lambda_trigger import request as rq
 from lambda_trigger.outcomes import decide
 from lambda_trigger.settings import deployment_from_environment

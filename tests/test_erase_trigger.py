@@ -1,6 +1,6 @@
 """Deletions from raw/ become erase runs: the events' pure core, the Lambda on loopback (real S3
 deletions reach the queue, one erasure manifest and one erase run per batch) and the operator's
-``python -m lambda_trigger.erase`` command."""
+``python -m fruits_ops.erase`` command."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 import pytest
 
 from emr_serverless_job import erase as job_erase
-from lambda_trigger import erase as command
+from fruits_ops import erase as command
 from lambda_trigger import handler as trigger
 from lambda_trigger import request as rq
 from lambda_trigger.events import MalformedMessage, S3Object, parse_message

@@ -508,9 +508,9 @@ def test_outputs_give_names_ids_and_the_backfill_command(transformed):
         assert name in outputs
     assert outputs["Architecture"]["Value"] == {"Ref": "Architecture"}  # upload.py checks it
     command = outputs["BackfillCommand"]["Value"]["Fn::Sub"]
-    assert command.startswith("python -m lambda_trigger.backfill --stack ${AWS::StackName}")
+    assert command.startswith("python -m fruits_ops.backfill --stack ${AWS::StackName}")
     # Every output the backfill reads through --stack maps to a setting it knows.
-    from lambda_trigger.backfill import FLAG_SETTINGS, setting_name
+    from fruits_ops.backfill import FLAG_SETTINGS, setting_name
 
     read = {setting_name(key) for key in outputs} & set(FLAG_SETTINGS.values())
     required = {"APPLICATION_ID", "JOB_ROLE_ARN", "ARTIFACTS_URI", "OUTPUT_URI", "LOGS_URI"}
@@ -569,7 +569,7 @@ def test_the_lambda_bundle_carries_the_contract_and_imports_it_from_there(lambda
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]);"  # -S: no site-packages
         "import fruits_contract, lambda_trigger.manifest, lambda_trigger.outcomes,"
-        " lambda_trigger.reconcile, lambda_trigger.request;"
+        " lambda_trigger.submit, lambda_trigger.request;"
         "print(fruits_contract.__file__, lambda_trigger.request.__file__)"
     )
     imported = subprocess.run(

@@ -1,6 +1,6 @@
 """Every photo accounted for: which objects in ``raw/`` have no row in ``features`` or ``errors``.
 
-    python -m lambda_trigger.reconcile --stack NAME [--since DATE] [--submit]
+    python -m fruits_ops.reconcile --stack NAME [--since DATE] [--submit]
 
 Lists ``raw/`` (every page; every name the job reads, ``fruits_contract.IMAGE_SUFFIXES``: ``.jpg``,
 ``.jpeg``, ``.png``, ``.webp``, ``.heic``, ``.heif`` in any letter case, the ``.Jpg`` the S3
@@ -34,14 +34,14 @@ from urllib.parse import urlsplit
 
 from fruits_contract import ERRORS_TABLE, FEATURES_TABLE, PATH_COLUMN, is_image_name
 from fruits_contract import cli as convention
-from lambda_trigger import settings as config
-from lambda_trigger.backfill import (
+from fruits_ops.backfill import (
     FLAG_SETTINGS,
     REGION_HELP,
     STACK_HELP,
     add_setting_flags,
     resolve_settings,
 )
+from lambda_trigger import settings as config
 from lambda_trigger.events import S3Object
 from lambda_trigger.manifest import build_manifest
 
@@ -187,7 +187,7 @@ iso_time.__name__ = "ISO-8601 date or time"  # what argparse's refusal calls the
 
 def build_parser() -> argparse.ArgumentParser:
     parser = convention.parser(
-        "python -m lambda_trigger.reconcile",
+        "python -m fruits_ops.reconcile",
         __doc__.splitlines()[0],
         "photos without a row were found (and --submit was not given)",
     )

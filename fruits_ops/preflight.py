@@ -1,4 +1,4 @@
-"""Prove a deployment before its first backfill: ``python -m lambda_trigger.preflight --stack S``.
+"""Prove a deployment before its first backfill: ``python -m fruits_ops.preflight --stack S``.
 
 Submits a tiny job run on the stack's EMR Serverless application from the uploaded artifacts:
 the request a real run sends (the same builder, entry point, venv archive, job package, model
@@ -36,8 +36,7 @@ from fruits_contract import (
     preflight_run_id,
 )
 from fruits_contract import cli as convention
-from lambda_trigger import settings as config
-from lambda_trigger.backfill import (
+from fruits_ops.backfill import (
     DEFAULT_POLL_SECONDS,
     FLAG_SETTINGS,
     POLL_HELP,
@@ -49,6 +48,7 @@ from lambda_trigger.backfill import (
     shown_instead,
     wait_for,
 )
+from lambda_trigger import settings as config
 from lambda_trigger.outcomes import driver_log
 from lambda_trigger.request import Deployment, for_preflight, start_job_run_request
 
@@ -62,7 +62,7 @@ MISSING = ("404", "NoSuchKey", "NotFound")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = convention.parser(
-        "python -m lambda_trigger.preflight",
+        "python -m fruits_ops.preflight",
         "Run a tiny job on the stack's EMR Serverless application, from the "
         "uploaded artifacts and with a real run's request, that checks the interpreter, "
         "imports, CPU, S3 access and model where the backfill will run; exit 0 only if "
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
             f"{PREFLIGHT_REPORT.format(run_id=run_id)}"
         )
         if args.no_wait:
-            say(f"follow it with: python -m lambda_trigger.preflight --job-run-id {job_run_id} ...")
+            say(f"follow it with: python -m fruits_ops.preflight --job-run-id {job_run_id} ...")
             return 0
     try:
         job_run = wait_for(emr, deployment.application_id, job_run_id, args.poll_seconds, say)

@@ -1,4 +1,4 @@
-"""Erase photos by hand: ``python -m lambda_trigger.erase --stack NAME --keys FILE``.
+"""Erase photos by hand: ``python -m fruits_ops.erase --stack NAME --keys FILE``.
 
 For a GDPR erasure request, or deletions whose notifications were lost: the listed photos'
 rows are removed from every features and errors partition by one erase run, started through
@@ -25,14 +25,14 @@ from botocore.exceptions import ClientError
 
 from fruits_contract import IMAGE_SUFFIXES, is_image_name, now_iso
 from fruits_contract import cli as convention
-from lambda_trigger import settings as config
-from lambda_trigger.backfill import (
+from fruits_ops.backfill import (
     REGION_HELP,
     STACK_HELP,
     add_setting_flags,
     setting_sources,
     stack_settings,
 )
+from lambda_trigger import settings as config
 from lambda_trigger.events import OBJECT_REMOVED, S3Object
 from lambda_trigger.manifest import Manifest, build_erasure_manifest
 from lambda_trigger.submit import submit_batch
@@ -65,7 +65,7 @@ class Request:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = convention.parser(
-        "python -m lambda_trigger.erase",
+        "python -m fruits_ops.erase",
         "Remove photos' rows from every features and errors partition (GDPR erasure) "
         "with one EMR Serverless erase run; optionally delete the photos from raw/ first.",
         None,

@@ -1,6 +1,6 @@
 """What a photo costs on EMR Serverless, and how long it waits: a model of the service.
 
-    python -m lambda_trigger.capacity [--vcpu-hour PRICE --gb-hour PRICE]
+    python -m fruits_ops.capacity [--vcpu-hour PRICE --gb-hour PRICE]
 
 A model, not a measurement: the work per photo and a run's fixed time come from this project's
 benchmark runs (``sizing.py``, BENCHMARKS.md); the service's rules from AWS's documentation,
@@ -149,7 +149,7 @@ def trigger(
 
 def backfill(photos: int, *, sized: bool, service: Service, max_executors: int) -> Figures:
     """A backfill by hand: the command counts the prefix's photos and sizes the run to them
-    (``lambda_trigger/listing.py``); the fixed request was as wide as allowed."""
+    (``fruits_ops/listing.py``); the fixed request was as wide as allowed."""
     size = sizing.size_run(photos, runtime="onnx", max_executors=max_executors) if sized else FIXED
     run = run_cost(photos, size, service, backfill=True)
     latency = service.application_start_s + run.seconds
@@ -189,7 +189,7 @@ def table(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = convention.parser("python -m lambda_trigger.capacity", __doc__.splitlines()[0], None)
+    parser = convention.parser("python -m fruits_ops.capacity", __doc__.splitlines()[0], None)
     parser.add_argument(
         "--batch-size", type=int, default=1000, help="the stack's BatchSize parameter"
     )

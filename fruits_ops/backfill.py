@@ -1,4 +1,4 @@
-"""Start a backfill by hand: ``python -m lambda_trigger.backfill --stack NAME --input s3://.../raw/``.
+"""Start a backfill by hand: ``python -m fruits_ops.backfill --stack NAME --input s3://.../raw/``.
 
 The request comes from the same builder the Lambda uses; only the input flag, the run id
 and the client token differ. Each setting comes from its flag, else the stack's output
@@ -24,8 +24,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from fruits_contract import PCA_SCALINGS
 from fruits_contract import cli as convention
-from lambda_trigger import listing, sizing
+from fruits_ops import listing
 from lambda_trigger import settings as config
+from lambda_trigger import sizing
 from lambda_trigger.request import Attempt, for_backfill, start_job_run_request
 
 TERMINAL_STATES = ("SUCCESS", "FAILED", "CANCELLED")
@@ -113,7 +114,7 @@ def setting_sources(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = convention.parser(
-        "python -m lambda_trigger.backfill",
+        "python -m fruits_ops.backfill",
         "Start one EMR Serverless job run over every image under an S3 prefix.",
         "with --wait, the run ended FAILED or CANCELLED",
     )

@@ -1,4 +1,4 @@
-"""Compact the tables by hand: ``python -m lambda_trigger.compact --stack NAME [--dry-run]``.
+"""Compact the tables by hand: ``python -m fruits_ops.compact --stack NAME [--dry-run]``.
 
 Starts one EMR Serverless job run of the job's compaction mode (``--compact MIN_AGE_DAYS``,
 emr_serverless_job/compact.py), built by the same request builder as every other run: it
@@ -32,8 +32,7 @@ from fruits_contract import (
     report_path,
 )
 from fruits_contract import cli as convention
-from lambda_trigger import settings as config
-from lambda_trigger.backfill import (
+from fruits_ops.backfill import (
     DEFAULT_POLL_SECONDS,
     FLAG_SETTINGS,
     POLL_HELP,
@@ -44,6 +43,7 @@ from lambda_trigger.backfill import (
     resolve_settings,
     wait_for,
 )
+from lambda_trigger import settings as config
 from lambda_trigger.request import (
     Attempt,
     Deployment,
@@ -57,7 +57,7 @@ EXIT_CONFIG_ERROR = convention.EXIT_USAGE
 
 def build_parser() -> argparse.ArgumentParser:
     parser = convention.parser(
-        "python -m lambda_trigger.compact",
+        "python -m fruits_ops.compact",
         "Merge old batch partitions of the features and errors tables into few files, "
         "with one EMR Serverless job run (docs/operating.md, 'Compaction').",
         "with --wait, the run ended FAILED or CANCELLED",
