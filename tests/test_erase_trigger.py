@@ -218,6 +218,19 @@ def test_a_missing_keys_file_and_bad_settings_are_refused(stack, tmp_path, capsy
     assert job_runs(stack) == []
 
 
+def test_a_stack_that_cannot_be_read_is_refused_naming_the_flag(stack, tmp_path, capsys):
+    """GIVEN a stack name that does not exist WHEN erasing (with --delete-objects) THEN exit 2
+    naming --stack, nothing deleted, no erase run (it used to end in botocore's traceback)."""
+    upload(stack, ["raw/Kiwi/a.jpg"])
+    path = write_keys(tmp_path, "Kiwi/a.jpg")
+    argv = ["--keys", str(path), "--delete-objects", "--stack", "no-such-stack"]
+    assert command.main(argv, env={}) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: --stack no-such-stack:" in err and "Traceback" not in err
+    assert keys(stack, "raw/") == ["raw/Kiwi/a.jpg"]
+    assert job_runs(stack) == []
+
+
 def test_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit) as exit_:
         command.main(["--help"])

@@ -510,9 +510,9 @@ def test_outputs_give_names_ids_and_the_backfill_command(transformed):
     command = outputs["BackfillCommand"]["Value"]["Fn::Sub"]
     assert command.startswith("python -m fruits_ops.backfill --stack ${AWS::StackName}")
     # Every output the backfill reads through --stack maps to a setting it knows.
-    from fruits_ops.backfill import FLAG_SETTINGS, setting_name
+    from fruits_ops.resolver import DEPLOYMENT_FLAGS, setting_name
 
-    read = {setting_name(key) for key in outputs} & set(FLAG_SETTINGS.values())
+    read = {setting_name(key) for key in outputs} & set(DEPLOYMENT_FLAGS.values())
     required = {"APPLICATION_ID", "JOB_ROLE_ARN", "ARTIFACTS_URI", "OUTPUT_URI", "LOGS_URI"}
     assert required <= read
 
