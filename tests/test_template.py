@@ -585,6 +585,20 @@ def test_the_lambda_bundle_carries_the_contract_and_imports_it_from_there(lambda
     assert request_file.startswith(str(lambda_build / "lambda_trigger"))
 
 
+def test_the_lambda_bundle_ships_no_operator_command(lambda_build):
+    """The operator commands (fruits_ops/) run on an operator's machine, never in a function:
+    the bundle holds the Lambdas' package as it is in the repository and the contract, and no
+    module in it imports the commands (which would fail there)."""
+    assert not (lambda_build / "fruits_ops").exists()
+    shipped = lambda_build / "lambda_trigger"
+    source = TEMPLATE.parent / "lambda_trigger"
+    assert sorted(p.name for p in shipped.glob("*.py")) == sorted(
+        p.name for p in source.glob("*.py")
+    )
+    importing = re.compile(r"^\s*(from|import) fruits_ops\b", re.M)
+    assert [p.name for p in shipped.glob("*.py") if importing.search(p.read_text())] == []
+
+
 def test_a_lambda_build_without_the_contract_stops_and_says_why(tmp_path):
     """A container build (sam build --use-container) mounts only the CodeUri folder: the build
     must fail there, not ship a function whose first import fails."""
