@@ -1,7 +1,7 @@
 """Peak memory of the deployed workers on phone photos, under the emulator's limits.
 
 A backfill of ``--photos`` 4032x3024 JPEGs (throughput.phone_folder: the sample photos scaled
-up with sensor-like noise, 2-4 MB each) as the stack submits it (``lambda_trigger.backfill
+up with sensor-like noise, 2-4 MB each) as the stack submits it (``fruits_ops.backfill
 --print-request``: ONNX Runtime, 4 vCPU executors of EXECUTOR_MEMORY + EXECUTOR_MEMORY_OVERHEAD,
 the job's default --batch-size 64), run by ``emr_emulator`` against a moto server on loopback,
 with the built artifacts uploaded by packaging/upload.py. The emulator's watchdog
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "fruits-trigger")
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FruitsFeatures")
     from emr_emulator.run import run_job
-    from lambda_trigger import backfill
+    from fruits_ops import backfill
     from lambda_trigger import handler as trigger
     from lambda_trigger.request import request_from_job_run
     from tests.loopback import CREDENTIALS, MotoServer, deploy, job_runs, poll_and_invoke

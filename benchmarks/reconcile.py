@@ -4,7 +4,7 @@
 
 Fills a bucket's raw/ with N image keys (tiny bodies: only the listing matters), writes
 features Parquet (path + 1280 float32 features, as the job writes them) for a share of them
-and errors Parquet for another, then runs ``python -m lambda_trigger.reconcile`` as its own
+and errors Parquet for another, then runs ``python -m fruits_ops.reconcile`` as its own
 process and reports its wall time, its peak RSS, and the counts it printed.
 """
 
@@ -109,7 +109,7 @@ def main() -> int:
         }
         started = time.perf_counter()
         process = subprocess.Popen(
-            [sys.executable, "-m", "lambda_trigger.reconcile", "--missing-manifest", os.devnull],
+            [sys.executable, "-m", "fruits_ops.reconcile", "--missing-manifest", os.devnull],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

@@ -1,7 +1,7 @@
 """``python -m emr_emulator``: run one job run here, as EMR Serverless would, and print its end.
 
 The request is either a JSON file of StartJobRun's parameters (what
-``python -m lambda_trigger.backfill ... --print-request`` writes) or a job run already
+``python -m fruits_ops.backfill ... --print-request`` writes) or a job run already
 submitted to an EMR Serverless API (``--application-id`` and ``--job-run-id``, read back with
 GetJobRun; with ``--endpoint-url`` a moto server on loopback). S3 is whatever the endpoint
 serves. Exit 0 on SUCCESS, 1 on FAILED or CANCELLED, 2 when the request cannot be run.

@@ -48,7 +48,7 @@ from fruits_contract import (
     report_path,
 )
 from fruits_contract import cli as convention
-from lambda_trigger.reconcile import table_files
+from fruits_ops.reconcile import table_files
 
 FEATURIZED_AT = "featurized_at"
 TIMESTAMP = pa.timestamp("us")  # Spark writes INT96: nanoseconds, no zone, whole microseconds

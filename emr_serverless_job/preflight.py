@@ -1,6 +1,6 @@
 """A preflight: prove in seconds, on the service itself, that the deployed job can run there.
 
-``python -m lambda_trigger.preflight --stack NAME`` submits the request of a real run (the same
+``python -m fruits_ops.preflight --stack NAME`` submits the request of a real run (the same
 entry point, venv archive, job package, model and Spark parameters: lambda_trigger/request.py)
 with ``--preflight RAW_URI`` as its source. ``main.py`` hands that flag here before anything
 imports numpy, so an interpreter or a library that cannot load is named in the report instead

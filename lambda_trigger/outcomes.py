@@ -48,13 +48,13 @@ ALERT_TEXT = (
     (
         "A featurization job run failed on every attempt; its photos have no rows yet.",
         "Read the driver log, fix the cause, then run "
-        "`python -m lambda_trigger.reconcile --stack STACK --submit` (or upload the "
+        "`python -m fruits_ops.reconcile --stack STACK --submit` (or upload the "
         "batch again): the photos are submitted again.",
     ),
     (
         "An erase job run failed on every attempt; the photos it names still have rows.",
         "Read the driver log, fix the cause, then erase the keys of the source manifest "
-        "again: `python -m lambda_trigger.erase --stack STACK --keys FILE` (docs/erasure.md).",
+        "again: `python -m fruits_ops.erase --stack STACK --keys FILE` (docs/erasure.md).",
     ),
 )
 

@@ -1,8 +1,9 @@
 """The trigger's configuration: one typed object, built in one place from the environment.
 
-template.yaml sets these variables on the Lambda; the backfill command builds the same
-mapping from its flags or the stack's outputs. Every variable is checked before anything
-is read from the queue or written anywhere, and all problems are reported at once.
+template.yaml sets these variables on the Lambda; the operator commands build the same
+mapping from their flags, the environment and the stack's outputs (fruits_ops/resolver.py).
+Every variable is checked before anything is read from the queue or written anywhere, and all
+problems are reported at once.
 """
 
 from __future__ import annotations
@@ -266,6 +267,14 @@ def _read_all(
     if problems:
         raise SettingsError("; ".join(problems))
     return values
+
+
+def read_settings(
+    env: Mapping[str, str], names: tuple[str, ...], sources: Sources = NO_SOURCES
+) -> dict[str, Any]:
+    """Only the settings ``names``, each checked, and named in its errors, as every other
+    reader here does it: for a command that needs a few of them (the upload: ARTIFACTS_URI)."""
+    return _read_all(env, names, sources)
 
 
 def _deployment(values: dict[str, Any]) -> Deployment:

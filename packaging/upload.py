@@ -12,15 +12,20 @@ resolve to the archive's own interpreter (a link rewritten by hand fails every j
 the archive or Amazon Linux 2023 has; and the CPU they are built for (read from their ELF
 headers) must be the application's ``Architecture`` (the stack's output, or
 ``--architecture``): x86_64 wheels on a Graviton application fail at the first import.
-Prints the URIs the Lambda's configuration and the backfill use.
+Prints the URIs the Lambda's configuration and the backfill use. The artifacts prefix and the
+Architecture come from their flags, else ``$ARTIFACTS_URI`` / ``$ARCHITECTURE``, else the stack's
+outputs (``--stack``): the operator commands' one resolver, ``fruits_ops.resolver``.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
+import os
 import sys
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +35,14 @@ sys.path.insert(0, str(ROOT))
 from emr_serverless_job.model import file_sha256  # noqa: E402 (root added just above)
 from fruits_contract import ARTIFACTS_MANIFEST, VENV_ARCHIVE, WEIGHTS_FILE  # noqa: E402
 from fruits_contract import cli as convention  # noqa: E402
-from lambda_trigger.backfill import REGION_HELP, stack_settings  # noqa: E402
-from lambda_trigger.settings import ARTIFACTS_URI, BadValue, parse_s3_location  # noqa: E402
+from fruits_ops import resolver  # noqa: E402
+from lambda_trigger import settings as config  # noqa: E402
+from lambda_trigger.settings import ARTIFACTS_URI, parse_s3_location  # noqa: E402
 
 SHA_KEY = "sha256"  # x-amz-meta-sha256
-ARCHITECTURE = "ARCHITECTURE"  # the stack output Architecture, as stack_settings names it
+ARCHITECTURE = "ARCHITECTURE"  # the stack output Architecture, as the resolver names it
+# flag dest -> setting, read by the operator commands' resolver (flag > environment > stack).
+UPLOAD_SETTINGS = {"artifacts": ARTIFACTS_URI, "architecture": ARCHITECTURE}
 # elf.py's CPU names -> the application's Architecture value.
 ARCHITECTURES = {"x86_64": "X86_64", "aarch64": "ARM64"}
 PACK_ARCH = {"X86_64": "x86_64", "ARM64": "arm64"}  # ./dev package --arch
@@ -134,18 +142,19 @@ def upload(s3: Any, dist: Path, artifacts_uri: str) -> tuple[list[str], list[str
     return uploaded, unchanged
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = convention.parser(
         "python packaging/upload.py",
         __doc__.splitlines()[0] + " (./dev upload runs this).",
         None,
     )
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument(
-        "--stack", help="read the artifacts prefix (stack output ArtifactsUri) from this stack"
+    resolver.add_stack_flags(parser)
+    parser.add_argument(
+        "--artifacts",
+        metavar="URI",
+        help="s3://BUCKET/artifacts, where the artifacts go "
+        + resolver.origins_help(ARTIFACTS_URI),
     )
-    target.add_argument("--artifacts", metavar="URI", help="s3://BUCKET/artifacts")
-    parser.add_argument("--region", help=REGION_HELP)
     parser.add_argument(
         "--dist",
         type=Path,
@@ -155,10 +164,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--architecture",
         choices=sorted(PACK_ARCH),
-        help="the application's Architecture (default with --stack: the stack's output "
-        "Architecture; without: not checked, with a warning)",
+        help="the application's Architecture "
+        + resolver.origins_help(ARCHITECTURE, stack_output=True)
+        + "; a flag or variable that contradicts the stack is refused; none: not checked, "
+        "with a warning",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def architecture_of(resolved: resolver.Resolved, stack: str | None) -> str | None:
+    """The application's Architecture, checked: the stack's output is what was deployed, so a
+    flag or variable may stand in for it (no --stack, an older stack) but never contradict it."""
+    given, origin = resolved.values.get(ARCHITECTURE), resolved.origins.get(ARCHITECTURE, "")
+    if given is not None and given not in PACK_ARCH:
+        choices = ", ".join(sorted(PACK_ARCH))
+        raise config.SettingsError(f"{ARCHITECTURE}: {given!r} is not one of {choices}")
+    deployed = resolved.stack.get(ARCHITECTURE)
+    if deployed and given and deployed != given:
+        raise config.SettingsError(
+            convention.flag_error(origin, given, f"stack {stack}'s application is {deployed}")
+            if origin.startswith("--")
+            else f"{origin} {given}: stack {stack}'s application is {deployed}"
+        )
+    if stack and given is None:
+        raise config.SettingsError(
+            f"stack {stack} has no Architecture output (deployed from an older "
+            "template): update it with sam deploy, or pass --architecture"
+        )
+    return given
+
+
+def target(
+    session: Any, args: argparse.Namespace, env: Mapping[str, str]
+) -> tuple[str, str | None]:
+    """Where the artifacts go and the application's Architecture, from the resolver; raises
+    ``config.SettingsError`` naming the flag, variable or stack output at fault."""
+    resolved = resolver.resolve_settings(session, args, env, UPLOAD_SETTINGS)
+    problems, artifacts, architecture = [], "", None
+    try:
+        values = config.read_settings(resolved.values, (ARTIFACTS_URI,), resolved.sources)
+        artifacts = values[ARTIFACTS_URI].uri.rstrip("/")
+    except config.SettingsError as error:
+        problems.append(str(error))
+    try:
+        architecture = architecture_of(resolved, args.stack)
+    except config.SettingsError as error:
+        problems.append(str(error))
+    if problems:  # all of them at once
+        raise config.SettingsError("; ".join(problems))
+    resolver.say_origins(resolved, lambda line: print(line, file=sys.stderr))
+    return artifacts, architecture
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = os.environ if env is None else env
     if not (args.dist / ARTIFACTS_MANIFEST).is_file():
         return convention.refuse(
             convention.flag_error(
@@ -168,29 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
-    artifacts, architecture = args.artifacts, args.architecture
-    if args.stack:
-        outputs = stack_settings(session.client("cloudformation"), args.stack)
-        artifacts, deployed = outputs[ARTIFACTS_URI], outputs.get(ARCHITECTURE)
-        if deployed and architecture and deployed != architecture:
-            return convention.refuse(
-                convention.flag_error(
-                    "--architecture",
-                    architecture,
-                    f"stack {args.stack}'s application is {deployed}",
-                )
-            )
-        architecture = deployed or architecture
-        if architecture is None:
-            return convention.refuse(
-                f"stack {args.stack} has no Architecture output (deployed from an older "
-                "template): update it with sam deploy, or pass --architecture"
-            )
     try:
-        parse_s3_location(artifacts)
-    except BadValue as error:
-        flag = "--artifacts" if args.artifacts else f"stack {args.stack} output ArtifactsUri"
-        return convention.refuse(convention.flag_error(flag, artifacts, error.problem))
+        artifacts, architecture = target(session, args, env)
+    except config.SettingsError as error:
+        return convention.refuse(str(error))
     manifest = json.loads((args.dist / ARTIFACTS_MANIFEST).read_text())
     problems = dist_problems(args.dist, manifest, architecture)
     for problem in problems:
@@ -204,7 +245,6 @@ def main(argv: list[str] | None = None) -> int:
             "(pass --stack, or --architecture X86_64|ARM64)",
             file=sys.stderr,
         )
-    artifacts = artifacts.rstrip("/")
     uploaded, unchanged = upload(session.client("s3"), args.dist, artifacts)
     for name in uploaded:
         print(f"uploaded   {artifacts}/{name}")

@@ -12,8 +12,9 @@ import pytest
 
 from emr_serverless_job.config import parse_args
 from fruits_contract import backfill_run_id
-from lambda_trigger import backfill, listing, sizing
+from fruits_ops import backfill, listing, resolver
 from lambda_trigger import handler as trigger
+from lambda_trigger import sizing
 from tests.loopback import REGION, FakeContext, job_runs, receive_batch, sqs_event
 
 
@@ -148,7 +149,7 @@ def test_dry_run_starts_nothing(stack, capsys):
     [("ApplicationId", "APPLICATION_ID"), ("JobRoleArn", "JOB_ROLE_ARN"), ("LogsUri", "LOGS_URI")],
 )
 def test_output_keys_name_settings(key, name):
-    assert backfill.setting_name(key) == name
+    assert resolver.setting_name(key) == name
 
 
 OPERATING = Path(__file__).resolve().parent.parent / "docs" / "operating.md"
@@ -276,4 +277,58 @@ def test_a_stack_that_cannot_be_read_is_refused_naming_the_flag(stack, capsys):
         backfill.main(["--stack", "no-such-stack", "--region", REGION, "--input", raw], env={}) == 2
     )
     assert "configuration error: --stack no-such-stack:" in capsys.readouterr().err
+    assert job_runs(stack) == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--pca-k", "0"], "--pca-k 0: not between 1 and 1280"),
+        (["--pca-k", "1281"], "--pca-k 1281: not between 1 and 1280"),
+        (["--pca-variance", "0"], "--pca-variance 0.0: not in (0, 1]"),
+        (["--pca-variance", "nan"], "--pca-variance nan: not in (0, 1]"),
+        (["--wait", "--poll-seconds", "-2"], "--poll-seconds -2.0: 0 or more seconds"),
+        (["--wait", "--poll-seconds", "inf"], "--poll-seconds inf: 0 or more seconds"),
+    ],
+)
+def test_bad_job_and_follow_flags_are_refused_before_any_run(stack, capsys, flags, said):
+    """GIVEN a PCA value the job would refuse, or a poll it cannot sleep WHEN backfilled THEN exit
+    2 naming the flag as typed and no StartJobRun: the run used to start and fail on the
+    service, billed, or the command to fail after starting it."""
+    argv = ["--input", f"s3://{stack.bucket}/raw/", *flags]
+    assert backfill.main(argv, env=stack.environment) == 2
+    assert f"configuration error: {said}" in capsys.readouterr().err
+    assert job_runs(stack) == []
+
+
+def test_flag_beats_environment_beats_stack_output_and_each_origin_is_said(stack, capsys):
+    """GIVEN a setting in the stack's outputs, the environment and a flag WHEN backfilled THEN
+    the flag's value is sent; without the flag the environment's; without either the stack's
+    (the order changed in issue 22: it was flag > stack output > environment)."""
+    name = outputs_stack(stack)
+    raw = f"s3://{stack.bucket}/raw/"
+    env = {
+        "OUTPUT_URI": f"s3://{stack.bucket}/env-output",
+        "LOGS_URI": f"s3://{stack.bucket}/env-logs",
+    }
+    argv = ["--stack", name, "--region", REGION, "--input", raw, "--print-request"]
+    flagged = f"s3://{stack.bucket}/flag-output"
+    assert backfill.main([*argv, "--output", flagged], env=env) == 0
+    captured = capsys.readouterr()
+    request = json.loads(captured.out)
+    args = request["jobDriver"]["sparkSubmit"]["entryPointArguments"]
+    assert args[args.index("--output") + 1] == flagged
+    monitoring = request["configurationOverrides"]["monitoringConfiguration"]
+    assert monitoring["s3MonitoringConfiguration"]["logUri"].startswith(env["LOGS_URI"])
+    assert request["applicationId"] == stack.environment["APPLICATION_ID"]
+    assert f"  OUTPUT_URI={flagged}  (--output)" in captured.err
+    assert f"  LOGS_URI={env['LOGS_URI']}  ($LOGS_URI)" in captured.err
+    assert f"(stack {name} output ApplicationId)" in captured.err
+    assert "  RUNTIME=onnx  (default)" in captured.err
+    assert backfill.main(argv, env=env) == 0
+    args = json.loads(capsys.readouterr().out)["jobDriver"]["sparkSubmit"]["entryPointArguments"]
+    assert args[args.index("--output") + 1] == env["OUTPUT_URI"]
+    assert backfill.main(argv, env={}) == 0
+    args = json.loads(capsys.readouterr().out)["jobDriver"]["sparkSubmit"]["entryPointArguments"]
+    assert args[args.index("--output") + 1] == stack.environment["OUTPUT_URI"].rstrip("/")
     assert job_runs(stack) == []

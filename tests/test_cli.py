@@ -18,7 +18,7 @@ from emr_emulator import __main__ as emulator
 from emr_serverless_job import demo, inventory, report
 from emr_serverless_job import main as job
 from fruits_contract import cli as convention
-from lambda_trigger import backfill, capacity, compact, erase, preflight, reconcile
+from fruits_ops import backfill, capacity, compact, erase, preflight, reconcile, resolver
 from lambda_trigger import settings as config
 from tests.conftest import ROOT
 
@@ -49,12 +49,12 @@ upload = script("upload")
 
 MAINS = {
     "emr_serverless_job": job.main,
-    "lambda_trigger.backfill": lambda argv: backfill.main(argv, env=SETTINGS),
-    "lambda_trigger.reconcile": lambda argv: reconcile.main(argv, env=SETTINGS),
-    "lambda_trigger.compact": lambda argv: compact.main(argv, env=SETTINGS),
-    "lambda_trigger.erase": lambda argv: erase.main(argv, env=SETTINGS),
-    "lambda_trigger.preflight": lambda argv: preflight.main(argv, env=SETTINGS),
-    "lambda_trigger.capacity": capacity.main,
+    "fruits_ops.backfill": lambda argv: backfill.main(argv, env=SETTINGS),
+    "fruits_ops.reconcile": lambda argv: reconcile.main(argv, env=SETTINGS),
+    "fruits_ops.compact": lambda argv: compact.main(argv, env=SETTINGS),
+    "fruits_ops.erase": lambda argv: erase.main(argv, env=SETTINGS),
+    "fruits_ops.preflight": lambda argv: preflight.main(argv, env=SETTINGS),
+    "fruits_ops.capacity": capacity.main,
     "emr_serverless_job.inventory": inventory.main,
     "emr_serverless_job.report": report.main,
     "packaging/build.py": build.main,
@@ -126,8 +126,8 @@ def test_settings_flags_say_which_variable_and_stack_output_they_stand_for(capsy
         backfill.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--output URI the output location" in out
-    assert "(default: stack output OutputUri, else $OUTPUT_URI)" in out
-    assert "(default: stack output Runtime, else $RUNTIME, else onnx)" in out
+    assert "(default: $OUTPUT_URI, else stack output OutputUri)" in out
+    assert "(default: $RUNTIME, else stack output Runtime, else onnx)" in out
     assert "(default: $JOB_TIMEOUT_MINUTES, else 120)" in out  # no such stack output
     assert "overrides" not in out
     assert out.count("else from the stack's output with --stack") == 1  # said once
@@ -138,7 +138,7 @@ def test_the_stack_outputs_the_help_names_are_the_templates():
     outputs = set(re.findall(r"^  (\w+):\s*$", template, re.M))
     carried = {name for name in config.FIELDS if config.output_key(name) in outputs}
     assert set(config.STACK_OUTPUTS) == carried
-    assert all(backfill.setting_name(config.output_key(n)) == n for n in config.FIELDS)
+    assert all(resolver.setting_name(config.output_key(n)) == n for n in config.FIELDS)
 
 
 def test_reconciles_old_out_still_names_the_missing_manifest_with_a_warning(capsys):
@@ -163,44 +163,104 @@ def test_the_reports_old_to_still_names_the_plots_folder_with_a_warning(capsys):
 
 BAD = {
     "backfill --input": (
-        "lambda_trigger.backfill",
+        "fruits_ops.backfill",
         ["--input", "raw/"],
         "--input raw/: not an s3://bucket/prefix URI",
     ),
     "backfill --output": (
-        "lambda_trigger.backfill",
+        "fruits_ops.backfill",
         ["--input", "s3://fruits-data/raw/", "--output", "/local/out"],
         "--output /local/out: not an s3://bucket/prefix URI",
     ),
     "backfill --retries": (
-        "lambda_trigger.backfill",
+        "fruits_ops.backfill",
         ["--input", "s3://fruits-data/raw/", "--retries", "12"],
         "--retries 12: 0 to 9",
     ),
     "reconcile --raw": (
-        "lambda_trigger.reconcile",
+        "fruits_ops.reconcile",
         ["--raw", "raw/"],
         "--raw raw/: not an s3://bucket/prefix URI",
     ),
     "compact --max-executors": (
-        "lambda_trigger.compact",
+        "fruits_ops.compact",
         ["--max-executors", "0"],
         "--max-executors 0: not between 1 and 1000",
     ),
     "compact --older-than-days": (
-        "lambda_trigger.compact",
+        "fruits_ops.compact",
         ["--older-than-days", "-1"],
         "--older-than-days -1.0: 0 or more",
     ),
     "preflight --raw": (
-        "lambda_trigger.preflight",
+        "fruits_ops.preflight",
         ["--raw", "/photos"],
         "--raw /photos: not an s3://bucket/prefix URI",
     ),
     "preflight --reference-model": (
-        "lambda_trigger.preflight",
+        "fruits_ops.preflight",
         ["--reference-model", "model.onnx"],
         "--reference-model model.onnx: not an s3://bucket/prefix URI",
+    ),
+    "backfill --pca-k": (
+        "fruits_ops.backfill",
+        ["--input", "s3://fruits-data/raw/", "--pca-k", "0"],
+        "--pca-k 0: not between 1 and 1280",
+    ),
+    "backfill --pca-variance": (
+        "fruits_ops.backfill",
+        ["--input", "s3://fruits-data/raw/", "--pca-variance", "1.5"],
+        "--pca-variance 1.5: not in (0, 1]",
+    ),
+    "backfill --poll-seconds": (
+        "fruits_ops.backfill",
+        ["--input", "s3://fruits-data/raw/", "--wait", "--poll-seconds", "-1"],
+        "--poll-seconds -1.0: 0 or more seconds",
+    ),
+    "backfill --output empty": (
+        "fruits_ops.backfill",
+        ["--input", "s3://fruits-data/raw/", "--output", ""],
+        "--output '': empty: leave the flag out to take $OUTPUT_URI or --stack",
+    ),
+    "backfill --stack empty": (
+        "fruits_ops.backfill",
+        ["--input", "s3://fruits-data/raw/", "--stack", ""],
+        "--stack '': empty",
+    ),
+    "compact --poll-seconds": (
+        "fruits_ops.compact",
+        ["--wait", "--poll-seconds", "inf"],
+        "--poll-seconds inf: 0 or more seconds",
+    ),
+    "reconcile --raw empty": (
+        "fruits_ops.reconcile",
+        ["--raw", ""],
+        "--raw '': empty: leave the flag out to take $RAW_URI or --stack",
+    ),
+    "preflight --raw empty": (
+        "fruits_ops.preflight",
+        ["--raw", " "],
+        "--raw ' ': empty",
+    ),
+    "capacity --max-executors": (
+        "fruits_ops.capacity",
+        ["--max-executors", "0"],
+        "--max-executors 0: at least 1",
+    ),
+    "capacity --batch-size": (
+        "fruits_ops.capacity",
+        ["--batch-size", "-5"],
+        "--batch-size -5: at least 1",
+    ),
+    "capacity --vcpu-hour": (
+        "fruits_ops.capacity",
+        ["--vcpu-hour", "0", "--gb-hour", "0.0071"],
+        "--vcpu-hour 0.0: a price above 0",
+    ),
+    "capacity --worker-start": (
+        "fruits_ops.capacity",
+        ["--worker-start", "-20"],
+        "--worker-start -20.0: 0 or more seconds",
     ),
     "emulator --endpoint-url": (
         "emr_emulator",
@@ -223,7 +283,9 @@ def test_a_setting_from_the_environment_or_the_stack_is_named_as_such(no_side_ef
     assert backfill.main(["--input", "s3://fruits-data/raw/"], env=env) == 2
     assert "OUTPUT_URI: '/local/out' is not an s3://bucket/prefix URI" in capsys.readouterr().err
     args = backfill.build_parser().parse_args(["--input", "s3://x/raw/", "--stack", "fruits"])
-    sources = backfill.setting_sources(args, {config.OUTPUT_URI: "bad"})
+    sources = resolver.choose(
+        args, {}, {config.OUTPUT_URI: "bad"}, resolver.DEPLOYMENT_FLAGS
+    ).sources
     assert sources.given == {config.OUTPUT_URI: "stack fruits output OutputUri"}
     with pytest.raises(config.SettingsError, match=r"stack fruits output OutputUri \(OUTPUT_URI\)"):
         config.deployment_from_environment({**SETTINGS, config.OUTPUT_URI: "bad"}, sources)
@@ -237,6 +299,76 @@ def test_the_erase_command_names_its_raw_flag(no_side_effects, tmp_path, capsys)
     keys.write_text("Kiwi/a.jpg\n")
     assert erase.main(["--keys", str(keys), "--raw", "raw/"], env=SETTINGS) == 2
     assert "--raw raw/: not an s3://bucket/prefix URI" in capsys.readouterr().err
+    # An empty flag is refused, not read as "not given" (RAW_URI would quietly be used).
+    assert erase.main(["--keys", str(keys), "--raw", ""], env=SETTINGS) == 2
+    assert "configuration error: --raw '': empty" in capsys.readouterr().err
+
+
+def test_the_upload_names_its_artifacts_flag_and_variable(no_side_effects, tmp_path, capsys):
+    (tmp_path / "artifacts.json").write_text("{}")
+    argv = ["--dist", str(tmp_path)]
+    assert upload.main([*argv, "--artifacts", "artifacts/"], env={}) == 2
+    assert "--artifacts artifacts/: not an s3://bucket/prefix URI" in capsys.readouterr().err
+    assert upload.main(argv, env={"ARTIFACTS_URI": "artifacts/"}) == 2
+    assert "ARTIFACTS_URI: 'artifacts/' is not an s3://" in capsys.readouterr().err
+    assert upload.main(argv, env={}) == 2
+    assert "ARTIFACTS_URI is not set (pass --artifacts, set ARTIFACTS_URI, or --stack NAME)" in (
+        capsys.readouterr().err
+    )
+    assert upload.main(argv, env={"ARTIFACTS_URI": "a/", "ARCHITECTURE": "sparc"}) == 2
+    err = capsys.readouterr().err  # both named at once
+    assert "ARTIFACTS_URI: 'a/' is not" in err
+    assert "ARCHITECTURE: 'sparc' is not one of ARM64, X86_64" in err
+
+
+def test_each_setting_is_taken_flag_then_environment_then_stack_output():
+    """The one precedence (fruits_ops.resolver), setting by setting: a flag beats the
+    environment, which beats the stack's output; an empty variable counts as unset."""
+    args = backfill.build_parser().parse_args(
+        ["--input", "s3://x/raw/", "--stack", "fruits", "--output", "s3://flag/out"]
+    )
+    env = {config.OUTPUT_URI: "s3://env/out", config.LOGS_URI: "s3://env/logs", config.RUNTIME: ""}
+    stack = {
+        config.OUTPUT_URI: "s3://stack/out",
+        config.LOGS_URI: "s3://stack/logs",
+        config.RUNTIME: "tensorflow",
+        config.APPLICATION_ID: "00fstack",
+    }
+    resolved = resolver.choose(args, env, stack, resolver.DEPLOYMENT_FLAGS)
+    assert resolved.values[config.OUTPUT_URI] == "s3://flag/out"
+    assert resolved.values[config.LOGS_URI] == "s3://env/logs"
+    assert resolved.values[config.RUNTIME] == "tensorflow"
+    assert resolved.origins == {
+        config.OUTPUT_URI: "--output",
+        config.LOGS_URI: "$LOGS_URI",
+        config.RUNTIME: "stack fruits output Runtime",
+        config.APPLICATION_ID: "stack fruits output ApplicationId",
+    }
+    lines = resolver.origin_lines(resolved)
+    assert lines[0] == "settings (flag > environment > stack output > default):"
+    assert "  LOGS_URI=s3://env/logs  ($LOGS_URI)" in lines
+    assert "  IMAGE_SIZE=224  (default)" in lines
+    assert "  JOB_ROLE_ARN=  (not set)" in lines
+
+
+def test_every_settings_command_says_where_each_setting_came_from(capsys, tmp_path):
+    """The same lines, from every command that reads settings, before it does anything."""
+    flags = ["--output", "s3://fruits-data/flagged/", "--print-request"]
+    keys = tmp_path / "keys.txt"
+    keys.write_text("Kiwi/a.jpg\n")
+    runs = {
+        "backfill": lambda: backfill.main(["--input", "s3://fruits-data/raw/", *flags], SETTINGS),
+        "compact": lambda: compact.main(flags, env=SETTINGS),
+        "preflight": lambda: preflight.main(flags, env=SETTINGS),
+        "erase": lambda: erase.main(["--keys", str(keys), "--dry-run"], env=SETTINGS),
+    }
+    for name, run in runs.items():
+        assert run() == 0, name
+        err = capsys.readouterr().err
+        assert "settings (flag > environment > stack output > default):" in err, name
+        assert "  APPLICATION_ID=00fabc123  ($APPLICATION_ID)" in err, name
+        if name != "erase":
+            assert "  OUTPUT_URI=s3://fruits-data/flagged/  (--output)" in err, name
 
 
 def test_the_job_refuses_a_bad_flag_before_a_spark_session(no_side_effects, tmp_path, capsys):

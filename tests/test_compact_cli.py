@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from emr_serverless_job.config import parse_args
-from lambda_trigger import compact as command
+from fruits_ops import compact as command
 from lambda_trigger import request as rq
 from lambda_trigger.outcomes import decide
 from lambda_trigger.settings import deployment_from_environment
@@ -76,4 +76,20 @@ def test_bad_configuration_exits_2_and_starts_nothing(stack, capsys):
     env = {k: v for k, v in stack.environment.items() if k != "APPLICATION_ID"}
     assert command.main([], env=env) == 2
     assert "APPLICATION_ID" in capsys.readouterr().err
+    assert job_runs(stack) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--wait", "--poll-seconds", "-1"], "--poll-seconds -1.0: 0 or more seconds"),
+        (["--wait", "--poll-seconds", "nan"], "--poll-seconds nan: 0 or more seconds"),
+        (["--output", ""], "--output '': empty"),
+    ],
+)
+def test_a_bad_flag_is_refused_before_any_run_is_started(stack, capsys, argv, said):
+    """GIVEN a value the command cannot follow a run with WHEN compacting THEN exit 2 naming the
+    flag as typed, and no StartJobRun (a bad poll used to fail only once the run was billed)."""
+    assert command.main(argv, env=stack.environment) == 2
+    assert f"configuration error: {said}" in capsys.readouterr().err
     assert job_runs(stack) == []

@@ -23,7 +23,7 @@ from emr_serverless_job.compact_plan import ORIGIN_RUN_COLUMN
 from emr_serverless_job.config import ConfigError, parse_args
 from emr_serverless_job.current import current_features
 from emr_serverless_job.synthetic import write_image_set
-from lambda_trigger import reconcile
+from fruits_ops import reconcile
 from lambda_trigger.events import S3Object
 from lambda_trigger.settings import S3Location
 from tests.test_erase_job import erase_run, erasure_manifest, iso

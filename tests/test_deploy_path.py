@@ -28,8 +28,9 @@ from emr_emulator.run import run_job
 from emr_serverless_job import job
 from emr_serverless_job.config import parse_args
 from fruits_contract import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE
-from lambda_trigger import backfill, sizing
+from fruits_ops import backfill
 from lambda_trigger import handler as trigger
+from lambda_trigger import sizing
 from lambda_trigger.request import request_from_job_run
 from tests.conftest import REAL_SAMPLE, needs_real_data
 from tests.loopback import job_runs, keys, poll_and_invoke

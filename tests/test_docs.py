@@ -62,7 +62,7 @@ def test_readme_command_index_names_existing_entry_points():
     index = without_code(README.read_text()).split("\n## Commands\n", 1)[1].split("\n## ", 1)[0]
     modules = re.findall(r"^\| `python -m ([\w.]+)", index, re.M)
     dev = re.findall(r"^\| `\./dev (\w+)`", index, re.M)
-    assert "emr_serverless_job" in modules and "lambda_trigger.backfill" in modules
+    assert "emr_serverless_job" in modules and "fruits_ops.backfill" in modules
     for module in modules:
         assert importlib.util.find_spec(module) is not None, module
         main = "__main__" if "." not in module else None

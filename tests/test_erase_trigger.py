@@ -1,6 +1,6 @@
 """Deletions from raw/ become erase runs: the events' pure core, the Lambda on loopback (real S3
 deletions reach the queue, one erasure manifest and one erase run per batch) and the operator's
-``python -m lambda_trigger.erase`` command."""
+``python -m fruits_ops.erase`` command."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 import pytest
 
 from emr_serverless_job import erase as job_erase
-from lambda_trigger import erase as command
+from fruits_ops import erase as command
 from lambda_trigger import handler as trigger
 from lambda_trigger import request as rq
 from lambda_trigger.events import MalformedMessage, S3Object, parse_message
@@ -215,6 +215,19 @@ def test_a_missing_keys_file_and_bad_settings_are_refused(stack, tmp_path, capsy
     env = {k: v for k, v in stack.environment.items() if k != "RAW_URI"}
     assert command.main(["--keys", str(path)], env=env) == 2
     assert "RAW_URI is not set" in capsys.readouterr().err
+    assert job_runs(stack) == []
+
+
+def test_a_stack_that_cannot_be_read_is_refused_naming_the_flag(stack, tmp_path, capsys):
+    """GIVEN a stack name that does not exist WHEN erasing (with --delete-objects) THEN exit 2
+    naming --stack, nothing deleted, no erase run (it used to end in botocore's traceback)."""
+    upload(stack, ["raw/Kiwi/a.jpg"])
+    path = write_keys(tmp_path, "Kiwi/a.jpg")
+    argv = ["--keys", str(path), "--delete-objects", "--stack", "no-such-stack"]
+    assert command.main(argv, env={}) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: --stack no-such-stack:" in err and "Traceback" not in err
+    assert keys(stack, "raw/") == ["raw/Kiwi/a.jpg"]
     assert job_runs(stack) == []
 
 

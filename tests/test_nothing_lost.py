@@ -15,8 +15,9 @@ from pathlib import Path
 from emr_serverless_job import inputs
 from emr_serverless_job.synthetic import fruit_image
 from fruits_contract import MODEL_FILE
+from fruits_ops import reconcile
 from lambda_trigger import handler as trigger
-from lambda_trigger import reconcile, watcher
+from lambda_trigger import watcher
 from tests.conftest import needs_real_data
 from tests.loopback import FakeContext, alerts, job_runs, keys, poll_and_invoke, state_change
 from tests.test_deploy_path import emulate, sample_photos, table

@@ -660,6 +660,38 @@ def test_upload_to_a_graviton_stack_refuses_the_default_x86_64_archive(stack, tm
     assert older.returncode == 2 and "no Architecture output" in older.stderr
 
 
+def test_upload_refuses_a_stack_that_cannot_be_read_naming_the_flag(stack, tmp_path, no_s3):
+    """GIVEN a stack name that does not exist WHEN uploading THEN exit 2 naming --stack, nothing
+    sent (it used to end in botocore's traceback, exit 1)."""
+    folder = small_dist(tmp_path / "dist")
+    refused = run_upload("--stack", "no-such-stack", "--dist", str(folder))
+    assert refused.returncode == 2, refused.stderr
+    assert "configuration error: --stack no-such-stack:" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert stack.client("s3").list_objects_v2(Bucket=stack.bucket)["KeyCount"] == 0
+
+
+def test_upload_takes_the_flag_then_the_environment_then_the_stack(stack, tmp_path, capsys):
+    """The operator commands' one precedence (fruits_ops.resolver), for the artifacts prefix;
+    the Architecture still comes from the stack, and each origin is said."""
+    folder = small_dist(tmp_path / "dist")
+    base = f"s3://{stack.bucket}"
+    fake_stack("fruits", {"ArtifactsUri": f"{base}/from-stack", "Architecture": "X86_64"})
+    argv = ["--stack", "fruits", "--dist", str(folder)]
+    env = {"ARTIFACTS_URI": f"{base}/from-env"}
+    for extra, used in (
+        (["--artifacts", f"{base}/from-flag"], "from-flag"),
+        ([], "from-env"),
+    ):
+        assert upload.main([*argv, *extra], env=env) == 0
+        captured = capsys.readouterr()
+        assert f"ARTIFACTS_URI={base}/{used}" in captured.out
+    assert "  ARCHITECTURE=X86_64  (stack fruits output Architecture)" in captured.err
+    assert f"  ARTIFACTS_URI={base}/from-env  ($ARTIFACTS_URI)" in captured.err
+    assert upload.main(argv, env={}) == 0
+    assert f"ARTIFACTS_URI={base}/from-stack" in capsys.readouterr().out
+
+
 def test_upload_refuses_a_dist_without_a_manifest(tmp_path, capsys):
     assert upload.main(["--artifacts", "s3://b/artifacts", "--dist", str(tmp_path)]) == 2
     assert "run packaging/build.py first" in capsys.readouterr().err

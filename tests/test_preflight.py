@@ -19,7 +19,7 @@ from emr_serverless_job import preflight as job_preflight
 from emr_serverless_job.config import parse_args
 from emr_serverless_job.main import is_preflight
 from fruits_contract import MODEL_FILE, PREFLIGHT_MARKER_FOLDER, RUN_ID_PATTERN, preflight_run_id
-from lambda_trigger import preflight
+from fruits_ops import preflight
 from lambda_trigger.outcomes import decide
 from lambda_trigger.request import (
     PREFLIGHT_TAG,

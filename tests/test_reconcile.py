@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fruits_contract import is_image_name
-from lambda_trigger.events import S3Object
-from lambda_trigger.reconcile import (
+from fruits_ops.reconcile import (
     Tally,
     _filesystem,
     ascending,
@@ -20,6 +19,7 @@ from lambda_trigger.reconcile import (
     reconcile,
     row_keys,
 )
+from lambda_trigger.events import S3Object
 from lambda_trigger.settings import parse_s3_location
 
 

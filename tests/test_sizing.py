@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from lambda_trigger import capacity, sizing
+from fruits_ops import capacity
+from lambda_trigger import sizing
 
 # EMR Serverless worker sizes: vCPU -> (min GB, max GB), 1 GB steps (app-behavior.html).
 WORKER_LIMITS = {1: (2, 8), 2: (4, 16), 4: (8, 30)}
@@ -39,7 +40,7 @@ def test_a_trigger_batch_holds_the_smallest_footprint_and_a_backfill_spreads_wid
 
 
 def test_past_the_widest_work_more_photos_change_nothing():
-    """Where a backfill's listing may stop counting (lambda_trigger/listing.py)."""
+    """Where a backfill's listing may stop counting (fruits_ops/listing.py)."""
     for executors in (1, 3, 20):
         threshold = sizing.widest_work_vcpu_s(executors)
         photos = int(threshold / sizing.PHOTO_VCPU_S) + 1

@@ -508,11 +508,11 @@ def test_outputs_give_names_ids_and_the_backfill_command(transformed):
         assert name in outputs
     assert outputs["Architecture"]["Value"] == {"Ref": "Architecture"}  # upload.py checks it
     command = outputs["BackfillCommand"]["Value"]["Fn::Sub"]
-    assert command.startswith("python -m lambda_trigger.backfill --stack ${AWS::StackName}")
+    assert command.startswith("python -m fruits_ops.backfill --stack ${AWS::StackName}")
     # Every output the backfill reads through --stack maps to a setting it knows.
-    from lambda_trigger.backfill import FLAG_SETTINGS, setting_name
+    from fruits_ops.resolver import DEPLOYMENT_FLAGS, setting_name
 
-    read = {setting_name(key) for key in outputs} & set(FLAG_SETTINGS.values())
+    read = {setting_name(key) for key in outputs} & set(DEPLOYMENT_FLAGS.values())
     required = {"APPLICATION_ID", "JOB_ROLE_ARN", "ARTIFACTS_URI", "OUTPUT_URI", "LOGS_URI"}
     assert required <= read
 
@@ -569,7 +569,7 @@ def test_the_lambda_bundle_carries_the_contract_and_imports_it_from_there(lambda
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]);"  # -S: no site-packages
         "import fruits_contract, lambda_trigger.manifest, lambda_trigger.outcomes,"
-        " lambda_trigger.reconcile, lambda_trigger.request;"
+        " lambda_trigger.submit, lambda_trigger.request;"
         "print(fruits_contract.__file__, lambda_trigger.request.__file__)"
     )
     imported = subprocess.run(
@@ -583,6 +583,20 @@ def test_the_lambda_bundle_carries_the_contract_and_imports_it_from_there(lambda
     contract_file, request_file = imported.stdout.split()
     assert contract_file == str(shipped / "__init__.py")
     assert request_file.startswith(str(lambda_build / "lambda_trigger"))
+
+
+def test_the_lambda_bundle_ships_no_operator_command(lambda_build):
+    """The operator commands (fruits_ops/) run on an operator's machine, never in a function:
+    the bundle holds the Lambdas' package as it is in the repository and the contract, and no
+    module in it imports the commands (which would fail there)."""
+    assert not (lambda_build / "fruits_ops").exists()
+    shipped = lambda_build / "lambda_trigger"
+    source = TEMPLATE.parent / "lambda_trigger"
+    assert sorted(p.name for p in shipped.glob("*.py")) == sorted(
+        p.name for p in source.glob("*.py")
+    )
+    importing = re.compile(r"^\s*(from|import) fruits_ops\b", re.M)
+    assert [p.name for p in shipped.glob("*.py") if importing.search(p.read_text())] == []
 
 
 def test_a_lambda_build_without_the_contract_stops_and_says_why(tmp_path):

@@ -15,8 +15,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from fruits_contract import EVENT_DETAIL_TYPE, EVENT_SOURCE
-from lambda_trigger import backfill, outcomes, receipts, watcher
+from fruits_ops import backfill
 from lambda_trigger import handler as trigger
+from lambda_trigger import outcomes, receipts, watcher
 from lambda_trigger import request as rq
 from lambda_trigger.request import Attempt
 from tests.loopback import (
@@ -136,7 +137,7 @@ def test_the_receipt_and_alert_name_what_every_kind_of_run_reads_and_what_to_do(
     message = json.loads(outcomes.alert(job_run, ["r1"], Attempt())[1])
     assert message["source"] == source.uri
     erasing = source.flag == "--erase"
-    assert ("lambda_trigger.erase" in message["next"]) == erasing
+    assert ("fruits_ops.erase" in message["next"]) == erasing
     assert ("still have rows" in message["what"]) == erasing
 
 

@@ -1,6 +1,6 @@
 """What a photo costs on EMR Serverless, and how long it waits: a model of the service.
 
-    python -m lambda_trigger.capacity [--vcpu-hour PRICE --gb-hour PRICE]
+    python -m fruits_ops.capacity [--vcpu-hour PRICE --gb-hour PRICE]
 
 A model, not a measurement: the work per photo and a run's fixed time come from this project's
 benchmark runs (``sizing.py``, BENCHMARKS.md); the service's rules from AWS's documentation,
@@ -149,7 +149,7 @@ def trigger(
 
 def backfill(photos: int, *, sized: bool, service: Service, max_executors: int) -> Figures:
     """A backfill by hand: the command counts the prefix's photos and sizes the run to them
-    (``lambda_trigger/listing.py``); the fixed request was as wide as allowed."""
+    (``fruits_ops/listing.py``); the fixed request was as wide as allowed."""
     size = sizing.size_run(photos, runtime="onnx", max_executors=max_executors) if sized else FIXED
     run = run_cost(photos, size, service, backfill=True)
     latency = service.application_start_s + run.seconds
@@ -189,7 +189,7 @@ def table(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = convention.parser("python -m lambda_trigger.capacity", __doc__.splitlines()[0], None)
+    parser = convention.parser("python -m fruits_ops.capacity", __doc__.splitlines()[0], None)
     parser.add_argument(
         "--batch-size", type=int, default=1000, help="the stack's BatchSize parameter"
     )
@@ -245,8 +245,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flag_problems(args: argparse.Namespace) -> list[str]:
+    """Values the model cannot take, all named at once: a count below 1, a negative or endless
+    time, a price of zero or less. Unchecked, they print a table of nonsense (negative costs
+    and latencies) or a traceback (no executor) rather than an error."""
+    times = (
+        ("--billing-minimum", args.billing_minimum),
+        ("--worker-start", args.worker_start),
+        ("--application-start", args.application_start),
+        ("--run-fixed", args.run_fixed),
+    )
+    checks = [
+        ("--batch-size", args.batch_size, args.batch_size >= 1, "at least 1"),
+        (
+            "--batch-window",
+            args.batch_window,
+            math.isfinite(args.batch_window) and args.batch_window > 0,
+            "more than 0 seconds",
+        ),
+        ("--max-executors", args.max_executors, args.max_executors >= 1, "at least 1"),
+        (
+            "--max-concurrent-runs",
+            args.max_concurrent_runs,
+            args.max_concurrent_runs >= 1,
+            "at least 1",
+        ),
+        *(
+            (flag, value, math.isfinite(value) and value >= 0, "0 or more seconds")
+            for flag, value in times
+        ),
+        *(
+            (flag, value, value is None or (math.isfinite(value) and value > 0), "a price above 0")
+            for flag, value in (("--vcpu-hour", args.vcpu_hour), ("--gb-hour", args.gb_hour))
+        ),
+    ]
+    return [convention.flag_error(flag, value, what) for flag, value, ok, what in checks if not ok]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problems = flag_problems(args)
+    if problems:
+        return convention.refuse("; ".join(problems))
     service = Service(
         billing_minimum_s=args.billing_minimum,
         worker_start_s=args.worker_start,

@@ -1,20 +1,20 @@
-"""Start a backfill by hand: ``python -m lambda_trigger.backfill --stack NAME --input s3://.../raw/``.
+"""Start a backfill by hand: ``python -m fruits_ops.backfill --stack NAME --input s3://.../raw/``.
 
 The request comes from the same builder the Lambda uses; only the input flag, the run id
-and the client token differ. Each setting comes from its flag, else the stack's output
-(``--stack``), else the Lambda's environment variable of the same name (``SETTINGS_ORDER``,
-which every operator command shares with this one).
+and the client token differ. Each setting comes from its flag, else the Lambda's environment
+variable of the same name, else the stack's output (``--stack``): the one order of every
+operator command, ``fruits_ops.resolver``. This module also holds what the commands that start
+a run share: following it (``wait_for``), describing its end, and printing it instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import re
 import shlex
 import sys
-import textwrap
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -22,10 +22,12 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from emr_serverless_job.model import FEATURE_DIM
 from fruits_contract import PCA_SCALINGS
 from fruits_contract import cli as convention
-from lambda_trigger import listing, sizing
+from fruits_ops import listing, resolver
 from lambda_trigger import settings as config
+from lambda_trigger import sizing
 from lambda_trigger.request import Attempt, for_backfill, start_job_run_request
 
 TERMINAL_STATES = ("SUCCESS", "FAILED", "CANCELLED")
@@ -33,95 +35,44 @@ DEFAULT_POLL_SECONDS = 30.0
 EXIT_RUN_FAILED = convention.EXIT_FAILED
 EXIT_CONFIG_ERROR = convention.EXIT_USAGE
 MAX_RETRIES = 9
-# Said once, in the epilog of every command that takes the settings flags.
-SETTINGS_ORDER = (
-    "Each deployment setting (the flags whose help says 'default: stack output ...') is taken "
-    "from its flag, else from the stack's output with --stack, else from the environment "
-    "variable of the same name as the Lambda's (APPLICATION_ID, OUTPUT_URI, ...), else its "
-    "built-in default; a bad value is refused (exit 2) naming the flag, output or variable "
-    "it came from."
-)
-REGION_HELP = "AWS region (default: the AWS CLI's, from AWS_REGION or ~/.aws/config)"
-STACK_HELP = "read the deployment settings from this CloudFormation stack's outputs"
-POLL_HELP = "seconds between two GetJobRun calls while following the run"
-
-# flag -> the environment variable (and stack output, in CamelCase) it stands for
-FLAG_SETTINGS = {
-    "application_id": config.APPLICATION_ID,
-    "job_role_arn": config.JOB_ROLE_ARN,
-    "artifacts": config.ARTIFACTS_URI,
-    "output": config.OUTPUT_URI,
-    "logs": config.LOGS_URI,
-    "weights": config.WEIGHTS_URI,
-    "model": config.MODEL_URI,
-    "runtime": config.RUNTIME,
-    "image_size": config.IMAGE_SIZE,
-    "max_executors": config.MAX_EXECUTORS,
-    "timeout_minutes": config.JOB_TIMEOUT_MINUTES,
-}
+POLL_HELP = "seconds between two GetJobRun calls while following the run, 0 or more"
 
 
-def setting_name(output_key: str) -> str:
-    """A stack output key (``ApplicationId``) as the setting it carries (``APPLICATION_ID``)."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", output_key).upper()
+def say(line: str) -> None:
+    """What a command tells its user goes to stderr: stdout carries only its output (a job
+    run id, a request), for a script to read."""
+    print(line, file=sys.stderr)
 
 
-def stack_settings(cloudformation: Any, stack: str) -> dict[str, str]:
-    outputs = cloudformation.describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])
-    return {setting_name(o["OutputKey"]): o["OutputValue"] for o in outputs}
+def poll_problems(seconds: float) -> list[str]:
+    """``--poll-seconds``: a wait between two calls, checked before a run is started (a negative
+    or endless one would only fail once the run is already billed)."""
+    if 0 <= seconds < math.inf:
+        return []
+    return [convention.flag_error("--poll-seconds", seconds, "0 or more seconds")]
 
 
-def setting_help(name: str) -> str:
-    """A settings flag's help: what the setting is and where its value comes from otherwise."""
-    origins = []
-    if name in config.STACK_OUTPUTS:
-        origins.append(f"stack output {config.output_key(name)}")
-    origins.append(f"${name}")
-    default = config.FIELDS[name][1] or config.DERIVED_DEFAULTS.get(name)
-    if default is not None:
-        origins.append(str(default))
-    return f"{config.DESCRIPTIONS[name]} (default: {', else '.join(origins)})"
-
-
-def flag_name(dest: str) -> str:
-    return f"--{dest.replace('_', '-')}"
-
-
-def add_setting_flags(parser: argparse.ArgumentParser, flags: Mapping[str, str]) -> None:
-    """One flag per setting (flag dest -> setting name), each saying where else it comes from."""
-    settings = parser.add_argument_group("deployment settings", textwrap.fill(SETTINGS_ORDER))
-    for flag, name in flags.items():
-        settings.add_argument(
-            flag_name(flag), dest=flag, metavar=name.rsplit("_", 1)[-1], help=setting_help(name)
-        )
-
-
-def setting_sources(
-    args: argparse.Namespace,
-    stack: Mapping[str, str],
-    flags: Mapping[str, str] = FLAG_SETTINGS,
-) -> config.Sources:
-    """How the user gave each setting (``merged_settings``' order), for errors that name it."""
-    given: dict[str, str] = {}
-    for flag, name in flags.items():
-        if getattr(args, flag) is not None:
-            given[name] = flag_name(flag)
-        elif stack.get(name):
-            given[name] = f"stack {args.stack} output {config.output_key(name)}"
-    return config.Sources(given=given, flags={name: flag_name(f) for f, name in flags.items()})
+def pca_problems(variance: float | None, k: int | None) -> list[str]:
+    """The job's own bounds for ``--pca-variance`` and ``--pca-k``, checked here so that a value
+    the job would refuse never starts a run that fails after its workers are billed."""
+    problems = []
+    if variance is not None and not 0 < variance <= 1:
+        problems.append(convention.flag_error("--pca-variance", variance, "not in (0, 1]"))
+    if k is not None and not 1 <= k <= FEATURE_DIM:
+        problems.append(convention.flag_error("--pca-k", k, f"not between 1 and {FEATURE_DIM}"))
+    return problems
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = convention.parser(
-        "python -m lambda_trigger.backfill",
+        "python -m fruits_ops.backfill",
         "Start one EMR Serverless job run over every image under an S3 prefix.",
         "with --wait, the run ended FAILED or CANCELLED",
     )
     parser.add_argument(
         "--input", required=True, help="s3:// prefix of the photos to featurize (recursive)"
     )
-    parser.add_argument("--stack", help=STACK_HELP)
-    parser.add_argument("--region", help=REGION_HELP)
+    resolver.add_stack_flags(parser)
     parser.add_argument("--wait", action="store_true", help="follow the run until it ends")
     parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS, help=POLL_HELP)
     shown = parser.add_mutually_exclusive_group()
@@ -146,50 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     pca.add_argument(
         "--pca-variance",
         type=float,
-        help="the job's --pca-variance: share of variance the PCA keeps (default: the job's)",
+        help="the job's --pca-variance: share of variance the PCA keeps, in (0, 1] "
+        "(default: the job's)",
     )
-    pca.add_argument("--pca-k", type=int, help="the job's --pca-k: exactly this many components")
+    pca.add_argument(
+        "--pca-k",
+        type=int,
+        help=f"the job's --pca-k: exactly this many components, 1 to {FEATURE_DIM} "
+        "(default: chosen by --pca-variance)",
+    )
     parser.add_argument(
         "--pca-scaling",
         choices=PCA_SCALINGS,
         help="the job's --pca-scaling: none (centred) or standard (default: the job's, none)",
     )
-    add_setting_flags(parser, FLAG_SETTINGS)
+    resolver.add_setting_flags(parser, resolver.DEPLOYMENT_FLAGS)
     return parser
-
-
-def resolve_settings(
-    session: Any,
-    args: argparse.Namespace,
-    env: Mapping[str, str],
-    flags: Mapping[str, str] = FLAG_SETTINGS,
-) -> tuple[dict[str, str], config.Sources]:
-    """The one settings resolver of the operator commands: the settings a command runs with
-    and where each came from, flag > stack output > environment (docs/cli.md); the stack's
-    outputs are read only when ``--stack`` is given. (The erase command merges its own two
-    settings over the environment's: ``erase.merged_settings``.)"""
-    try:
-        stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
-    except (BotoCoreError, ClientError) as error:  # no such stack, no region, no credentials
-        raise config.SettingsError(f"--stack {args.stack}: {error}") from None
-    return merged_settings(args, env, stack, flags), setting_sources(args, stack, flags)
-
-
-def merged_settings(
-    args: argparse.Namespace,
-    env: Mapping[str, str],
-    stack: Mapping[str, str],
-    flags: Mapping[str, str] = FLAG_SETTINGS,
-) -> dict[str, str]:
-    """The environment's values of the settings ``flags`` name (flag -> setting), then every
-    stack output, then the flags given, each over the one before (the preflight adds --raw)."""
-    merged = {name: env[name] for name in flags.values() if env.get(name)}
-    merged.update(stack)
-    for flag, name in flags.items():
-        value = getattr(args, flag)
-        if value is not None:
-            merged[name] = str(value)
-    return merged
 
 
 def wait_for(
@@ -287,24 +210,21 @@ def counted(session: Any, input_uri: str, deployment: Any) -> tuple[int | None, 
     return found.photos, found.total_bytes
 
 
-def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    env = os.environ if env is None else env
+def flag_problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the flags themselves, all at once, before a setting is read or AWS
+    is asked anything."""
+    problems = []
     try:
         config.parse_s3_location(args.input)
     except config.BadValue as error:
-        return convention.refuse(convention.flag_error("--input", args.input, error.problem))
+        problems.append(convention.flag_error("--input", args.input, error.problem))
     if not 0 <= args.retries <= MAX_RETRIES:
-        return convention.refuse(
-            convention.flag_error("--retries", args.retries, f"0 to {MAX_RETRIES}")
-        )
-    import boto3
+        problems.append(convention.flag_error("--retries", args.retries, f"0 to {MAX_RETRIES}"))
+    return problems + poll_problems(args.poll_seconds) + pca_problems(args.pca_variance, args.pca_k)
 
-    session = boto3.session.Session(region_name=args.region)
-    try:
-        deployment = config.deployment_from_environment(*resolve_settings(session, args, env))
-    except config.SettingsError as error:
-        return convention.refuse(str(error))
+
+def job_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The job's own flags this command passes through (the PCA's), as the job reads them."""
     extra: tuple[str, ...] = ()
     if args.pca_variance is not None:
         extra = ("--pca-variance", str(args.pca_variance))
@@ -312,7 +232,25 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         extra = ("--pca-k", str(args.pca_k))
     if args.pca_scaling is not None:
         extra += ("--pca-scaling", args.pca_scaling)
-    source = for_backfill(args.input, extra, *counted(session, args.input, deployment))
+    return extra
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = os.environ if env is None else env
+    problems = flag_problems(args)
+    if problems:
+        return convention.refuse("; ".join(problems))
+    import boto3
+
+    session = boto3.session.Session(region_name=args.region)
+    try:
+        resolved = resolver.resolve_settings(session, args, env)
+        deployment = config.deployment_from_environment(resolved.values, resolved.sources)
+    except config.SettingsError as error:
+        return convention.refuse(str(error))
+    resolver.say_origins(resolved, say)
+    source = for_backfill(args.input, job_flags(args), *counted(session, args.input, deployment))
     request = start_job_run_request(
         deployment, source, client_token=str(uuid.uuid4()), attempt=Attempt(1, 1 + args.retries)
     )
@@ -321,20 +259,11 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     emr = session.client("emr-serverless")
     job_run_id = emr.start_job_run(**request)["jobRunId"]
     print(job_run_id)
-    print(
-        f"run {source.run_id}: features at {deployment.output_uri}/features/run_id={source.run_id}",
-        file=sys.stderr,
-    )
+    say(f"run {source.run_id}: features at {deployment.output_uri}/features/run_id={source.run_id}")
     if not args.wait:
         return 0
-    run = wait_for(
-        emr,
-        deployment.application_id,
-        job_run_id,
-        args.poll_seconds,
-        lambda line: print(line, file=sys.stderr),
-    )
-    print(describe_end(run), file=sys.stderr)
+    run = wait_for(emr, deployment.application_id, job_run_id, args.poll_seconds, say)
+    say(describe_end(run))
     return 0 if run["state"] == "SUCCESS" else EXIT_RUN_FAILED
 
 

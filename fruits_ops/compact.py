@@ -1,4 +1,4 @@
-"""Compact the tables by hand: ``python -m lambda_trigger.compact --stack NAME [--dry-run]``.
+"""Compact the tables by hand: ``python -m fruits_ops.compact --stack NAME [--dry-run]``.
 
 Starts one EMR Serverless job run of the job's compaction mode (``--compact MIN_AGE_DAYS``,
 emr_serverless_job/compact.py), built by the same request builder as every other run: it
@@ -9,8 +9,8 @@ into few files of at most 128 MiB, and every reader answers the same afterwards.
 the plan (partitions, files, bytes and rows before and after) in the driver's stdout, and
 writes nothing. The plan needs the tables' listing and row counts, which the job reads where
 it runs; this command needs no access to the data. ``--print-request`` prints the request as
-JSON and starts nothing. Settings come from flags, the stack's outputs (``--stack``) or the
-Lambda's environment variable names, as for the backfill.
+JSON and starts nothing. Settings come from their flags, else the Lambda's environment
+variable names, else the stack's outputs (``--stack``): ``fruits_ops.resolver``.
 """
 
 from __future__ import annotations
@@ -32,18 +32,16 @@ from fruits_contract import (
     report_path,
 )
 from fruits_contract import cli as convention
-from lambda_trigger import settings as config
-from lambda_trigger.backfill import (
+from fruits_ops import resolver
+from fruits_ops.backfill import (
     DEFAULT_POLL_SECONDS,
-    FLAG_SETTINGS,
     POLL_HELP,
-    REGION_HELP,
-    STACK_HELP,
-    add_setting_flags,
     describe_end,
-    resolve_settings,
+    poll_problems,
+    say,
     wait_for,
 )
+from lambda_trigger import settings as config
 from lambda_trigger.request import (
     Attempt,
     Deployment,
@@ -57,13 +55,12 @@ EXIT_CONFIG_ERROR = convention.EXIT_USAGE
 
 def build_parser() -> argparse.ArgumentParser:
     parser = convention.parser(
-        "python -m lambda_trigger.compact",
+        "python -m fruits_ops.compact",
         "Merge old batch partitions of the features and errors tables into few files, "
         "with one EMR Serverless job run (docs/operating.md, 'Compaction').",
         "with --wait, the run ended FAILED or CANCELLED",
     )
-    parser.add_argument("--stack", default=None, help=STACK_HELP)
-    parser.add_argument("--region", default=None, help=REGION_HELP)
+    resolver.add_stack_flags(parser)
     parser.add_argument(
         "--older-than-days",
         type=float,
@@ -84,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--wait", action="store_true", help="follow the run until it ends")
     parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS, help=POLL_HELP)
-    add_setting_flags(parser, FLAG_SETTINGS)
+    resolver.add_setting_flags(parser, resolver.DEPLOYMENT_FLAGS)
     return parser
 
 
@@ -118,21 +115,31 @@ def report_lines(s3: Any, output_uri: str, run_id: str) -> list[str]:
     ]
 
 
+def flag_problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the flags themselves, all at once, before any run is started."""
+    problems = poll_problems(args.poll_seconds)
+    if not 0 <= args.older_than_days < float("inf"):
+        problems.append(
+            convention.flag_error("--older-than-days", args.older_than_days, "0 or more")
+        )
+    return problems
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = os.environ if env is None else env
-    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
-    if not 0 <= args.older_than_days < float("inf"):
-        return convention.refuse(
-            convention.flag_error("--older-than-days", args.older_than_days, "0 or more")
-        )
+    problems = flag_problems(args)
+    if problems:
+        return convention.refuse("; ".join(problems))
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
     try:
-        deployment = config.deployment_from_environment(*resolve_settings(session, args, env))
+        resolved = resolver.resolve_settings(session, args, env)
+        deployment = config.deployment_from_environment(resolved.values, resolved.sources)
     except config.SettingsError as error:
         return convention.refuse(str(error))
+    resolver.say_origins(resolved, say)
     request = compaction_request(
         deployment, args.older_than_days, args.dry_run, datetime.now(UTC), uuid.uuid4().hex
     )

@@ -1,4 +1,4 @@
-"""Erase photos by hand: ``python -m lambda_trigger.erase --stack NAME --keys FILE``.
+"""Erase photos by hand: ``python -m fruits_ops.erase --stack NAME --keys FILE``.
 
 For a GDPR erasure request, or deletions whose notifications were lost: the listed photos'
 rows are removed from every features and errors partition by one erase run, started through
@@ -6,8 +6,9 @@ the same manifest, receipt and request path as the Lambda's (docs/erasure.md). W
 ``--delete-objects`` the objects are deleted from ``raw/`` first; their deletion events then
 also reach the trigger, whose own erase run finds nothing left to remove.
 
-Settings come from flags (``--raw``, ``--manifests``), the stack's outputs (``--stack``) or the
-Lambda's environment variable names, as for the backfill. Every flag and every line of the
+Settings come from their flags (``--raw``, ``--manifests``), else the Lambda's environment
+variable names, else the stack's outputs (``--stack``), as for the backfill
+(``fruits_ops.resolver``). Every flag and every line of the
 keys file is checked before anything is deleted, written or started.
 """
 
@@ -25,14 +26,8 @@ from botocore.exceptions import ClientError
 
 from fruits_contract import IMAGE_SUFFIXES, is_image_name, now_iso
 from fruits_contract import cli as convention
+from fruits_ops import resolver
 from lambda_trigger import settings as config
-from lambda_trigger.backfill import (
-    REGION_HELP,
-    STACK_HELP,
-    add_setting_flags,
-    setting_sources,
-    stack_settings,
-)
 from lambda_trigger.events import OBJECT_REMOVED, S3Object
 from lambda_trigger.manifest import Manifest, build_erasure_manifest
 from lambda_trigger.submit import submit_batch
@@ -65,7 +60,7 @@ class Request:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = convention.parser(
-        "python -m lambda_trigger.erase",
+        "python -m fruits_ops.erase",
         "Remove photos' rows from every features and errors partition (GDPR erasure) "
         "with one EMR Serverless erase run; optionally delete the photos from raw/ first.",
         None,
@@ -77,8 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="text file, one photo per line: a key relative to the raw prefix "
         "(Kiwi/a.jpg) or a full s3://bucket/raw/... URI; blank lines are skipped",
     )
-    parser.add_argument("--stack", default=None, help=STACK_HELP)
-    parser.add_argument("--region", default=None, help=REGION_HELP)
+    resolver.add_stack_flags(parser)
     parser.add_argument(
         "--delete-objects",
         action="store_true",
@@ -89,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the erasure manifest; delete, write and start nothing",
     )
-    add_setting_flags(parser, ERASE_SETTINGS)
+    resolver.add_setting_flags(parser, ERASE_SETTINGS)
     return parser
 
 
@@ -181,17 +175,6 @@ def is_versioned(s3: Any, bucket: str) -> bool:
     return s3.get_bucket_versioning(Bucket=bucket).get("Status") in VERSIONED
 
 
-def merged_settings(
-    args: argparse.Namespace, env: Mapping[str, str], stack: Mapping[str, str]
-) -> dict[str, str]:
-    merged = {name: env[name] for name in config.FIELDS if env.get(name)}
-    merged.update(stack)
-    for flag, name in ERASE_SETTINGS.items():
-        if getattr(args, flag) is not None:
-            merged[name] = getattr(args, flag)
-    return merged
-
-
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = os.environ if env is None else env
@@ -203,14 +186,14 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
-    stack = stack_settings(session.client("cloudformation"), args.stack) if args.stack else {}
     try:
-        settings = config.from_environment(
-            merged_settings(args, env, stack), setting_sources(args, stack, ERASE_SETTINGS)
-        )
+        # every setting the Lambda's Settings hold: the erase run is started as the trigger does
+        resolved = resolver.resolve_settings(session, args, env, ERASE_SETTINGS, config.FIELDS)
+        settings = config.from_environment(resolved.values, resolved.sources)
         keys = resolve_keys(lines, settings.raw)
     except (config.SettingsError, KeysError) as error:
         return convention.refuse(str(error))
+    resolver.say_origins(resolved, say, config.FIELDS)
     bucket = settings.raw.bucket
     if args.dry_run:
         print(erasure_manifest(bucket, Request(keys, now_iso())).body.decode(), end="")

@@ -1,4 +1,4 @@
-"""Prove a deployment before its first backfill: ``python -m lambda_trigger.preflight --stack S``.
+"""Prove a deployment before its first backfill: ``python -m fruits_ops.preflight --stack S``.
 
 Submits a tiny job run on the stack's EMR Serverless application from the uploaded artifacts:
 the request a real run sends (the same builder, entry point, venv archive, job package, model
@@ -11,9 +11,9 @@ marker written and deleted under ``output/``, and the model on the executors' CP
 check passed; 1 with the cause (the failed check, or the service's state details and where the
 driver's log is); 2 for a configuration it refuses before any AWS call is made with it.
 
-Settings as for the backfill (the same resolver): each from its flag, else the stack's output
-(``--stack``), else the Lambda's environment variable of the same name; and ``RAW_URI``
-(``--raw``), where the photo is read.
+Settings as for the backfill (the same resolver, ``fruits_ops.resolver``): each from its flag,
+else the Lambda's environment variable of the same name, else the stack's output (``--stack``);
+and ``RAW_URI`` (``--raw``), where the photo is read.
 """
 
 from __future__ import annotations
@@ -36,19 +36,17 @@ from fruits_contract import (
     preflight_run_id,
 )
 from fruits_contract import cli as convention
-from lambda_trigger import settings as config
-from lambda_trigger.backfill import (
+from fruits_ops import resolver
+from fruits_ops.backfill import (
     DEFAULT_POLL_SECONDS,
-    FLAG_SETTINGS,
     POLL_HELP,
-    REGION_HELP,
-    STACK_HELP,
-    add_setting_flags,
     describe_end,
-    resolve_settings,
+    poll_problems,
+    say,
     shown_instead,
     wait_for,
 )
+from lambda_trigger import settings as config
 from lambda_trigger.outcomes import driver_log
 from lambda_trigger.request import Deployment, for_preflight, start_job_run_request
 
@@ -56,13 +54,13 @@ EXIT_FAILED = convention.EXIT_FAILED
 EXIT_CONFIG_ERROR = convention.EXIT_USAGE
 EXIT_INTERRUPTED = convention.EXIT_INTERRUPTED
 # flag -> setting: the backfill's, and where photos arrive (the preflight reads one there).
-PREFLIGHT_SETTINGS = {**FLAG_SETTINGS, "raw": config.RAW_URI}
+PREFLIGHT_SETTINGS = {**resolver.DEPLOYMENT_FLAGS, "raw": config.RAW_URI}
 MISSING = ("404", "NoSuchKey", "NotFound")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = convention.parser(
-        "python -m lambda_trigger.preflight",
+        "python -m fruits_ops.preflight",
         "Run a tiny job on the stack's EMR Serverless application, from the "
         "uploaded artifacts and with a real run's request, that checks the interpreter, "
         "imports, CPU, S3 access and model where the backfill will run; exit 0 only if "
@@ -70,8 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a check failed, or the run ended without its report",
         {convention.EXIT_INTERRUPTED: "stopped following (Ctrl-C), the run goes on"},
     )
-    parser.add_argument("--stack", help=STACK_HELP)
-    parser.add_argument("--region", help=REGION_HELP)
+    resolver.add_stack_flags(parser)
     parser.add_argument(
         "--key",
         help="the photo to read: a key under raw/ (or its s3:// URI); default: the first found",
@@ -104,15 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the StartJobRun request as JSON (for python -m emr_emulator); start nothing",
     )
-    add_setting_flags(parser, PREFLIGHT_SETTINGS)
+    resolver.add_setting_flags(parser, PREFLIGHT_SETTINGS)
     return parser
 
 
 def flag_problems(args: argparse.Namespace) -> list[str]:
     """What is wrong with the flags themselves, known before any setting is read."""
-    problems = []
-    if args.poll_seconds < 0:
-        problems.append(convention.flag_error("--poll-seconds", args.poll_seconds, "at least 0"))
+    problems = poll_problems(args.poll_seconds)
     if args.reference_model is not None:
         try:
             location = config.parse_s3_location(args.reference_model)
@@ -241,10 +236,34 @@ def verdict(
     return 0, lines
 
 
+def start(
+    session: Any, deployment: Deployment, request: dict[str, Any], args: argparse.Namespace
+) -> str | int:
+    """Start the preflight once its artifacts are uploaded: its job run id, or the exit code
+    of a refusal (an artifact missing) or of ``--no-wait``."""
+    s3 = session.client("s3")
+    missing = missing_objects(s3, artifacts_to_check(deployment, args.reference_model), say)
+    if missing:
+        return convention.refuse(
+            f"not uploaded: {', '.join(missing)} (run ./dev package and "
+            f"./dev upload --stack {args.stack or 'NAME'} first)"
+        )
+    job_run_id = session.client("emr-serverless").start_job_run(**request)["jobRunId"]
+    print(job_run_id)
+    run_id = request["name"]
+    say(
+        f"preflight {run_id}: report at {deployment.output_uri}/"
+        f"{PREFLIGHT_REPORT.format(run_id=run_id)}"
+    )
+    if args.no_wait:
+        say(f"follow it with: python -m fruits_ops.preflight --job-run-id {job_run_id} ...")
+        return 0
+    return job_run_id
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = os.environ if env is None else env
-    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     problems = flag_problems(args)
     if problems:
         return convention.refuse("; ".join(problems))
@@ -252,44 +271,30 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
 
     session = boto3.session.Session(region_name=args.region)
     try:
-        deployment, raw = config.preflight_from_environment(
-            *resolve_settings(session, args, env, PREFLIGHT_SETTINGS)
-        )
+        resolved = resolver.resolve_settings(session, args, env, PREFLIGHT_SETTINGS)
+        deployment, raw = config.preflight_from_environment(resolved.values, resolved.sources)
         source = photo_location(raw, args.key)
     except (config.SettingsError, ValueError) as error:
         return convention.refuse(str(error))
+    resolver.say_origins(resolved, say)
     run_id = preflight_run_id(datetime.now(UTC), uuid.uuid4().hex)
     job_source = for_preflight(deployment, source, run_id, args.reference_model)
     request = start_job_run_request(deployment, job_source, client_token=run_id)
     if shown_instead(request, args):
         return 0
+    job_run_id = args.job_run_id or start(session, deployment, request, args)
+    if isinstance(job_run_id, int):
+        return job_run_id
     emr = session.client("emr-serverless")
-    s3 = session.client("s3")
-    if args.job_run_id:
-        job_run_id = args.job_run_id
-    else:
-        missing = missing_objects(s3, artifacts_to_check(deployment, args.reference_model), say)
-        if missing:
-            return convention.refuse(
-                f"not uploaded: {', '.join(missing)} (run ./dev package and "
-                f"./dev upload --stack {args.stack or 'NAME'} first)"
-            )
-        job_run_id = emr.start_job_run(**request)["jobRunId"]
-        print(job_run_id)
-        say(
-            f"preflight {run_id}: report at {deployment.output_uri}/"
-            f"{PREFLIGHT_REPORT.format(run_id=run_id)}"
-        )
-        if args.no_wait:
-            say(f"follow it with: python -m lambda_trigger.preflight --job-run-id {job_run_id} ...")
-            return 0
     try:
         job_run = wait_for(emr, deployment.application_id, job_run_id, args.poll_seconds, say)
     except KeyboardInterrupt:
         say(f"stopped following {job_run_id}; it goes on: follow it again with --job-run-id")
         return EXIT_INTERRUPTED
     uri = report_uri(job_run)
-    report, unread = read_report(s3, uri) if uri else (None, "not a preflight run")
+    report, unread = (
+        read_report(session.client("s3"), uri) if uri else (None, "not a preflight run")
+    )
     code, lines = verdict(job_run, report, unread, uri)
     for line in lines:
         print(line)

@@ -1,6 +1,6 @@
 """Every photo accounted for: which objects in ``raw/`` have no row in ``features`` or ``errors``.
 
-    python -m lambda_trigger.reconcile --stack NAME [--since DATE] [--submit]
+    python -m fruits_ops.reconcile --stack NAME [--since DATE] [--submit]
 
 Lists ``raw/`` (every page; every name the job reads, ``fruits_contract.IMAGE_SUFFIXES``: ``.jpg``,
 ``.jpeg``, ``.png``, ``.webp``, ``.heic``, ``.heif`` in any letter case, the ``.Jpg`` the S3
@@ -13,10 +13,10 @@ runs starts nothing).
 
 Memory stays flat in the number of objects: the listing is streamed in S3's key order and
 merged against the two tables' keys, which are held as sorted Arrow string arrays (compact
-buffers, not Python sets). Settings come from flags, the stack's outputs or the Lambda's
-environment variable names, as for the backfill. The missing photos' manifest is written to
-``--missing-manifest`` (``--out`` until issue 22: it still works, with a warning; ``--output``
-is the output location, as in every command).
+buffers, not Python sets). Settings come from their flags, else the Lambda's environment
+variable names, else the stack's outputs, as for the backfill (``fruits_ops.resolver``). The
+missing photos' manifest is written to ``--missing-manifest`` (``--out`` until issue 22: it
+still works, with a warning; ``--output`` is the output location, as in every command).
 """
 
 from __future__ import annotations
@@ -34,21 +34,20 @@ from urllib.parse import urlsplit
 
 from fruits_contract import ERRORS_TABLE, FEATURES_TABLE, PATH_COLUMN, is_image_name
 from fruits_contract import cli as convention
+from fruits_ops import resolver
+from fruits_ops.backfill import say
 from lambda_trigger import settings as config
-from lambda_trigger.backfill import (
-    FLAG_SETTINGS,
-    REGION_HELP,
-    STACK_HELP,
-    add_setting_flags,
-    resolve_settings,
-)
 from lambda_trigger.events import S3Object
 from lambda_trigger.manifest import build_manifest
 
 EXIT_MISSING = convention.EXIT_FAILED  # photos without a row (and --submit not given)
 EXIT_CONFIG_ERROR = convention.EXIT_USAGE
 # flag -> setting: the backfill's, where photos arrive (listed) and where manifests go (--submit)
-RECONCILE_SETTINGS = {**FLAG_SETTINGS, "raw": config.RAW_URI, "manifests": config.MANIFESTS_URI}
+RECONCILE_SETTINGS = {
+    **resolver.DEPLOYMENT_FLAGS,
+    "raw": config.RAW_URI,
+    "manifests": config.MANIFESTS_URI,
+}
 TABLES = (FEATURES_TABLE, ERRORS_TABLE)  # the job's: a photo with a row in either is done
 KEYS_PER_CHUNK = 65_536  # Python strings made from the Arrow arrays at a time
 DEFAULT_OUT = "reconcile-missing.jsonl"
@@ -187,12 +186,11 @@ iso_time.__name__ = "ISO-8601 date or time"  # what argparse's refusal calls the
 
 def build_parser() -> argparse.ArgumentParser:
     parser = convention.parser(
-        "python -m lambda_trigger.reconcile",
+        "python -m fruits_ops.reconcile",
         __doc__.splitlines()[0],
         "photos without a row were found (and --submit was not given)",
     )
-    parser.add_argument("--stack", help=STACK_HELP)
-    parser.add_argument("--region", help=REGION_HELP)
+    resolver.add_stack_flags(parser)
     parser.add_argument(
         "--since",
         type=iso_time,
@@ -208,21 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convention.deprecated_alias(parser, "--out", missing)
     parser.add_argument("--submit", action="store_true", help="start one job run for the missing")
-    add_setting_flags(parser, RECONCILE_SETTINGS)
+    resolver.add_setting_flags(parser, RECONCILE_SETTINGS)
     return parser
 
 
 def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    env = dict(os.environ if env is None else env)
+    env = os.environ if env is None else env
     import boto3
 
     session = boto3.session.Session(region_name=args.region)
     try:
-        merged, sources = resolve_settings(session, args, env, RECONCILE_SETTINGS)
-        settings = config.from_environment({**env, **merged}, sources)
+        # every setting the Lambda's Settings hold (--submit starts a run as the trigger does)
+        resolved = resolver.resolve_settings(session, args, env, RECONCILE_SETTINGS, config.FIELDS)
+        settings = config.from_environment(resolved.values, resolved.sources)
     except config.SettingsError as error:
         return convention.refuse(str(error))
+    resolver.say_origins(resolved, say, config.FIELDS)
     since = args.since.replace(tzinfo=args.since.tzinfo or UTC) if args.since else None
     s3 = session.client("s3")
     started = time.perf_counter()
