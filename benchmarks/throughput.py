@@ -446,6 +446,22 @@ def machine() -> dict:
     }
 
 
+def against_native_seed(results: dict) -> None:
+    """Each size's job against the seed pattern at 224 px, the size its users run MobileNetV2
+    at: the question a user asks is what the job costs against what they run today, whatever
+    image size the job was given. ``vs_seed`` stays the same-size comparison."""
+    native = results["sizes"].get(224, {}).get("seed")
+    if not native:
+        return
+    for size, measured in results["sizes"].items():
+        for runtime in ("onnx", "tensorflow"):
+            if runtime in measured:
+                seconds = measured[runtime]["job"]["process_seconds"]
+                ratio = round(native["process_seconds"] / seconds, 2)
+                measured[runtime]["vs_seed_at_224"] = ratio
+                print(f"{size}px {runtime}: {ratio}x the seed pattern at 224 px", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -622,6 +638,7 @@ def main() -> int:
                 flush=True,
             )
     results["memory"] = {"image_size": args.memory_size, "peak_rss_mib_by_images": memory}
+    against_native_seed(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"results: {args.out}")

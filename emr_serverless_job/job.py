@@ -70,6 +70,11 @@ ERROR_SAMPLE_LOGGED = 20
 # per task (up to 48 per batch, 7 KB each for 100 photos) left readers tens of thousands of
 # files a day to open. 128 MiB is Parquet's default row group and a common read split.
 TARGET_FILE_BYTES = 128 << 20
+# A run with more rows than one file of this size splits them over up to one file per core,
+# so that no core waits while one task encodes every float (the write stage of a 5,000-photo
+# backfill on local[2] was one 3.8 s task; BENCHMARKS.md has the figures). Files never get
+# smaller than this, and compaction merges them later anyway.
+MIN_FILE_BYTES = 8 << 20
 # What a features row takes on disk: 4 bytes per float of both vectors (floats barely
 # compress) and the path, label, hash and sizes.
 ROW_OVERHEAD_BYTES = 256
@@ -140,10 +145,13 @@ def label_of(path: F.Column) -> F.Column:
     return F.element_at(F.split(path, "/"), -2)
 
 
-def features_files(rows: int, k: int) -> int:
-    """How many files ``rows`` feature rows of ``k`` PCA values are written in."""
-    row_bytes = 4 * (FEATURE_DIM + k) + ROW_OVERHEAD_BYTES
-    return max(1, -(-rows * row_bytes // TARGET_FILE_BYTES))
+def features_files(rows: int, k: int, cores: int = 1) -> int:
+    """How many files ``rows`` feature rows of ``k`` PCA values are written in: as few as
+    ``TARGET_FILE_BYTES`` allows, or one per core while each still holds ``MIN_FILE_BYTES``."""
+    data_bytes = rows * (4 * (FEATURE_DIM + k) + ROW_OVERHEAD_BYTES)
+    by_size = -(-data_bytes // TARGET_FILE_BYTES)
+    by_cores = min(cores, data_bytes // MIN_FILE_BYTES)
+    return max(1, by_size, by_cores)
 
 
 def _write(spark: SparkSession, frame: DataFrame, uri: str) -> None:
@@ -545,7 +553,8 @@ def write_tables(
     re-project them the moment they appear, and made current only after them."""
     tables = table_uris(config.output, report.run_id)
     reduction = reduced.reduction
-    files = features_files(featurized.rows, reduction.info.k if reduction is not None else 0)
+    k = reduction.info.k if reduction is not None else 0
+    files = features_files(featurized.rows, k, spark.sparkContext.defaultParallelism)
     refit = config.is_backfill and reduction is not None
     with timed(report, "write"):
         if refit:

@@ -607,9 +607,13 @@ def test_a_run_writes_its_features_in_as_few_files_as_the_target_size_allows(bac
     row_bytes = written.stat().st_size / report.features
     estimate = 4 * (1280 + report.pca["k"]) + job.ROW_OVERHEAD_BYTES
     assert row_bytes < estimate, "the estimate errs towards more, smaller files, never larger"
-    assert job.features_files(1_000, 200) == 1  # a trigger batch
-    assert job.features_files(1_000_000, 200) == 47  # 6.2 GB of rows, 128 MiB each
-    assert job.features_files(0, 0) == 1
+    assert job.features_files(1_000, 200, cores=12) == 1  # a trigger batch: 5.9 MB
+    assert job.features_files(1_000_000, 200, cores=12) == 47  # 6.2 GB of rows, 128 MiB each
+    assert job.features_files(0, 0, cores=12) == 1
+    # More rows than one small file: one file per core, none below MIN_FILE_BYTES.
+    assert job.features_files(5_000, 64, cores=2) == 2  # 28 MB
+    assert job.features_files(5_000, 64, cores=12) == 3
+    assert job.features_files(1_400, 64, cores=12) == 1  # 7.9 MB: below one small file
 
 
 @contextmanager
