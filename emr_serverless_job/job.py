@@ -412,6 +412,7 @@ def featurize_images(
         yield Featurized(ok=ok, errors=errors, rows=rows, counters=counters)
     finally:
         decoded.unpersist()
+        found.rejected.unpersist()  # cached by _rejections, counted and read into errors
         if errors is not None:
             errors.unpersist()
 

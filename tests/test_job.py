@@ -41,6 +41,17 @@ def backfill(spark, image_folder, tmp_path_factory):
     return report, output, expected
 
 
+def test_a_run_leaves_nothing_cached(spark, image_folder, tmp_path):
+    """A driver runs one job per session on EMR, but tests, the emulator and a notebook run
+    many: every frame a run caches (the featurized images, the errors, the rejections) must
+    be released when it ends, or each run keeps its images' vectors in executor memory."""
+    folder, _ = image_folder
+    cached = spark.sparkContext._jsc.getPersistentRDDs
+    before = cached().size()
+    run_job(spark, "--input", str(folder), "--output", str(tmp_path / "out"))
+    assert cached().size() == before
+
+
 def test_every_input_is_a_feature_or_an_error(spark, backfill):
     report, output, expected = backfill
     assert report.inputs == expected.images
