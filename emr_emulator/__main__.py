@@ -4,7 +4,8 @@ The request is either a JSON file of StartJobRun's parameters (what
 ``python -m fruits_ops.backfill ... --print-request`` writes) or a job run already
 submitted to an EMR Serverless API (``--application-id`` and ``--job-run-id``, read back with
 GetJobRun; with ``--endpoint-url`` a moto server on loopback). S3 is whatever the endpoint
-serves. Exit 0 on SUCCESS, 1 on FAILED or CANCELLED, 2 when the request cannot be run.
+serves. Exit 0 on SUCCESS, 1 on FAILED or CANCELLED or when the emulator could not finish
+the run (S3 unreadable, disk full), 2 when the request cannot be run.
 
 The endpoint must be on loopback: a real account's buckets (growers' photos) would be
 copied to this machine, so AWS itself, or any other host, takes ``--allow-remote-endpoint``.
@@ -15,11 +16,13 @@ back, new objects only.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from emr_emulator.run import SUCCESS, run_job
@@ -97,24 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.push_also and not args.push:
         parser.error("--push-also needs --push")
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
     session = boto3.session.Session(region_name=args.region)
     s3 = session.client("s3", endpoint_url=args.endpoint_url)
-    release = None
     try:
-        if args.request:
-            try:
-                request = json.loads(args.request.read_text())
-            except (OSError, ValueError) as error:
-                return convention.refuse(convention.flag_error("--request", args.request, error))
-        else:
-            if not args.application_id:
-                parser.error("--job-run-id needs --application-id")
-            emr = session.client("emr-serverless", endpoint_url=args.endpoint_url)
-            job_run = emr.get_job_run(applicationId=args.application_id, jobRunId=args.job_run_id)
-            request = request_from_job_run(job_run["jobRun"])
-            application = emr.get_application(applicationId=args.application_id)
-            release = application["application"].get("releaseLabel")
+        request, release = _request(args, session, parser)
+    except (RequestError, ValueError, OSError, BotoCoreError, ClientError) as error:
+        return convention.refuse(str(error))
+    try:
         result = run_job(
             request,
             s3,
@@ -125,10 +119,32 @@ def main(argv: list[str] | None = None) -> int:
             push=args.push,
             push_also=tuple(args.push_also),
         )
-    except (RequestError, ValueError, OSError) as error:
+    except RequestError as error:
         return convention.refuse(str(error))
+    except (ValueError, OSError, BotoCoreError, ClientError) as error:
+        # The request was accepted: what failed is the run (S3 unreadable, disk full), not the
+        # command line, so it ends as a failed run, not as a usage error.
+        print(f"the emulator could not finish the run: {error}", file=sys.stderr)
+        return EXIT_FAILED
     print(json.dumps(result, indent=2, default=str))
     return 0 if result["state"] == SUCCESS else EXIT_FAILED
+
+
+def _request(
+    args: argparse.Namespace, session: Any, parser: argparse.ArgumentParser
+) -> tuple[dict[str, Any], str | None]:
+    """The StartJobRun parameters to run, and the application's release when read back."""
+    if args.request:
+        try:
+            return json.loads(args.request.read_text()), None
+        except (OSError, ValueError) as error:
+            raise ValueError(convention.flag_error("--request", args.request, error)) from None
+    if not args.application_id:
+        parser.error("--job-run-id needs --application-id")
+    emr = session.client("emr-serverless", endpoint_url=args.endpoint_url)
+    job_run = emr.get_job_run(applicationId=args.application_id, jobRunId=args.job_run_id)
+    application = emr.get_application(applicationId=args.application_id)
+    return request_from_job_run(job_run["jobRun"]), application["application"].get("releaseLabel")
 
 
 if __name__ == "__main__":

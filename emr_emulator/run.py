@@ -437,6 +437,10 @@ def drive(run: Launch, staged: Workdir, workers: int, timeout: int, prepared: En
             os.killpg(process.pid, signal.SIGKILL)
             details = f"Job run exceeded executionTimeoutMinutes ({timeout // 60})"
             ending = Ending(CANCELLED, details, process.wait())
+        except BaseException:  # Ctrl-C or an error here: no driver or executor JVM outlives us
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
         finally:
             if watchdog is not None:
                 watchdog.stop()
@@ -571,13 +575,16 @@ def run_job(
     job = JobRun.accepted(request, application_id, job_run_id, release_label)
     folder = Path(workdir or tempfile.mkdtemp(prefix=f"emr-{job.job_run_id}-"))
     warnings = release_warnings(release_label, pyspark.__version__)
-    staged = stage_workdir(run, s3, folder)
-    prepared = prepare_driver(run, staged, host_pythons)
-    driven = drive(run, staged, workers, job.timeout, prepared)
-    synced = push_back(request, run, s3, staged, job, push, push_also)
-    result = job_run_result(request, run, job, staged, driven, synced, warnings)
+    try:
+        staged = stage_workdir(run, s3, folder)
+        prepared = prepare_driver(run, staged, host_pythons)
+        driven = drive(run, staged, workers, job.timeout, prepared)
+        synced = push_back(request, run, s3, staged, job, push, push_also)
+        result = job_run_result(request, run, job, staged, driven, synced, warnings)
+    finally:  # the workdir holds a copy of the bucket's photos: never left behind by accident
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
     if not keep:
-        shutil.rmtree(folder, ignore_errors=True)
         result["emulator"]["workdir"] = None
     return result
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -529,3 +530,24 @@ def test_the_command_refuses_an_endpoint_that_is_not_loopback_unless_told(
     assert "not a loopback endpoint" in capsys.readouterr().err
     assert cli.is_loopback("http://127.0.0.1:5000") and cli.is_loopback("http://[::1]:5000")
     assert cli.is_loopback("http://localhost:5000") and not cli.is_loopback("http://10.0.0.1")
+
+
+def test_a_run_that_cannot_read_its_bucket_fails_and_leaves_no_copy_behind(
+    moto_server, tmp_path, capsys, monkeypatch
+):
+    """The request is fine, the bucket it names is not there: the run fails (exit 1, the
+    service's S3 error quoted), it is no usage error (2) nor a traceback, and the working
+    directory, which holds a copy of the bucket's photos, is removed all the same."""
+    from emr_emulator import __main__ as cli
+
+    moto_server.reset()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(the_request()))
+    endpoint = ["--endpoint-url", moto_server.endpoint]
+    assert cli.main(["--request", str(request), "--region", "eu-west-1", *endpoint]) == 1
+    error = capsys.readouterr().err
+    assert "could not finish the run" in error and "NoSuchBucket" in error
+    assert list(scratch.iterdir()) == []

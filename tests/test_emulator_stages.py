@@ -3,7 +3,12 @@ cannot start ends, and how a driver's exit becomes the run's state."""
 
 from __future__ import annotations
 
+import signal
+import time
+from pathlib import Path
+
 import pyspark
+import pytest
 
 from emr_emulator.limits import KILLED_EXIT_CODE, Kill
 from emr_emulator.mirror import Mirror
@@ -77,3 +82,45 @@ def test_a_driver_that_exits_0_succeeds_and_one_out_of_time_stays_cancelled(tmp_
     assert _driver_ending(Ending(code=0), [], staged) == Ending(SUCCESS, "", 0)
     timed_out = Ending(CANCELLED, "Job run exceeded executionTimeoutMinutes (1)", -9)
     assert _driver_ending(timed_out, [], staged) == timed_out
+
+
+class _Stopped(Exception):
+    """Raised by a timer in the middle of the wait, as Ctrl-C would raise KeyboardInterrupt."""
+
+
+def test_a_run_stopped_while_its_driver_runs_leaves_no_process_behind(tmp_path):
+    staged = workdir(tmp_path)
+    child_pid = tmp_path / "executor.pid"
+    submit = staged.home / "bin" / "spark-submit"
+    submit.parent.mkdir(parents=True)
+    # A driver with an executor of its own, as spark-submit on local-cluster has.
+    submit.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {child_pid}\nwait\n")
+    submit.chmod(0o755)
+
+    def stop(*_):
+        raise _Stopped
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        with pytest.raises(_Stopped):
+            drive(launch(the_request()), staged, 1, 60, Ending(SUCCESS, "", 0))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    pid = int(child_pid.read_text())
+    for _ in range(50):  # the kill is sent at once; give the kernel a moment to deliver it
+        if not _running(pid):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"executor {pid} outlived the stopped run")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its (re)parent to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
