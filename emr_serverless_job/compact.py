@@ -34,6 +34,7 @@ from pyspark.sql import types as T
 
 from emr_serverless_job import hadoopfs
 from emr_serverless_job.compact_plan import (
+    LIVE_JOURNAL_HOURS,
     MODE,
     ORIGIN_RUN_COLUMN,
     PARTITION_KEY,
@@ -43,8 +44,10 @@ from emr_serverless_job.compact_plan import (
     Plan,
     hidden_sources,
     is_journal,
+    is_live_journal,
     journal_body,
     journal_name,
+    partitions_of,
     plan,
     staging_name,
 )
@@ -67,6 +70,10 @@ PARQUET_SUFFIX = ".parquet"
 
 class CompactionMismatch(RuntimeError):
     """A staged merge does not hold exactly its sources' rows: nothing was published."""
+
+
+class CompactionBusy(RuntimeError):
+    """Another compaction may be publishing under the same table: this one changed nothing."""
 
 
 @dataclass
@@ -333,13 +340,25 @@ def remove_sources(spark: SparkSession, table: str, journal: dict) -> None:
             hadoopfs.delete(spark, f"{table}/{folder}")
 
 
-def recover(spark: SparkSession, table: str) -> int:
+def recover(
+    spark: SparkSession,
+    table: str,
+    now: datetime,
+    own_run: str | None = None,
+    drop_orphans: bool = True,
+) -> tuple[int, set[str]]:
     """Finish every merge whose file a crashed run had put live; undo those it had not (their
-    sources are still what readers read); drop staging without a journal. Returns merges
-    finished."""
-    finished = 0
+    sources are still what readers read). Returns the merges finished and the partitions of
+    the journals left alone because they may be a live run's (``is_live_journal``): finishing
+    or undoing those would race the run that is publishing them. Staging without a journal is
+    dropped only when no merge may be live, and only by a compaction (``drop_orphans``): a live
+    one may be staging its file."""
+    finished, busy = 0, set()
     journals = {journal_name(j["target"]): j for j in read_journals(spark, table)}
     for name, journal in journals.items():
+        if is_live_journal(journal, now, own_run):
+            busy |= partitions_of(journal)
+            continue
         live = f"{table}/{PARTITION_KEY}={journal['target']}/{journal['file']}"
         if hadoopfs.exists(spark, live):
             publish(spark, table, journal)
@@ -347,22 +366,42 @@ def recover(spark: SparkSession, table: str) -> int:
         else:
             hadoopfs.delete(spark, f"{table}/{staging_name(journal['target'])}")
             hadoopfs.delete(spark, f"{table}/{name}")
-    for path, is_folder in hadoopfs.children_matching(spark, table, f"{STAGING_PREFIX}*"):
-        if is_folder and f"{path.rsplit('/', 1)[1]}.json" not in journals:
-            hadoopfs.delete(spark, path)
-    return finished
+    if drop_orphans and not busy:
+        for path, is_folder in hadoopfs.children_matching(spark, table, f"{STAGING_PREFIX}*"):
+            if is_folder and f"{path.rsplit('/', 1)[1]}.json" not in journals:
+                hadoopfs.delete(spark, path)
+    return finished, busy
 
 
-def carry_out(spark: SparkSession, table: str, merge: Merge) -> tuple[int, list[str]]:
-    """One merge: stage and verify, check the sources, journal, publish. Returns (rows merged,
-    sources that changed under the run, in which case nothing was published)."""
+def erasing(spark: SparkSession, table: str) -> set[str]:
+    """Partitions an erase run is rewriting: those its journals name (``erase.Swap``)."""
+    from emr_serverless_job import erase  # erase imports this module's helpers at its top
+
+    return erase.partitions_being_rewritten(spark, table)
+
+
+def carry_out(
+    spark: SparkSession, table: str, merge: Merge, now: datetime, run_id: str
+) -> tuple[int, list[str]]:
+    """One merge: stage and verify, journal, check, publish. Returns (rows merged, sources that
+    changed under the run or that an erase is rewriting, in which case nothing was published).
+
+    The journal is written *before* the check, and an erase writes its own journal before it
+    checks for this one (``erase.replace_partition``): of two runs that touch one partition at
+    once, at least one sees the other's journal and steps back, so a merge never publishes
+    rows an erase has just removed (S3 lists what was written, strongly consistent)."""
     staged, rows = stage(spark, table, merge)
-    changed = _unchanged(spark, table, merge)
-    if changed:
+    body = journal_body(merge, staged, rows, now, run_id)
+    journal = f"{table}/{journal_name(merge.target)}"
+    hadoopfs.write_bytes(spark, journal, body)
+    busy = erasing(spark, table)
+    changed = _unchanged(spark, table, merge) + sorted(
+        p.folder for p in merge.sources if p.folder in busy
+    )
+    if changed or f"{PARTITION_KEY}={merge.target}" in busy:
+        hadoopfs.delete(spark, journal)
         hadoopfs.delete(spark, f"{table}/{staging_name(merge.target)}")
-        return 0, changed
-    body = journal_body(merge, staged, rows)
-    hadoopfs.write_bytes(spark, f"{table}/{journal_name(merge.target)}", body)
+        return 0, sorted(set(changed)) or [f"{PARTITION_KEY}={merge.target}"]
     publish(spark, table, json.loads(body))
     return rows, []
 
@@ -407,14 +446,22 @@ def run(config: JobConfig, spark: SparkSession) -> CompactionReport:
         for table in TABLES:
             uri = f"{output}/{table}"
             if not config.dry_run:
-                report.recovered += recover(spark, uri)
+                finished, busy = recover(spark, uri, now, report.run_id)
+                if busy:
+                    raise CompactionBusy(
+                        f"{uri}: another compaction run may still be publishing a merge (its "
+                        f"journal is younger than {LIVE_JOURNAL_HOURS} h): nothing was changed. "
+                        "Run one compaction at a time; a crashed run's journal is finished by "
+                        "its resubmission (same run id) or by any run a day later"
+                    )
+                report.recovered += finished
             planned = plan(table, survey(spark, output, table), cutoff, TARGET_FILE_BYTES)
             merged_rows, done = 0, []
             for merge in planned.merges:
                 if config.dry_run:
                     rows, changed = _count(spark, uri, merge), []
                 else:
-                    rows, changed = carry_out(spark, uri, merge)
+                    rows, changed = carry_out(spark, uri, merge, now, report.run_id)
                 report.changed += [f"{table}/{c}" for c in changed]
                 if not changed:
                     merged_rows += rows

@@ -31,9 +31,9 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from fruits_contract import BATCH_RUN_PREFIX, RUN_ID_PARTITION
+from fruits_contract import BATCH_RUN_PREFIX, RUN_ID_PARTITION, iso_utc
 
 ELIGIBLE_PREFIX = BATCH_RUN_PREFIX
 COMPACTED_PREFIX = "compacted-"
@@ -45,6 +45,10 @@ ORIGIN_RUN_COLUMN = "origin_run_id"
 # which Spark, pyarrow and reconcile never read as a partition).
 STAGING_PREFIX = ".compacting-"
 JOURNAL_SUFFIX = ".json"
+# No run lives longer than this: the request's executionTimeoutMinutes is at most the stack's
+# (120 by default; EMR Serverless stops a run at it). A journal younger than this may be a
+# live run's, so no other run finishes, undoes or works around it.
+LIVE_JOURNAL_HOURS = 24
 MODE = "compact"
 ALONE = "nothing to merge it with"
 
@@ -177,17 +181,45 @@ def plan(table: str, partitions: Iterable[Partition], cutoff: datetime, target_b
 # --- the journal, and what readers hide while a merge is finished ---------------------------
 
 
-def journal_body(merge: Merge, staged_file: str, rows: int) -> bytes:
-    """What a merge writes before its file goes live: enough for a rerun to finish it."""
+def journal_body(
+    merge: Merge, staged_file: str, rows: int, written_at: datetime, run_id: str
+) -> bytes:
+    """What a merge writes before its file goes live: enough for a rerun to finish it, and
+    when and by which run, so that another run tells a live merge (``is_live_journal``) from
+    a crashed one, and a resubmitted run (same run id) finishes its own."""
     return json.dumps(
         {
             "target": merge.target,
             "file": staged_file,
             "rows": rows,
             "sources": {p.folder: list(p.files) for p in merge.sources},
+            "written_at": iso_utc(written_at),
+            "run_id": run_id,
         },
         indent=1,
     ).encode()
+
+
+def is_live_journal(journal: dict, now: datetime, own_run: str | None = None) -> bool:
+    """Whether a journal may belong to a run still going: written less than
+    ``LIVE_JOURNAL_HOURS`` ago by a run other than ``own_run``. Older ones (and those of
+    before ``written_at``) are a crashed run's, for any run to finish or undo."""
+    if own_run is not None and journal.get("run_id") == own_run:
+        return False
+    written = journal.get("written_at")
+    if not isinstance(written, str):
+        return False
+    try:
+        age = now - datetime.fromisoformat(written)
+    except ValueError:
+        return False
+    return age < timedelta(hours=LIVE_JOURNAL_HOURS)
+
+
+def partitions_of(journal: dict) -> set[str]:
+    """The partition folders (``run_id=...``) a merge's journal rewrites: its sources and its
+    target. An erase must not rewrite any of them while the merge may still be publishing."""
+    return {*journal["sources"], f"{PARTITION_KEY}={journal['target']}"}
 
 
 def journal_name(target: str) -> str:

@@ -118,6 +118,8 @@ class ErasureReport:
     rows_removed: dict[str, int] = field(default_factory=dict)  # table -> rows
     partitions_rewritten: dict[str, list[str]] = field(default_factory=dict)  # table -> run ids
     problems: list[str] = field(default_factory=list)
+    # table/run_id=<id>: a compaction that may still run was merging it; the next run erases it
+    deferred: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     tables: dict[str, str] = field(default_factory=dict)
 
@@ -377,13 +379,46 @@ def _finish(spark: SparkSession, swap: Swap) -> None:
     hadoopfs.delete(spark, swap.journal)
 
 
-def replace_partition(spark: SparkSession, swap: Swap, kept: DataFrame) -> None:
-    """Rewrite a partition as ``kept`` (computed from it): stage, journal, swap."""
+def replace_partition(spark: SparkSession, swap: Swap, kept: DataFrame) -> bool:
+    """Rewrite a partition as ``kept`` (computed from it): stage, journal, check, swap.
+    Returns False, having changed nothing, when a compaction may be merging the partition.
+
+    The journal is written *before* the check, and a compaction writes its own before it
+    checks for this one (``compact.carry_out``): of the two, at least one sees the other and
+    steps back, so a merge never publishes rows this rewrite removes. The tombstones stay:
+    the next erase run (the watcher retries a failed one) applies them."""
     conform(kept, written_schema(spark, swap.live)).write.mode("overwrite").parquet(swap.staging)
     old = _names(spark, swap.live)
     journal = {"partition": swap.partition, "erase_run": swap.erase_run, "old": old}
     hadoopfs.write_bytes(spark, swap.journal, json.dumps(journal).encode())
+    if swap.partition in _being_compacted(spark, swap.table):
+        hadoopfs.delete(spark, swap.journal)
+        hadoopfs.delete(spark, swap.staging)
+        return False
     _finish(spark, swap)
+    return True
+
+
+def partitions_being_rewritten(spark: SparkSession, table: str) -> set[str]:
+    """The partitions (``run_id=...``) erase runs' journals under ``table`` name."""
+    return {
+        json.loads(hadoopfs.read_bytes(spark, f"{table}/{name}").decode())["partition"]
+        for name in _names(spark, table)
+        if name.startswith(STAGING_PREFIX) and name.endswith(JOURNAL_SUFFIX)
+    }
+
+
+def _being_compacted(spark: SparkSession, table: str) -> set[str]:
+    """Partitions a compaction that may still be running is merging (its journal is young)."""
+    from emr_serverless_job import compact
+
+    now = datetime.now(UTC)
+    return {
+        folder
+        for journal in compact.read_journals(spark, table)
+        if compact.is_live_journal(journal, now)
+        for folder in compact.partitions_of(journal)
+    }
 
 
 def recover(spark: SparkSession, table: str, erase_run: str) -> int:
@@ -409,13 +444,14 @@ def recover(spark: SparkSession, table: str, erase_run: str) -> int:
 # --- applying the tombstones ----------------------------------------------------------------
 
 
-def _finish_compactions(spark: SparkSession, table: str) -> None:
+def _finish_compactions(spark: SparkSession, table: str) -> set[str]:
     """Finish (or undo) a merge a crashed compaction run left, before any partition is
     rewritten: a rewrite of its merged partition would otherwise move the file readers take
-    as the sign that the merge is live. (Imported here: compact builds on this module.)"""
+    as the sign that the merge is live. Returns the partitions of merges that may still be
+    live, which this run must leave alone. (Imported here: compact builds on this module.)"""
     from emr_serverless_job import compact
 
-    compact.recover(spark, table)
+    return compact.recover(spark, table, datetime.now(UTC), drop_orphans=False)[1]
 
 
 def _partitions_matching(rows: DataFrame, stones: DataFrame, match: Column) -> dict[str, int]:
@@ -425,12 +461,13 @@ def _partitions_matching(rows: DataFrame, stones: DataFrame, match: Column) -> d
 
 
 def erase_features(
-    spark: SparkSession, output: str, stones: DataFrame, run_id: str
+    spark: SparkSession, output: str, stones: DataFrame, run_id: str, deferred: list[str]
 ) -> dict[str, int]:
-    """Remove erased rows from every features partition; returns rows removed per partition."""
+    """Remove erased rows from every features partition; returns rows removed per partition.
+    Partitions a live compaction is merging are left for the next erase run, in ``deferred``."""
     table = f"{output}/{FEATURES_TABLE}"
     recover(spark, table, run_id)
-    _finish_compactions(spark, table)
+    busy = _finish_compactions(spark, table)
     rows = _read_parquet(spark, table, merge=True)  # partitions from before featurized_at
     if rows is None or "run_id" not in rows.columns:
         return {}
@@ -439,15 +476,22 @@ def erase_features(
     joinable = _joinable(stones)
     slim = rows.select(PATH_COLUMN, FEATURIZED_AT_COLUMN, "run_id")
     matching = _partitions_matching(slim, joinable, features_match(slim))
-    for partition_run, _ in sorted(matching.items()):
+    removed: dict[str, int] = {}
+    for partition_run, count in sorted(matching.items()):
         swap = Swap(table, f"run_id={partition_run}", run_id)
+        if swap.partition in busy:
+            deferred.append(f"{FEATURES_TABLE}/{swap.partition}")
+            continue
         part = spark.read.parquet(swap.live)
         if FEATURIZED_AT_COLUMN not in part.columns:
             kept = part.join(joinable, part[PATH_COLUMN] == F.col(_T_PATH), "left_anti")
         else:
             kept = part.join(joinable, features_match(part), "left_anti")
-        replace_partition(spark, swap, kept)
-    return matching
+        if replace_partition(spark, swap, kept):
+            removed[partition_run] = count
+        else:
+            deferred.append(f"{FEATURES_TABLE}/{swap.partition}")
+    return removed
 
 
 def _started_at(spark: SparkSession, output: str, run_id: str) -> datetime | None:
@@ -466,7 +510,7 @@ def _first_line(error: Exception) -> str:
 
 
 def erase_errors(
-    spark: SparkSession, output: str, stones: DataFrame, run_id: str
+    spark: SparkSession, output: str, stones: DataFrame, run_id: str, deferred: list[str]
 ) -> dict[str, int]:
     """Remove erased rows from every errors partition; returns rows removed per partition.
 
@@ -474,7 +518,7 @@ def erase_errors(
     read (for ``started_at``), and each is checked and rewritten on its own."""
     table = f"{output}/{ERRORS_TABLE}"
     recover(spark, table, run_id)
-    _finish_compactions(spark, table)
+    busy = _finish_compactions(spark, table)
     rows = _read_parquet(spark, table, merge=True)
     if rows is None or "run_id" not in rows.columns:
         return {}
@@ -484,12 +528,18 @@ def erase_errors(
     removed: dict[str, int] = {}
     for partition_run in sorted(candidates):
         swap = Swap(table, f"run_id={partition_run}", run_id)
+        if swap.partition in busy:
+            deferred.append(f"{ERRORS_TABLE}/{swap.partition}")
+            continue
         part = spark.read.parquet(swap.live)
         match = errors_match(part, _run_started(spark, output, part, partition_run))
         count = part.join(joinable, match, "left_semi").count()
-        if count:
-            replace_partition(spark, swap, part.join(joinable, match, "left_anti"))
+        if not count:
+            continue
+        if replace_partition(spark, swap, part.join(joinable, match, "left_anti")):
             removed[partition_run] = count
+        else:
+            deferred.append(f"{ERRORS_TABLE}/{swap.partition}")
     return removed
 
 
@@ -541,9 +591,9 @@ def run(config: JobConfig, spark: SparkSession) -> ErasureReport:
         spark.conf.set(TYPE_INFERENCE, "false")
         try:
             with _timed(report, "features"):
-                features = erase_features(spark, output, stones, run_id)
+                features = erase_features(spark, output, stones, run_id, report.deferred)
             with _timed(report, "errors"):
-                errors = erase_errors(spark, output, stones, run_id)
+                errors = erase_errors(spark, output, stones, run_id, report.deferred)
         finally:
             spark.conf.set(TYPE_INFERENCE, inference)
             stones.unpersist()
@@ -572,6 +622,12 @@ def run(config: JobConfig, spark: SparkSession) -> ErasureReport:
         partitions_rewritten=len(features) + len(errors),
         report=report_uri,
     )
+    if report.deferred:
+        raise ErasureIncomplete(
+            f"{len(report.deferred)} partition(s) were being compacted and are left for the "
+            f"next erase run (the tombstones are written; the watcher retries this one); "
+            f"see {report_uri}"
+        )
     if found.problems:
         raise ErasureIncomplete(
             f"{len(found.problems)} line(s) of {source} could not be applied "

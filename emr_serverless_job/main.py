@@ -96,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ModelError, ReductionMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    except (job.ReconciliationError, erase.ErasureIncomplete, compact.CompactionMismatch) as error:
+    except (
+        job.ReconciliationError,
+        erase.ErasureIncomplete,
+        compact.CompactionMismatch,
+        compact.CompactionBusy,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_RUN_FAILED
     finally:

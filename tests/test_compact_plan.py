@@ -88,7 +88,8 @@ def test_a_merge_is_named_by_its_sources_whatever_their_order():
 
 def test_sources_are_hidden_only_once_the_merged_file_is_live():
     merge = cp.Merge("features", (part("batch-a"), part("batch-b")))
-    journal = json.loads(cp.journal_body(merge, "part-0.parquet", rows=3))
+    written = datetime(2026, 12, 2, tzinfo=UTC)
+    journal = json.loads(cp.journal_body(merge, "part-0.parquet", 3, written, "compact-1"))
     assert journal["sources"] == {
         "run_id=batch-a": ["part-batch-a.parquet"],
         "run_id=batch-b": ["part-batch-b.parquet"],
@@ -98,3 +99,22 @@ def test_sources_are_hidden_only_once_the_merged_file_is_live():
     assert cp.hidden_sources([journal], lambda f, n: False) == set()
     assert cp.is_journal(cp.journal_name(merge.target))
     assert not cp.is_journal(cp.staging_name(merge.target))
+
+
+def test_a_young_journal_of_another_run_is_live_and_an_old_one_or_ones_own_is_not():
+    """What keeps two runs from finishing or undoing each other's merges: a journal written
+    less than LIVE_JOURNAL_HOURS ago may be a live run's, unless it is this run's own (its
+    resubmission after a crash); one without a time is from before journals had one."""
+    merge = cp.Merge("features", (part("batch-a"), part("batch-b")))
+    written = datetime(2026, 12, 2, 10, tzinfo=UTC)
+    journal = json.loads(cp.journal_body(merge, "part-0.parquet", 3, written, "compact-1"))
+    assert cp.is_live_journal(journal, written + timedelta(hours=1))
+    assert cp.is_live_journal(journal, written + timedelta(hours=1), own_run="compact-2")
+    assert not cp.is_live_journal(journal, written + timedelta(hours=1), own_run="compact-1")
+    assert not cp.is_live_journal(journal, written + timedelta(hours=cp.LIVE_JOURNAL_HOURS))
+    assert not cp.is_live_journal({k: v for k, v in journal.items() if k != "written_at"}, written)
+    assert cp.partitions_of(journal) == {
+        "run_id=batch-a",
+        "run_id=batch-b",
+        f"run_id={merge.target}",
+    }

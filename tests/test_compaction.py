@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from emr_serverless_job import compact, inventory
+from emr_serverless_job import compact, erase, inventory
 from emr_serverless_job.compact_plan import ORIGIN_RUN_COLUMN
 from emr_serverless_job.config import ConfigError, parse_args
 from emr_serverless_job.current import current_features
@@ -202,14 +202,18 @@ def test_a_crash_leaves_every_answer_and_the_next_run_finishes(spark, output, mo
 
     monkeypatch.setattr(compact, step, crash)
     with pytest.raises(OSError, match="injected"):
-        compaction(spark, output)
+        compaction(spark, output, "--run-id", "compact-crashed")
     journals = list((output / "features").glob(".compacting-*.json"))
     assert journals, "the crash happened with a merge under way"
     live = list((output / "features").glob("run_id=compacted-*/*.parquet"))
     assert bool(live) == (step == "remove_sources")  # duplicates on disk after the publish
     assert answers(spark, output) == before  # which readers skip
     monkeypatch.setattr(compact, step, real)
-    report = compaction(spark, output)
+    # Another run leaves a journal this young alone: its run may still be publishing it.
+    with pytest.raises(compact.CompactionBusy, match="may still be publishing"):
+        compaction(spark, output)
+    assert answers(spark, output) == before
+    report = compaction(spark, output, "--run-id", "compact-crashed")  # its resubmission
     assert report.recovered == (1 if step == "remove_sources" else 0)
     assert answers(spark, output) == before
     assert data_files(output) < files
@@ -265,3 +269,78 @@ def test_compact_is_its_own_mode_and_dry_run_needs_it(tmp_path):
         parse_args(["--compact", "-1", "--output", str(tmp_path)])
     with pytest.raises(SystemExit):
         parse_args(["--compact", "7", "--input", str(tmp_path), "--output", str(tmp_path)])
+
+
+def _paths(output: Path) -> list[str]:
+    return ds.dataset(str(output / "features"), format="parquet").to_table(["path"])["path"]
+
+
+def _files_under(output: Path, folders: set[str]) -> dict[str, bytes]:
+    return {k: v for k, v in snapshot(output, ("features",)).items() if k.split("/")[1] in folders}
+
+
+def test_an_erase_leaves_a_live_merge_alone_and_its_next_run_erases_what_it_deferred(
+    spark, output, monkeypatch
+):
+    """A compaction stopped between its journal and its publish may still be running: an erase
+    run must neither finish nor undo its journal nor rewrite a partition it merges (the merge
+    would publish the erased rows again, beside the rewrite). It defers them and fails, so the
+    watcher retries; once the merge is published, the next erase run removes the rows."""
+
+    def stopped(*args, **kwargs):
+        raise OSError("injected: still running, about to publish")
+
+    monkeypatch.setattr(compact, "publish", stopped)
+    with pytest.raises(OSError, match="injected"):
+        compaction(spark, output, "--run-id", "compact-live")
+    monkeypatch.undo()
+    (journal,) = [
+        json.loads(p.read_text()) for p in (output / "features").glob(".compacting-*.json")
+    ]
+    merging = compact.partitions_of(journal)
+    source = sorted(journal["sources"])[0]
+    photo = pq.read_table(output / "features" / source, columns=["path"])["path"][0].as_py()
+    held = _files_under(output, merging)
+    stones = erasure_manifest(output.parent / "e-live.jsonl", (photo, iso(datetime.now(UTC))))
+    with pytest.raises(erase.ErasureIncomplete, match="being compacted"):
+        erase_run(spark, stones, output)
+    assert _files_under(output, merging) == held  # the merge's partitions, as it left them
+    assert list((output / "features").glob(".compacting-*.json")), "its journal is untouched"
+    assert photo in _paths(output).to_pylist()
+    compaction(spark, output, "--run-id", "compact-live")  # the compaction finishes
+    report = erase_run(spark, stones, output)  # the watcher's retry
+    assert report.deferred == [] and report.rows_removed["features"] >= 1
+    assert photo not in _paths(output).to_pylist()
+    assert photo not in {row["path"] for row in current_features(spark, str(output)).collect()}
+
+
+def test_a_merge_steps_back_from_a_partition_an_erase_is_rewriting(spark, output, monkeypatch):
+    """An erase stopped between its journal and its swap: a compaction must not merge that
+    partition (it would delete the old files the swap is about to replace, and publish their
+    erased rows in the merged file). Its merges leave it out; the erase's rerun finishes."""
+    plan = compaction(spark, output, "--dry-run")
+    merged = {run for m in plan.merges if m["table"] == "features" for run in m["sources"]}
+    assert merged, plan.summary()
+    folder = output / "features" / f"run_id={sorted(merged)[0]}"
+    photo = pq.read_table(folder, columns=["path"])["path"][0].as_py()
+
+    finish = erase._finish
+
+    def stopped(spark, swap):
+        if swap.partition == folder.name:  # the photo's other partitions swap as usual
+            raise OSError("injected: still running, about to swap")
+        finish(spark, swap)
+
+    monkeypatch.setattr(erase, "_finish", stopped)
+    stones = erasure_manifest(output.parent / "e-mid.jsonl", (photo, iso(datetime.now(UTC))))
+    with pytest.raises(OSError, match="injected"):
+        erase_run(spark, stones, output)
+    monkeypatch.undo()
+    rewriting = erase.partitions_being_rewritten(spark, str(output / "features"))
+    assert folder.name in rewriting
+    held = _files_under(output, rewriting)
+    report = compaction(spark, output)
+    assert f"features/{folder.name}" in report.changed
+    assert _files_under(output, rewriting) == held
+    erase_run(spark, stones, output)  # the erase's rerun finishes its swap
+    assert photo not in {row["path"] for row in current_features(spark, str(output)).collect()}
