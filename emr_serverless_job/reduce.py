@@ -393,7 +393,7 @@ def in_space(features: DataFrame, reduction: Reduction | None) -> DataFrame:
     when there was no model and ``pca_features`` are null too).
 
     Two fits make two PCA spaces; rows of one must never be compared with rows of the
-    other, so every row names its space (``current.py`` re-projects older ones).
+    other, so every row names its space (``fruits_readers.current`` re-projects older ones).
     """
     model = F.lit(reduction.info.version if reduction is not None else None)
     return features.withColumn(PCA_MODEL_COLUMN, model.cast("string"))

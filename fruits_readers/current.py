@@ -6,7 +6,7 @@ version that projected each row) and, after a new backfill, several rows of one 
 PCA features of two spaces is meaningless and counting a photo twice is wrong; read through
 this instead:
 
-    from emr_serverless_job.current import current_features
+    from fruits_readers.current import current_features
     rows = current_features(spark, "s3://BUCKET/output")   # path, label, ..., pca_features
 
 Each photo's newest row (``featurized_at``, then ``run_id``) among those whose raw features

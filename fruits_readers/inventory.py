@@ -1,4 +1,4 @@
-"""What an output holds, per run and per PCA version: ``python -m emr_serverless_job.inventory``.
+"""What an output holds, per run and per PCA version: ``python -m fruits_readers.inventory``.
 
 Reads only the small columns (``path``, ``pca_model``, ``featurized_at``, the ``run_id``
 partition, or ``origin_run_id`` in a merged one) of the ``features`` and ``errors`` tables,
@@ -273,7 +273,7 @@ def lines(inventory: Inventory) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = convention.parser(
-        "python -m emr_serverless_job.inventory",
+        "python -m fruits_readers.inventory",
         __doc__.splitlines()[0],
         None,
     )
