@@ -69,7 +69,8 @@ def image_folder(count: int) -> Path:
     def fill(folder: Path) -> None:
         sources = sample_photos()
         if not sources:
-            from emr_serverless_job.synthetic import CLASSES, write_image_set
+            from emr_serverless_job.fruit_blobs import CLASSES
+            from fruits_demo.image_sets import write_image_set
 
             write_image_set(folder, -(-count // len(CLASSES)))
         for index in range(count if sources else 0):
@@ -95,7 +96,7 @@ def phone_folder(count: int) -> Path:
                 source = sources[index % len(sources)]
                 label, image = source.parent.name, Image.open(source).convert("RGB")
             else:
-                from emr_serverless_job.synthetic import CLASSES, fruit_image
+                from emr_serverless_job.fruit_blobs import CLASSES, fruit_image
 
                 label = CLASSES[index % len(CLASSES)]
                 image = fruit_image(label, index)

@@ -47,7 +47,9 @@ from fruits_contract import (
     BACKFILL_RUN_PREFIX,
     BATCH_RUN_PREFIX,
     ERRORS_TABLE,
+    FEATURES_COLUMNS,
     FEATURES_TABLE,
+    FEATURIZED_AT_COLUMN,
     RUN_ID_PARTITION,
     digest_run_id,
     iso_utc,
@@ -78,20 +80,6 @@ MIN_FILE_BYTES = 8 << 20
 # What a features row takes on disk: 4 bytes per float of both vectors (floats barely
 # compress) and the path, label, hash and sizes.
 ROW_OVERHEAD_BYTES = 256
-# When the run that wrote a row started: the newest row of a photo is the current one.
-FEATURIZED_AT_COLUMN = "featurized_at"
-FEATURES_COLUMNS = (
-    "path",
-    "label",
-    "sha256",
-    "size_bytes",
-    "width",
-    "height",
-    "features",
-    "pca_features",
-    reduce.PCA_MODEL_COLUMN,
-    FEATURIZED_AT_COLUMN,
-)
 
 
 class ReconciliationError(RuntimeError):

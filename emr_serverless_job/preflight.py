@@ -354,8 +354,8 @@ def probe_batch(image_size: int, photo: bytes | None) -> tuple[Any, list[str]]:
 
     import numpy as np
 
+    from emr_serverless_job.fruit_blobs import CLASSES, fruit_image
     from emr_serverless_job.images import ImageError, decode_image, preprocess
-    from emr_serverless_job.synthetic import CLASSES, fruit_image
 
     pixels, names = [], []
     for index in range(GENERATED_IMAGES):

@@ -38,7 +38,7 @@ from emr_serverless_job.model import FP32
 from emr_serverless_job.moments import Moments
 from emr_serverless_job.projection import Projection, fit_projection
 from emr_serverless_job.vectors import VECTOR_TYPE, to_list_array, to_matrix
-from fruits_contract import PCA_POINTER_FILE, PCA_VERSIONS_FOLDER
+from fruits_contract import PCA_MODEL_COLUMN, PCA_POINTER_FILE, PCA_VERSIONS_FOLDER
 
 METADATA_FILE = "featurizer.json"
 PROJECTION_FILE = "projection.npz"
@@ -46,7 +46,6 @@ PROJECTION_FILE = "projection.npz"
 # last) and PCA_VERSIONS_FOLDER (versions/<id>/{projection.npz,featurizer.json}, never
 # rewritten), the contract's: the emulator copies the pointer, then the version it names.
 MIN_ROWS_TO_FIT = 2
-PCA_MODEL_COLUMN = "pca_model"  # in the features table: the version that projected the row
 # Rows per NumPy product when computing moments: large enough for BLAS to run at speed,
 # small enough (4096 x 1280 float64 = 40 MiB) to stay out of the executor's way.
 MOMENTS_BLOCK_ROWS = 4096
@@ -394,7 +393,7 @@ def in_space(features: DataFrame, reduction: Reduction | None) -> DataFrame:
     when there was no model and ``pca_features`` are null too).
 
     Two fits make two PCA spaces; rows of one must never be compared with rows of the
-    other, so every row names its space (``current.py`` re-projects older ones).
+    other, so every row names its space (``fruits_readers.current`` re-projects older ones).
     """
     model = F.lit(reduction.info.version if reduction is not None else None)
     return features.withColumn(PCA_MODEL_COLUMN, model.cast("string"))

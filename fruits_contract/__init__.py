@@ -172,6 +172,24 @@ ERASURES_TABLE = "erasures"  # tombstones of erased photos
 RUN_ID_PARTITION = "run_id"
 # Every table's photo column, as the job writes it: reconcile reads only this column.
 PATH_COLUMN = "path"
+# The features table's other columns that readers rely on: the job writes them, the current
+# view, the inventory and the erase run read them.
+FEATURIZED_AT_COLUMN = "featurized_at"  # when the run that wrote the row started
+PCA_MODEL_COLUMN = "pca_model"  # the PCA model version that projected the row
+# The features table's columns, in the order the job writes them (and the current view returns
+# them, with the run id).
+FEATURES_COLUMNS = (
+    PATH_COLUMN,
+    "label",
+    "sha256",
+    "size_bytes",
+    "width",
+    "height",
+    "features",
+    "pca_features",
+    PCA_MODEL_COLUMN,
+    FEATURIZED_AT_COLUMN,
+)
 # reports/run_id=<id>/report.json: one JSON report per run (featurize or erase).
 REPORTS_FOLDER = "reports"
 REPORT_FILE = "report.json"

@@ -10,7 +10,7 @@
   ``random:SEED`` weights (offline demos and tests only: said loudly here and in every run);
 - ``mobilenet_v2.onnx`` (runtime onnx, the default): the same model exported to ONNX at
   ``--image-size``, shipped only if ONNX Runtime matches Keras on ``--photos`` (default: photos
-  generated here, ``emr_serverless_job.synthetic``) and, for int8, if its features stay close to
+  generated here, ``emr_serverless_job.fruit_blobs``) and, for int8, if its features stay close to
   fp32 there; int8 is calibrated on ``--calibration`` (your own photos), else on ``--photos``
   when given, else on generated photos, with a warning in the output and ``artifacts.json``;
 - ``pyspark_venv.tar.gz``: the job's pinned runtime requirements for ``--runtime`` (onnx: no
@@ -41,13 +41,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from emr_serverless_job.fruit_blobs import CLASSES, fruit_image  # noqa: E402
 from emr_serverless_job.model import (  # noqa: E402 (the root is added just above)
     RANDOM_PREFIX,
     Weights,
     build_keras_model,
     file_sha256,
 )
-from emr_serverless_job.synthetic import CLASSES, fruit_image  # noqa: E402
 from fruits_contract import (  # noqa: E402
     ARTIFACTS_MANIFEST,
     ENTRY_POINT,
@@ -154,7 +154,7 @@ class Photos:
 
 
 def generate_photos(folder: Path, per_class: int, first_index: int = 0) -> int:
-    """``folder/<label>/<i>.jpg``: fruit-like blobs on white (emr_serverless_job.synthetic)."""
+    """``folder/<label>/<i>.jpg``: fruit-like blobs on white (emr_serverless_job.fruit_blobs)."""
     for label in CLASSES:
         target = folder / label
         target.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def choose_photos(
         count = generate_photos(scratch / "parity", GENERATED_PARITY_PER_CLASS)
         chosen = Photos(
             parity=scratch / "parity",
-            parity_source=f"generated: {count} photos (emr_serverless_job.synthetic)",
+            parity_source=f"generated: {count} photos (emr_serverless_job.fruit_blobs)",
         )
     if precision != "int8":
         return chosen
@@ -192,7 +192,7 @@ def choose_photos(
             GENERATED_CALIBRATION_FIRST_INDEX,
         )
         chosen.calibration = scratch / "calibration"
-        chosen.calibration_source = "generated (emr_serverless_job.synthetic)"
+        chosen.calibration_source = "generated (emr_serverless_job.fruit_blobs)"
         chosen.generated_calibration = True
     return chosen
 

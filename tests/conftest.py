@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from emr_serverless_job.synthetic import Expected, write_awkward_inputs, write_image_set
+from fruits_demo.image_sets import Expected, write_awkward_inputs, write_image_set
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from emr_emulator import __main__ as emulator
-from emr_serverless_job import demo, inventory, report
 from emr_serverless_job import main as job
 from fruits_contract import cli as convention
+from fruits_demo import run as demo
 from fruits_ops import backfill, capacity, compact, erase, preflight, reconcile, resolver
+from fruits_readers import inventory, plots
 from lambda_trigger import settings as config
 from tests.conftest import ROOT
 
@@ -55,12 +56,12 @@ MAINS = {
     "fruits_ops.erase": lambda argv: erase.main(argv, env=SETTINGS),
     "fruits_ops.preflight": lambda argv: preflight.main(argv, env=SETTINGS),
     "fruits_ops.capacity": capacity.main,
-    "emr_serverless_job.inventory": inventory.main,
-    "emr_serverless_job.report": report.main,
+    "fruits_readers.inventory": inventory.main,
+    "fruits_readers.plots": plots.main,
     "packaging/build.py": build.main,
     "packaging/upload.py": upload.main,
     "emr_emulator": emulator.main,
-    "emr_serverless_job.demo": demo.main,
+    "fruits_demo": demo.main,
 }
 
 
@@ -154,11 +155,11 @@ def test_reconciles_old_out_still_names_the_missing_manifest_with_a_warning(caps
     assert "--out " not in capsys.readouterr().out  # hidden: one name to learn
 
 
-def test_the_reports_old_to_still_names_the_plots_folder_with_a_warning(capsys):
-    args = report.build_parser().parse_args(["out/", "--to", "plots/"])
+def test_the_plots_old_to_still_names_the_plots_folder_with_a_warning(capsys):
+    args = plots.build_parser().parse_args(["out/", "--to", "plots/"])
     assert args.plots == Path("plots/") and args.output == Path("out/")
     assert "warning: --to is deprecated, use --plots" in capsys.readouterr().err
-    assert report.build_parser().parse_args(["out/"]).plots is None
+    assert plots.build_parser().parse_args(["out/"]).plots is None
 
 
 BAD = {
@@ -406,7 +407,7 @@ def test_argparse_refusals_name_the_flag_and_exit_2(capsys):
         assert flag in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("script_name", ["fruits-featurize", "fruits-report"])
+@pytest.mark.parametrize("script_name", ["fruits-featurize", "fruits-plots"])
 def test_the_console_scripts_run_their_command(script_name, capsys):
     """pyproject.toml's console scripts point at a main that exists and follows the convention
     (docs/cli.md documents them)."""

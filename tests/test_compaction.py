@@ -18,12 +18,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from emr_serverless_job import compact, erase, inventory
+from emr_serverless_job import compact, erase
 from emr_serverless_job.compact_plan import ORIGIN_RUN_COLUMN
 from emr_serverless_job.config import ConfigError, parse_args
-from emr_serverless_job.current import current_features
-from emr_serverless_job.synthetic import write_image_set
+from fruits_demo.image_sets import write_image_set
 from fruits_ops import reconcile
+from fruits_readers import inventory
+from fruits_readers.current import current_features
 from lambda_trigger.events import S3Object
 from lambda_trigger.settings import S3Location
 from tests.test_erase_job import erase_run, erasure_manifest, iso

@@ -12,9 +12,10 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from emr_serverless_job import inventory, reduce
-from emr_serverless_job.current import NoCurrentModel, current_features
-from emr_serverless_job.synthetic import write_image_set
+from emr_serverless_job import reduce
+from fruits_demo.image_sets import write_image_set
+from fruits_readers import inventory
+from fruits_readers.current import NoCurrentModel, current_features
 from tests.test_job import run_job
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from emr_serverless_job import demo
+from fruits_demo import run as demo
 
 
 def test_falls_back_to_random_weights_loudly(monkeypatch, tmp_path, capsys):

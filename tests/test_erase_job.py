@@ -15,10 +15,10 @@ import pytest
 
 from emr_serverless_job import erase
 from emr_serverless_job.config import ConfigError, parse_args
-from emr_serverless_job.current import current_features
 from emr_serverless_job.inputs import spark_spelling
-from emr_serverless_job.synthetic import write_image_set
 from fruits_contract import erase_run_id
+from fruits_demo.image_sets import write_image_set
+from fruits_readers.current import current_features
 from tests.test_job import run_job
 
 GONE = "2020-01-01T00:00:00.000Z"

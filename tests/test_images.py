@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from emr_serverless_job.fruit_blobs import fruit_image
 from emr_serverless_job.images import (
     ImageError,
     decode_batch,
     decode_image,
     preprocess,
 )
-from emr_serverless_job.synthetic import fruit_image, truncated_jpeg
 from fruits_contract import is_image_name
+from fruits_demo.image_sets import truncated_jpeg
 
 SIZE = 32
 

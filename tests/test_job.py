@@ -20,7 +20,7 @@ from emr_serverless_job.config import parse_args
 from emr_serverless_job.model import FEATURE_DIM
 from emr_serverless_job.reduce import ReductionMismatch
 from emr_serverless_job.run_report import RunReport
-from emr_serverless_job.synthetic import write_image_set
+from fruits_demo.image_sets import write_image_set
 
 FAST = ["--weights", "random:0", "--image-size", "96", "--batch-size", "8"]
 
@@ -412,7 +412,7 @@ def test_input_that_does_not_exist_fails_before_writing(spark, tmp_path):
 
 
 def test_plots_are_drawn_from_an_output_folder(backfill, tmp_path):
-    from emr_serverless_job import report as plots
+    from fruits_readers import plots
 
     run_report, output, _ = backfill
     written = plots.write_plots(output, run_report.run_id, tmp_path)
@@ -420,7 +420,7 @@ def test_plots_are_drawn_from_an_output_folder(backfill, tmp_path):
     for path in written:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > 400
-    with pytest.raises(plots.ReportError, match="no run 'nope'"):
+    with pytest.raises(plots.PlotError, match="no run 'nope'"):
         plots.write_plots(output, "nope", tmp_path)
     assert plots.main([str(tmp_path / "empty")]) == 2
 

@@ -19,9 +19,9 @@ from emr_serverless_job.featurize import (
     result_batch,
     settle_zip_imports,
 )
+from emr_serverless_job.fruit_blobs import fruit_image
 from emr_serverless_job.model import FEATURE_DIM, Weights, tensorflow_featurizer
 from emr_serverless_job.projection import Projection
-from emr_serverless_job.synthetic import fruit_image
 
 SIZE = 96
 

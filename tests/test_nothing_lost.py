@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from emr_serverless_job import inputs
-from emr_serverless_job.synthetic import fruit_image
+from emr_serverless_job.fruit_blobs import fruit_image
 from fruits_contract import MODEL_FILE
 from fruits_ops import reconcile
 from lambda_trigger import handler as trigger

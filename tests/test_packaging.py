@@ -316,6 +316,46 @@ def test_job_package_is_reproducible_and_complete(tmp_path):
     assert names == sources
 
 
+# The project's packages that never run on EMR, and the modules that moved out of the job's.
+OFF_EMR_PACKAGES = (
+    "fruits_readers",
+    "fruits_demo",
+    "fruits_build",
+    "lambda_trigger",
+    "emr_emulator",
+)
+MOVED_OUT = ("current.py", "inventory.py", "report.py", "demo.py", "synthetic.py")
+
+
+def test_the_job_zip_holds_only_what_runs_on_emr(tmp_path):
+    """The zip is the driver's and the workers' code and the contract: no reader tool, no demo
+    and no build tool, and no module in it imports one (on EMR the zip is all the project's code
+    there is, so such an import would fail the run)."""
+    import ast
+    import zipfile
+
+    archive = zipfile.ZipFile(build.job_package(tmp_path / JOB_PACKAGE))
+    names = archive.namelist()
+    assert {name.split("/")[0] for name in names} == {"emr_serverless_job", "fruits_contract"}
+    readers_and_demo = {
+        p.name
+        for package in ("fruits_readers", "fruits_demo")
+        for p in (ROOT / package).glob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    }
+    assert readers_and_demo  # the packages this test keeps out are where it looks
+    shipped = {Path(name).name for name in names}
+    assert not shipped & (readers_and_demo | set(MOVED_OUT))
+    imported = set()
+    for name in names:
+        for node in ast.walk(ast.parse(archive.read(name))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    assert not imported & set(OFF_EMR_PACKAGES)
+
+
 def test_the_job_finds_its_contract_in_the_zip_alone(tmp_path):
     """On EMR the job's code is the --py-files zip and nothing else: the entry point's first
     import is the contract, and every name a shipped module takes from it must be in the zip's

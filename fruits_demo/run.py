@@ -1,4 +1,4 @@
-"""``python -m emr_serverless_job.demo``: the whole job on an embedded image set, offline.
+"""``python -m fruits_demo`` (``./dev run``): the whole job on a generated image set, offline.
 
 Generates a small deterministic labelled set (with a few broken files), runs the job
 exactly as the CLI does, then draws the plots. Uses real ImageNet weights where a
@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from emr_serverless_job import main as job_main
-from emr_serverless_job import report
-from emr_serverless_job.synthetic import write_awkward_inputs, write_image_set
 from fruits_contract import cli as convention
+from fruits_demo.image_sets import write_awkward_inputs, write_image_set
+from fruits_readers import plots
 
 SHARED_WEIGHTS = (
     Path(__file__).resolve().parents[2]
@@ -45,9 +45,7 @@ def pick_weights(requested: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = convention.parser(
-        "python -m emr_serverless_job.demo (./dev run)", __doc__, "the job's run failed"
-    )
+    parser = convention.parser("python -m fruits_demo (./dev run)", __doc__, "the job's run failed")
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -84,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if status != 0:
         return status
-    for path in report.write_plots(output):
+    for path in plots.write_plots(output):
         print(f"plot: {path}")
     return 0
 

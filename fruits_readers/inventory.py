@@ -1,4 +1,4 @@
-"""What an output holds, per run and per PCA version: ``python -m emr_serverless_job.inventory``.
+"""What an output holds, per run and per PCA version: ``python -m fruits_readers.inventory``.
 
 Reads only the small columns (``path``, ``pca_model``, ``featurized_at``, the ``run_id``
 partition, or ``origin_run_id`` in a merged one) of the ``features`` and ``errors`` tables,
@@ -30,7 +30,6 @@ from emr_serverless_job.compact_plan import (
 from emr_serverless_job.erase import ERASED_AT_COLUMN
 from emr_serverless_job.reduce import (
     METADATA_FILE,
-    PCA_MODEL_COLUMN,
     PROJECTION_FILE,
     ReductionInfo,
     key_of,
@@ -41,7 +40,9 @@ from fruits_contract import (
     ERASURES_TABLE,
     ERRORS_TABLE,
     FEATURES_TABLE,
+    FEATURIZED_AT_COLUMN,
     PATH_COLUMN,
+    PCA_MODEL_COLUMN,
     PCA_MODEL_FOLDER,
     PCA_POINTER_FILE,
     PCA_VERSIONS_FOLDER,
@@ -50,7 +51,6 @@ from fruits_contract import (
 from fruits_contract import cli as convention
 from fruits_ops.reconcile import table_files
 
-FEATURIZED_AT = "featurized_at"
 TIMESTAMP = pa.timestamp("us")  # Spark writes INT96: nanoseconds, no zone, whole microseconds
 
 
@@ -146,7 +146,7 @@ def take(
         _values(features, "run_id"),
         _values(features, PCA_MODEL_COLUMN),
         _values(features, PATH_COLUMN),
-        _values(features, FEATURIZED_AT),
+        _values(features, FEATURIZED_AT_COLUMN),
         strict=True,
     ):
         model_of[run_id] = model or "(none)"
@@ -230,7 +230,7 @@ def read(output: str) -> Inventory:
     features = _table(
         filesystem,
         f"{root}/{FEATURES_TABLE}",
-        {PATH_COLUMN: pa.string(), PCA_MODEL_COLUMN: pa.string(), FEATURIZED_AT: TIMESTAMP},
+        {PATH_COLUMN: pa.string(), PCA_MODEL_COLUMN: pa.string(), FEATURIZED_AT_COLUMN: TIMESTAMP},
     )
     errors = _table(filesystem, f"{root}/{ERRORS_TABLE}", {PATH_COLUMN: pa.string()})
     infos, current = read_versions(filesystem, root)
@@ -273,7 +273,7 @@ def lines(inventory: Inventory) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = convention.parser(
-        "python -m emr_serverless_job.inventory",
+        "python -m fruits_readers.inventory",
         __doc__.splitlines()[0],
         None,
     )

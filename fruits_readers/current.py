@@ -6,7 +6,7 @@ version that projected each row) and, after a new backfill, several rows of one 
 PCA features of two spaces is meaningless and counting a photo twice is wrong; read through
 this instead:
 
-    from emr_serverless_job.current import current_features
+    from fruits_readers.current import current_features
     rows = current_features(spark, "s3://BUCKET/output")   # path, label, ..., pca_features
 
 Each photo's newest row (``featurized_at``, then ``run_id``) among those whose raw features
@@ -27,8 +27,15 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from emr_serverless_job import compact, erase, hadoopfs, reduce
-from emr_serverless_job.job import FEATURES_COLUMNS, FEATURIZED_AT_COLUMN
-from fruits_contract import FEATURES_TABLE, PATH_COLUMN, PCA_MODEL_FOLDER, report_path
+from fruits_contract import (
+    FEATURES_COLUMNS,
+    FEATURES_TABLE,
+    FEATURIZED_AT_COLUMN,
+    PATH_COLUMN,
+    PCA_MODEL_COLUMN,
+    PCA_MODEL_FOLDER,
+    report_path,
+)
 
 
 class NoCurrentModel(LookupError):
@@ -55,7 +62,7 @@ def current_features(spark: SparkSession, output: str, model: str | None = None)
     newest = Window.partitionBy("path").orderBy(
         F.col(FEATURIZED_AT_COLUMN).desc(), F.col("run_id").desc()
     )
-    model_column = F.col(reduce.PCA_MODEL_COLUMN)
+    model_column = F.col(PCA_MODEL_COLUMN)
     chosen = (
         rows.filter(
             model_column.isin(versions) | (model_column.isNull() & F.col("run_id").isin(runs))
@@ -67,9 +74,7 @@ def current_features(spark: SparkSession, output: str, model: str | None = None)
     chosen = _without_erased(spark, output, chosen).select(*FEATURES_COLUMNS, "run_id")
     # Every row is projected again, those of the current version too: a model saved before
     # versions named its space by its run, which a refit of the same prefix reused.
-    reprojected = reduce.apply(
-        spark, reduction, chosen.drop("pca_features", reduce.PCA_MODEL_COLUMN)
-    )
+    reprojected = reduce.apply(spark, reduction, chosen.drop("pca_features", PCA_MODEL_COLUMN))
     return reprojected.select(*FEATURES_COLUMNS, "run_id")
 
 
@@ -82,7 +87,7 @@ def projectable(
     to apply (the batches before the first backfill, or during it) when its report does. An
     unreadable version or report (pruned, half copied) is not one.
     """
-    named = rows.select(reduce.PCA_MODEL_COLUMN, "run_id").distinct().collect()
+    named = rows.select(PCA_MODEL_COLUMN, "run_id").distinct().collect()
     versions = sorted({r[0] for r in named if r[0] is not None})
     unversioned = sorted({r[1] for r in named if r[0] is None})
     uri = _model_uri(output)

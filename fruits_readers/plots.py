@@ -1,4 +1,4 @@
-"""``python -m emr_serverless_job.report OUTPUT``: a scree plot and a 2-D PCA scatter as PNGs.
+"""``python -m fruits_readers.plots OUTPUT``: a scree plot and a 2-D PCA scatter as PNGs.
 
 Reads a local output folder written by the job (download an S3 output first, e.g.
 ``aws s3 sync``); needs no Spark, only pyarrow and matplotlib.
@@ -24,7 +24,7 @@ SCREE_FILE = "scree.png"
 SCATTER_FILE = "pca_scatter.png"
 
 
-class ReportError(ValueError):
+class PlotError(ValueError):
     """The output folder does not hold what the plots need; the message says what."""
 
 
@@ -32,7 +32,7 @@ def find_report(output: Path, run_id: str | None) -> dict:
     """The run report of ``run_id``, or of the most recent run when none is given."""
     reports = sorted((output / REPORTS_FOLDER).glob(f"{RUN_ID_PARTITION}=*/{REPORT_FILE}"))
     if not reports:
-        raise ReportError(
+        raise PlotError(
             f"no run reports under {output}/{REPORTS_FOLDER}: is this a job output folder?"
         )
     loaded = [json.loads(path.read_text()) for path in reports]
@@ -44,7 +44,7 @@ def find_report(output: Path, run_id: str | None) -> dict:
         if report["run_id"] == run_id:
             return report
     known = ", ".join(sorted(report["run_id"] for report in loaded))
-    raise ReportError(f"no run {run_id!r} under {output}; runs: {known}")
+    raise PlotError(f"no run {run_id!r} under {output}; runs: {known}")
 
 
 def load_projection(output: Path, run_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +53,7 @@ def load_projection(output: Path, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     )
     projections = table.column("pca_features").to_pylist()
     if not projections or any(value is None for value in projections):
-        raise ReportError(f"run {run_id} has no PCA features (no fitted model when it ran)")
+        raise PlotError(f"run {run_id} has no PCA features (no fitted model when it ran)")
     return np.array(projections, dtype=np.float64), np.array(table.column("label").to_pylist())
 
 
@@ -123,7 +123,7 @@ def write_plots(output: Path, run_id: str | None = None, target: Path | None = N
     matplotlib.use("Agg")
     report = find_report(output, run_id)
     if not report["pca"].get("k"):
-        raise ReportError(f"run {report['run_id']} has no PCA: {report['pca'].get('status')}")
+        raise PlotError(f"run {report['run_id']} has no PCA: {report['pca'].get('status')}")
     projections, labels = load_projection(output, report["run_id"])
     folder = target or output / REPORTS_FOLDER / f"{RUN_ID_PARTITION}={report['run_id']}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -134,11 +134,11 @@ def write_plots(output: Path, run_id: str | None = None, target: Path | None = N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The flags of ``python -m emr_serverless_job.report`` and of ``fruits-report``."""
+    """The flags of ``python -m fruits_readers.plots`` and of ``fruits-plots``."""
     parser = convention.parser(
-        "python -m emr_serverless_job.report",
+        "python -m fruits_readers.plots",
         "Draw a scree plot and a 2-D PCA scatter (PNG) from a local job output "
-        "(also installed as the console script fruits-report).",
+        "(also installed as the console script fruits-plots).",
         None,
     )
     parser.add_argument(
@@ -159,11 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m emr_serverless_job.report`` and the console script ``fruits-report``."""
+    """``python -m fruits_readers.plots`` and the console script ``fruits-plots``."""
     args = build_parser().parse_args(argv)
     try:
         written = write_plots(args.output, args.run_id, args.plots)
-    except ReportError as error:
+    except PlotError as error:
         return convention.refuse(str(error))
     for path in written:
         print(path)
