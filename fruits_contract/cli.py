@@ -116,6 +116,12 @@ def flag_error(flag: str, value: object, problem: object) -> str:
     return f"{flag} {shlex.quote(str(value))}: {problem}"
 
 
+def say(line: str) -> None:
+    """What a command tells its user goes to stderr: stdout carries only its output (a job
+    run id, a request, a report), for a script to read."""
+    print(line, file=sys.stderr)
+
+
 def refuse(message: str) -> int:
     """Say why a command stops before doing anything, and return the code it exits with."""
     print(f"{USAGE_PREFIX}{message}", file=sys.stderr)

@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from emr_serverless_job.model import FEATURE_DIM
 from fruits_contract import PCA_SCALINGS
 from fruits_contract import cli as convention
+from fruits_contract.cli import say
 from fruits_ops import listing, resolver
 from lambda_trigger import settings as config
 from lambda_trigger import sizing
@@ -36,12 +37,6 @@ EXIT_RUN_FAILED = convention.EXIT_FAILED
 EXIT_CONFIG_ERROR = convention.EXIT_USAGE
 MAX_RETRIES = 9
 POLL_HELP = "seconds between two GetJobRun calls while following the run, 0 or more"
-
-
-def say(line: str) -> None:
-    """What a command tells its user goes to stderr: stdout carries only its output (a job
-    run id, a request), for a script to read."""
-    print(line, file=sys.stderr)
 
 
 def poll_problems(seconds: float) -> list[str]:
@@ -241,15 +236,10 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     problems = flag_problems(args)
     if problems:
         return convention.refuse("; ".join(problems))
-    import boto3
-
-    session = boto3.session.Session(region_name=args.region)
     try:
-        resolved = resolver.resolve_settings(session, args, env)
-        deployment = config.deployment_from_environment(resolved.values, resolved.sources)
+        session, deployment = resolver.open_settings(args, env, config.deployment_from_environment)
     except config.SettingsError as error:
         return convention.refuse(str(error))
-    resolver.say_origins(resolved, say)
     source = for_backfill(args.input, job_flags(args), *counted(session, args.input, deployment))
     request = start_job_run_request(
         deployment, source, client_token=str(uuid.uuid4()), attempt=Attempt(1, 1 + args.retries)

@@ -32,13 +32,13 @@ from fruits_contract import (
     report_path,
 )
 from fruits_contract import cli as convention
+from fruits_contract.cli import say
 from fruits_ops import resolver
 from fruits_ops.backfill import (
     DEFAULT_POLL_SECONDS,
     POLL_HELP,
     describe_end,
     poll_problems,
-    say,
     wait_for,
 )
 from lambda_trigger import settings as config
@@ -131,15 +131,10 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     problems = flag_problems(args)
     if problems:
         return convention.refuse("; ".join(problems))
-    import boto3
-
-    session = boto3.session.Session(region_name=args.region)
     try:
-        resolved = resolver.resolve_settings(session, args, env)
-        deployment = config.deployment_from_environment(resolved.values, resolved.sources)
+        session, deployment = resolver.open_settings(args, env, config.deployment_from_environment)
     except config.SettingsError as error:
         return convention.refuse(str(error))
-    resolver.say_origins(resolved, say)
     request = compaction_request(
         deployment, args.older_than_days, args.dry_run, datetime.now(UTC), uuid.uuid4().hex
     )

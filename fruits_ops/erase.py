@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from botocore.exceptions import ClientError
 
 from fruits_contract import IMAGE_SUFFIXES, is_image_name, now_iso
 from fruits_contract import cli as convention
+from fruits_contract.cli import say
 from fruits_ops import resolver
 from lambda_trigger import settings as config
 from lambda_trigger.events import OBJECT_REMOVED, S3Object
@@ -175,25 +177,28 @@ def is_versioned(s3: Any, bucket: str) -> bool:
     return s3.get_bucket_versioning(Bucket=bucket).get("Status") in VERSIONED
 
 
+def settings_and_keys(
+    lines: list[str], values: dict[str, str], sources: config.Sources
+) -> tuple[config.Settings, list[str]]:
+    """The settings and the keys they resolve against, both checked before anything is said."""
+    settings = config.from_environment(values, sources)
+    return settings, resolve_keys(lines, settings.raw)
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = os.environ if env is None else env
-    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     try:
         lines = read_keys(args.keys)
     except KeysError as error:
         return convention.refuse(str(error))
-    import boto3
-
-    session = boto3.session.Session(region_name=args.region)
     try:
         # every setting the Lambda's Settings hold: the erase run is started as the trigger does
-        resolved = resolver.resolve_settings(session, args, env, ERASE_SETTINGS, config.FIELDS)
-        settings = config.from_environment(resolved.values, resolved.sources)
-        keys = resolve_keys(lines, settings.raw)
+        session, (settings, keys) = resolver.open_settings(
+            args, env, partial(settings_and_keys, lines), ERASE_SETTINGS, config.FIELDS
+        )
     except (config.SettingsError, KeysError) as error:
         return convention.refuse(str(error))
-    resolver.say_origins(resolved, say, config.FIELDS)
     bucket = settings.raw.bucket
     if args.dry_run:
         print(erasure_manifest(bucket, Request(keys, now_iso())).body.decode(), end="")

@@ -25,6 +25,7 @@ import sys
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from fruits_contract import (
@@ -36,13 +37,13 @@ from fruits_contract import (
     preflight_run_id,
 )
 from fruits_contract import cli as convention
+from fruits_contract.cli import say
 from fruits_ops import resolver
 from fruits_ops.backfill import (
     DEFAULT_POLL_SECONDS,
     POLL_HELP,
     describe_end,
     poll_problems,
-    say,
     shown_instead,
     wait_for,
 )
@@ -261,22 +262,26 @@ def start(
     return job_run_id
 
 
+def deployment_and_photo(
+    key: str | None, values: dict[str, str], sources: config.Sources
+) -> tuple[config.Deployment, str]:
+    """The deployment and the photo to try, both checked before anything is said or started."""
+    deployment, raw = config.preflight_from_environment(values, sources)
+    return deployment, photo_location(raw, key)
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = os.environ if env is None else env
     problems = flag_problems(args)
     if problems:
         return convention.refuse("; ".join(problems))
-    import boto3
-
-    session = boto3.session.Session(region_name=args.region)
     try:
-        resolved = resolver.resolve_settings(session, args, env, PREFLIGHT_SETTINGS)
-        deployment, raw = config.preflight_from_environment(resolved.values, resolved.sources)
-        source = photo_location(raw, args.key)
+        session, (deployment, source) = resolver.open_settings(
+            args, env, partial(deployment_and_photo, args.key), PREFLIGHT_SETTINGS
+        )
     except (config.SettingsError, ValueError) as error:
         return convention.refuse(str(error))
-    resolver.say_origins(resolved, say)
     run_id = preflight_run_id(datetime.now(UTC), uuid.uuid4().hex)
     job_source = for_preflight(deployment, source, run_id, args.reference_model)
     request = start_job_run_request(deployment, job_source, client_token=run_id)

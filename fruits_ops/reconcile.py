@@ -35,7 +35,6 @@ from urllib.parse import urlsplit
 from fruits_contract import ERRORS_TABLE, FEATURES_TABLE, PATH_COLUMN, is_image_name
 from fruits_contract import cli as convention
 from fruits_ops import resolver
-from fruits_ops.backfill import say
 from lambda_trigger import settings as config
 from lambda_trigger.events import S3Object
 from lambda_trigger.manifest import build_manifest
@@ -213,16 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = os.environ if env is None else env
-    import boto3
-
-    session = boto3.session.Session(region_name=args.region)
     try:
         # every setting the Lambda's Settings hold (--submit starts a run as the trigger does)
-        resolved = resolver.resolve_settings(session, args, env, RECONCILE_SETTINGS, config.FIELDS)
-        settings = config.from_environment(resolved.values, resolved.sources)
+        session, settings = resolver.open_settings(
+            args, env, config.from_environment, RECONCILE_SETTINGS, config.FIELDS
+        )
     except config.SettingsError as error:
         return convention.refuse(str(error))
-    resolver.say_origins(resolved, say, config.FIELDS)
     since = args.since.replace(tzinfo=args.since.tzinfo or UTC) if args.since else None
     s3 = session.client("s3")
     started = time.perf_counter()

@@ -28,11 +28,11 @@ import re
 import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fruits_contract.cli import flag_error
+from fruits_contract.cli import flag_error, say
 from lambda_trigger import settings as config
 
 ORDER = "flag > environment > stack output > default"
@@ -65,6 +65,8 @@ DEPLOYMENT_FLAGS = {
     "timeout_minutes": config.JOB_TIMEOUT_MINUTES,
 }
 DEFAULT = "default"
+
+Parsed = TypeVar("Parsed")
 
 
 @dataclass(frozen=True)
@@ -229,3 +231,24 @@ def say_origins(
     """Print ``origin_lines`` (stderr, by the commands: stdout stays the command's output)."""
     for line in origin_lines(resolved, names):
         say(line)
+
+
+def open_settings(
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    parse: Callable[[dict[str, str], config.Sources], Parsed],
+    flags: Mapping[str, str] = DEPLOYMENT_FLAGS,
+    names: Iterable[str] = (),
+) -> tuple[Any, Parsed]:
+    """What every command that reads the deployment does first, in one place: a boto3 session
+    in ``--region``, the settings resolved in the module's order and parsed by ``parse`` (a
+    ``config`` parser), then each one said on stderr with its origin. Raises
+    ``config.SettingsError`` (the command refuses it, exit 2) before any call but the stack's."""
+    import boto3
+
+    names = tuple(names)
+    session = boto3.session.Session(region_name=args.region)
+    resolved = resolve_settings(session, args, env, flags, names)
+    parsed = parse(resolved.values, resolved.sources)
+    say_origins(resolved, say, names or None)
+    return session, parsed
