@@ -14,7 +14,7 @@ RANDOM_WEIGHTS_WARNING = (
 @dataclass
 class RunReport:
     run_id: str
-    mode: str  # "backfill" or "manifest"
+    mode: str  # fruits_contract.BACKFILL_MODE or MANIFEST_MODE
     source: str
     output: str
     started_at: str

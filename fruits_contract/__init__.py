@@ -1,11 +1,11 @@
-"""The facts the job, the Lambdas, the commands, packaging and the emulator share, defined once.
+"""The facts the job, the Lambdas, the commands, the build and the emulator share, defined once.
 
 Each side used to keep its own copy of these (the Lambda package shipped without the job's
 code, so it could not import them), and tests kept the copies equal. This module is the one
 definition: standard library only, so it imports in the job's venv archive, in the Lambda's
 bundle and in the development venv alike. It ships in both:
 
-- the job package, ``emr_serverless_job.zip`` (``packaging/build.py``: ``job_package``), passed
+- the job package, ``emr_serverless_job.zip`` (``fruits_build/build.py``: ``job_package``), passed
   as ``--py-files``, which puts this package on the driver's and the executors' path;
 - the Lambda bundle (``lambda_trigger/Makefile``, run by ``sam build``), next to
   ``lambda_trigger/`` at the bundle's root.
@@ -61,23 +61,23 @@ IMAGE_SIZES = (96, 128, 160, 192, 224)
 # The job's --pca-scaling choices, which the backfill command passes through.
 PCA_SCALINGS = ("none", "standard")
 # The least cosine of an int8 model's features to the fp32 ones, per photo: the build ships no
-# int8 model under it (packaging/export_onnx.py, on the build machine's CPU) and the preflight
+# int8 model under it (fruits_build/export_onnx.py, on the build machine's CPU) and the preflight
 # fails a deployment under it (on the job's own CPUs, whose int8 kernels may differ).
 INT8_MIN_COSINE = 0.98
 
-# --- what packaging uploads under s3://BUCKET/artifacts/, by name -------------------------------
+# --- what the build uploads under s3://BUCKET/artifacts/, by name -------------------------------
 
-# packaging/build.py writes these names, packaging/upload.py sends them, the StartJobRun
+# fruits_build/build.py writes these names, fruits_build/upload.py sends them, the StartJobRun
 # request (lambda_trigger/request.py) names them, the job's preflight compares them.
 ENTRY_POINT = "main.py"
 JOB_PACKAGE = "emr_serverless_job.zip"
 VENV_ARCHIVE = "pyspark_venv.tar.gz"
 WEIGHTS_FILE = "mobilenet_v2_weights.h5"
 MODEL_FILE = "mobilenet_v2.onnx"
-# What packaging/build.py measured; upload.py sends it last, the preflight reads it.
+# What fruits_build/build.py measured; upload.py sends it last, the preflight reads it.
 ARTIFACTS_MANIFEST = "artifacts.json"
 # The archive's interpreter as every process sees it (spark.archives=...#environment): the
-# request sets it for driver and executors, packaging checks where its link ends, the
+# request sets it for driver and executors, the build checks where its link ends, the
 # preflight checks that the processes run it.
 VENV_PYTHON = "./environment/bin/python"
 
@@ -117,6 +117,11 @@ ERASE_RUN_PREFIX = "erase-"
 PREFLIGHT_RUN_PREFIX = "preflight-"
 COMPACT_RUN_PREFIX = "compact-"
 PREFLIGHT_NONCE_DIGITS = 8
+# A run report's "mode", the kind of run that wrote reports/run_id=RUN/report.json: the job's two
+# featurizing modes (compaction and erase runs write their own there): the plots read only these.
+BACKFILL_MODE = "backfill"
+MANIFEST_MODE = "manifest"
+FEATURIZING_MODES = (BACKFILL_MODE, MANIFEST_MODE)
 
 
 def digest_run_id(prefix: str, sha256_hex: str) -> str:

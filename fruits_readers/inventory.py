@@ -46,6 +46,7 @@ from fruits_contract import (
     PCA_MODEL_FOLDER,
     PCA_POINTER_FILE,
     PCA_VERSIONS_FOLDER,
+    REPORTS_FOLDER,
     report_path,
 )
 from fruits_contract import cli as convention
@@ -224,9 +225,32 @@ def read_erasures(filesystem: pafs.FileSystem, root: str) -> dict[str, datetime]
     return latest
 
 
+# What a job output holds; a location with none of them is a mistyped path, not an empty output.
+OUTPUT_FOLDERS = (FEATURES_TABLE, ERRORS_TABLE, REPORTS_FOLDER, PCA_MODEL_FOLDER)
+
+
+class NotAnOutputError(ValueError):
+    """The location is no job output; the message names it and what was looked for."""
+
+
+def check_output(filesystem: pafs.FileSystem, root: str, output: str) -> None:
+    """Refuse a location that holds none of a job output's folders: an inventory of a typo
+    would print zeros, which read as "nothing featurized" rather than "wrong path"."""
+    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
+        raise NotAnOutputError(
+            f"OUTPUT {output}: nothing there (a mistyped path, or no run has written there yet)"
+        )
+    found = filesystem.get_file_info([f"{root}/{name}" for name in OUTPUT_FOLDERS])
+    if all(info.type != pafs.FileType.Directory for info in found):
+        raise NotAnOutputError(
+            f"OUTPUT {output}: not a job output (none of {', '.join(OUTPUT_FOLDERS)} in it)"
+        )
+
+
 def read(output: str) -> Inventory:
     filesystem, root = pafs.FileSystem.from_uri(output)
     root = root.rstrip("/")
+    check_output(filesystem, root, output)
     features = _table(
         filesystem,
         f"{root}/{FEATURES_TABLE}",
@@ -283,7 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the output location (the job's --output): a folder or s3://BUCKET/output",
     )
     args = parser.parse_args(argv)
-    print("\n".join(lines(read(args.output))))
+    try:
+        inventory = read(args.output)
+    except NotAnOutputError as error:
+        return convention.refuse(str(error))
+    print("\n".join(lines(inventory)))
     return convention.EXIT_OK
 
 

@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from fruits_contract import FEATURES_TABLE, REPORT_FILE, REPORTS_FOLDER, RUN_ID_PARTITION
+from fruits_contract import (
+    FEATURES_TABLE,
+    FEATURIZING_MODES,
+    REPORT_FILE,
+    REPORTS_FOLDER,
+    RUN_ID_PARTITION,
+)
 from fruits_contract import cli as convention
 
 SCREE_COMPONENTS = 50
@@ -35,7 +41,16 @@ def find_report(output: Path, run_id: str | None) -> dict:
         raise PlotError(
             f"no run reports under {output}/{REPORTS_FOLDER}: is this a job output folder?"
         )
-    loaded = [json.loads(path.read_text()) for path in reports]
+    every = [json.loads(path.read_text()) for path in reports]
+    loaded = [report for report in every if report.get("mode") in FEATURIZING_MODES]
+    other = {report["run_id"]: report.get("mode") for report in every} if run_id else {}
+    if run_id in other and other[run_id] not in FEATURIZING_MODES:
+        raise PlotError(
+            f"run {run_id!r} is a {other[run_id]} run: the plots draw a run that featurized "
+            f"({' or '.join(FEATURIZING_MODES)})"
+        )
+    if not loaded:
+        raise PlotError(f"no featurizing run's report under {output}/{REPORTS_FOLDER}")
     if run_id is None:
         # Parsed, not compared as text: reports written before the contract's one time format
         # say +00:00 where newer ones say Z.
