@@ -4,7 +4,7 @@ A backfill of ``--photos`` 4032x3024 JPEGs (throughput.phone_folder: the sample 
 up with sensor-like noise, 2-4 MB each) as the stack submits it (``fruits_ops.backfill
 --print-request``: ONNX Runtime, 4 vCPU executors of EXECUTOR_MEMORY + EXECUTOR_MEMORY_OVERHEAD,
 the job's default --batch-size 64), run by ``emr_emulator`` against a moto server on loopback,
-with the built artifacts uploaded by packaging/upload.py. The emulator's watchdog
+with the built artifacts uploaded by fruits_build/upload.py. The emulator's watchdog
 (emr_emulator/limits.py) samples each worker's process-tree RSS every 0.2 s and kills a worker
 over its size; its peaks are the result. ``--parallelism N`` overrides the request's
 spark.default.parallelism (the job asks Spark for 4 x N splits), so that a small run packs
@@ -53,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "fruits-trigger")
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FruitsFeatures")
     from emr_emulator.run import run_job
+    from fruits_build import upload
     from fruits_ops import backfill
     from lambda_trigger import handler as trigger
     from lambda_trigger.request import request_from_job_run
     from tests.loopback import CREDENTIALS, MotoServer, deploy, job_runs, poll_and_invoke
-    from tests.test_packaging import load
 
     folder = phone_folder(args.photos)
     photos = sorted(p for p in folder.rglob("*.jpg"))
@@ -67,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack = deploy()
         bucket = stack.bucket
-        upload = load("upload")
         with contextlib.redirect_stdout(io.StringIO()):
             assert (
                 upload.main(["--artifacts", f"s3://{bucket}/artifacts", "--dist", str(args.dist)])

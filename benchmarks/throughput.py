@@ -1,7 +1,7 @@
 """Job throughput against the model's own speed, and peak memory against input size.
 
 One run on one machine measures, at each image size and for each runtime (ONNX Runtime
-on the model packaging/ exports, TensorFlow/Keras on the weights file):
+on the model fruits_build/ exports, TensorFlow/Keras on the weights file):
   raw  the featurizer in a tight in-process loop on already-preprocessed batches
        (same model, weights, image size and batch size; all cores to the runtime);
   function  the job's featurizing function itself (decode, model, hashes, Arrow result)
@@ -44,7 +44,7 @@ RAW_SECONDS = 30.0
 SAMPLE_EVERY_S = 0.25
 PHONE_SIZE = (4032, 3024)  # a 12 MP phone photo
 PHONE_QUALITY = 90
-DEPLOYED_PRECISION = "int8"  # packaging/build.py's default
+DEPLOYED_PRECISION = "int8"  # fruits_build/build.py's default
 PRECISION = DEPLOYED_PRECISION  # of the job's and raw's model: --precision
 
 
@@ -114,16 +114,15 @@ def weights() -> str:
 
 
 def onnx_model(size: int, precision: str = DEPLOYED_PRECISION) -> Path:
-    """The model packaging/ would ship at this size and precision, checked as the build
+    """The model fruits_build/ would ship at this size and precision, checked as the build
     checks it (int8 needs the real photos to calibrate), cached between runs; the export's
     figures are kept next to it (``.json``)."""
     path = WORK / "models" / f"mobilenet_v2_{size}_{precision}.onnx"
     if path.exists():
         return path
     from emr_serverless_job.model import Weights
-    from tests.test_packaging import load  # packaging/ holds scripts, loaded by path
+    from fruits_build import export_onnx
 
-    export_onnx = load("export_onnx")
     source = Weights.parse(weights())
     if REAL_SAMPLE.exists():
         exported = export_onnx.export(source, size, path, REAL_SAMPLE, precision=precision)

@@ -54,7 +54,6 @@ from emr_serverless_job.compact_plan import (
 from emr_serverless_job.config import JobConfig
 from emr_serverless_job.erase import TYPE_INFERENCE, conform, written_schema
 from emr_serverless_job.job import TARGET_FILE_BYTES
-from emr_serverless_job.logs import event
 from fruits_contract import (
     COMPACT_RUN_PREFIX,
     ERRORS_TABLE,
@@ -63,6 +62,7 @@ from fruits_contract import (
     iso_utc,
     report_path,
 )
+from fruits_contract.logs import log
 
 TABLES = (FEATURES_TABLE, ERRORS_TABLE)
 PARQUET_SUFFIX = ".parquet"
@@ -439,7 +439,7 @@ def run(config: JobConfig, spark: SparkSession) -> CompactionReport:
         target_bytes=TARGET_FILE_BYTES,
         dry_run=config.dry_run,
     )
-    event("compact_started", run_id=report.run_id, cutoff=report.cutoff, dry_run=config.dry_run)
+    log("compact_started", run_id=report.run_id, cutoff=report.cutoff, dry_run=config.dry_run)
     inference = spark.conf.get(TYPE_INFERENCE)
     spark.conf.set(TYPE_INFERENCE, "false")  # run ids are names ("007" is not 7)
     try:
@@ -467,7 +467,7 @@ def run(config: JobConfig, spark: SparkSession) -> CompactionReport:
                     merged_rows += rows
                     done.append(merge)
                     report.merges.append(_merge_record(merge, rows))
-                event(
+                log(
                     "compact_merge",
                     run_id=report.run_id,
                     table=table,
@@ -486,7 +486,7 @@ def run(config: JobConfig, spark: SparkSession) -> CompactionReport:
     if not config.dry_run:
         uri = f"{output}/{report_path(report.run_id)}"
         hadoopfs.write_bytes(spark, uri, report.to_json().encode())
-    event(
+    log(
         "compact_finished",
         run_id=report.run_id,
         dry_run=config.dry_run,

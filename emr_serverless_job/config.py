@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=None,
-        help="Path or URI of the .onnx model packaging/ exported (runtime onnx); its input "
+        help="Path or URI of the .onnx model fruits_build/ exported (runtime onnx); its input "
         "size is the image size (default: dist/ of this checkout, when no --runtime or "
         "--weights is given).",
     )
@@ -267,7 +267,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
     args.weights = args.weights or "imagenet"
     runtime = args.runtime or ("onnx" if args.model else "tensorflow")
     if runtime == "onnx" and not args.model:
-        raise ConfigError("--runtime onnx: needs --model, the .onnx file packaging/ exported")
+        raise ConfigError("--runtime onnx: needs --model, the .onnx file fruits_build/ exported")
     if runtime == "tensorflow" and args.model:
         raise ConfigError("--model: only used with --runtime onnx (tensorflow takes --weights)")
     _require_local(args.model, "--model", Path.is_file, "file")

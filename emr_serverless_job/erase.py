@@ -51,7 +51,6 @@ from emr_serverless_job.inputs import (
     spark_spelling,
 )
 from emr_serverless_job.job import FEATURIZED_AT_COLUMN
-from emr_serverless_job.logs import event
 from fruits_contract import (
     ERASED_AT_FIELD,
     ERASURES_TABLE,
@@ -63,6 +62,7 @@ from fruits_contract import (
     now_iso,
     report_path,
 )
+from fruits_contract.logs import log
 
 ERASED_AT_COLUMN = "erased_at"
 TOMBSTONE_SCHEMA = f"{PATH_COLUMN} string, {ERASED_AT_COLUMN} timestamp"
@@ -500,7 +500,7 @@ def _started_at(spark: SparkSession, output: str, run_id: str) -> datetime | Non
         report = json.loads(hadoopfs.read_bytes(spark, f"{output}/{report_path(run_id)}").decode())
         return parse_time(report["started_at"])
     except Exception as error:  # missing, unreadable or malformed: erase on any tombstone
-        event("report_unreadable", run_id=run_id, cause=_first_line(error))
+        log("report_unreadable", run_id=run_id, cause=_first_line(error))
         return None
 
 
@@ -578,7 +578,7 @@ def run(config: JobConfig, spark: SparkSession) -> ErasureReport:
         run_id=run_id, source=source, output=output, started_at=now_iso(), photos=found.uris
     )
     report.problems = list(found.problems)
-    event("erase_started", run_id=run_id, photos=found.uris, problems=len(found.problems))
+    log("erase_started", run_id=run_id, photos=found.uris, problems=len(found.problems))
     with _timed(report, "tombstones"):
         if found.tombstones:
             append_tombstones(spark, output, run_id, found)
@@ -612,7 +612,7 @@ def run(config: JobConfig, spark: SparkSession) -> ErasureReport:
     report.timings_s["total"] = round(time.perf_counter() - started, 3)
     report.finished_at = now_iso()
     hadoopfs.write_bytes(spark, report_uri, report.to_json().encode())
-    event(
+    log(
         "erase_finished",
         run_id=run_id,
         photos=found.uris,

@@ -11,7 +11,6 @@ inference, so the features are never read a second time.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ from emr_serverless_job.inputs import content_digest
 from emr_serverless_job.model import Weights, onnx_featurizer, tensorflow_featurizer
 from emr_serverless_job.projection import Projection
 from emr_serverless_job.vectors import VECTOR_TYPE, to_list_array
+from fruits_contract.logs import log
 
 # What the function reads: binaryFile's columns (``length`` is the file's size in bytes).
 INPUT_COLUMNS = ("path", "length", "content")
@@ -141,7 +141,7 @@ def worker_featurizer(spec: FeaturizerSpec, counters: Counters) -> Featurizer:
             source = spec.weights.describe()
         _FEATURIZERS[spec] = featurizer
         counters.models_built.add(1)
-        _worker_event(
+        log(
             "model_built",
             pid=os.getpid(),
             python=sys.executable,
@@ -215,21 +215,11 @@ def result_batch(
     )
 
 
-def _worker_event(name: str, **fields: object) -> None:
-    """A JSON line in the executor's stderr log (the driver's logger does not reach here).
-
-    One ``write`` per line: Spark runs workers unbuffered (PYTHONUNBUFFERED), and ``print``
-    writes the text and the newline separately, so two workers logging at once could glue
-    their lines together. A single write of less than PIPE_BUF bytes stays whole.
-    """
-    sys.stderr.write(json.dumps({"event": name, **fields}, ensure_ascii=False) + "\n")
-
-
 def _log_rejections(paths: Sequence[str], errors: list[str | None]) -> None:
     """One line per rejected image in the executor's log, next to the error table."""
     for path, error in zip(paths, errors, strict=True):
         if error is not None:
-            _worker_event("image_rejected", path=path, reason=error)
+            log("image_rejected", path=path, reason=error)
 
 
 def make_function(

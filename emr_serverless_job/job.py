@@ -14,7 +14,6 @@ same run id replaces its own folders and nothing else):
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
@@ -40,22 +39,25 @@ from emr_serverless_job.featurize import (
     distribute_weights,
     make_function,
 )
-from emr_serverless_job.logs import event
 from emr_serverless_job.model import FEATURE_DIM, FP32, ModelError, file_sha256, read_onnx_model
 from emr_serverless_job.run_report import RANDOM_WEIGHTS_WARNING, RunReport
 from fruits_contract import (
+    BACKFILL_MODE,
     BACKFILL_RUN_PREFIX,
     BATCH_RUN_PREFIX,
     ERRORS_TABLE,
     FEATURES_COLUMNS,
     FEATURES_TABLE,
     FEATURIZED_AT_COLUMN,
+    MANIFEST_MODE,
     RUN_ID_PARTITION,
     digest_run_id,
     iso_utc,
+    logs,
     now_iso,
     report_path,
 )
+from fruits_contract.logs import log
 
 # Per-file cost Spark assumes when packing small files into read partitions. Each
 # Python UDF task costs ~0.1-0.15 s of fixed overhead (measured: 157 tasks for 5,000
@@ -88,12 +90,12 @@ class ReconciliationError(RuntimeError):
 
 @contextmanager
 def timed(report: RunReport, stage: str) -> Iterator[None]:
-    event("stage_started", stage=stage, run_id=report.run_id)
+    log("stage_started", stage=stage, run_id=report.run_id)
     start = time.perf_counter()
     yield
     seconds = round(time.perf_counter() - start, 3)
     report.timings_s[stage] = seconds
-    event("stage_finished", stage=stage, run_id=report.run_id, seconds=seconds)
+    log("stage_finished", stage=stage, run_id=report.run_id, seconds=seconds)
 
 
 def default_run_id(found: inputs.Inputs, is_backfill: bool) -> str:
@@ -327,7 +329,7 @@ def start_report(config: JobConfig, chosen: Featurizer, started_at: str) -> RunR
     said here, in the report and the log, before anyone can mistake the features for real."""
     report = RunReport(
         run_id=config.run_id or "",
-        mode="backfill" if config.is_backfill else "manifest",
+        mode=BACKFILL_MODE if config.is_backfill else MANIFEST_MODE,
         source=config.input or config.manifest or "",
         output=config.output,
         started_at=started_at,
@@ -343,7 +345,7 @@ def start_report(config: JobConfig, chosen: Featurizer, started_at: str) -> RunR
     )
     if report.random_weights:
         report.warnings.append(RANDOM_WEIGHTS_WARNING)
-        event("random_weights", logging.WARNING, message=RANDOM_WEIGHTS_WARNING)
+        log("random_weights", logs.WARNING, detail=RANDOM_WEIGHTS_WARNING)
     return report
 
 
@@ -577,7 +579,7 @@ def write_report(
     report.finished_at = now_iso()
     report.spark = spark_record(spark)
     hadoopfs.write_bytes(spark, report_uri, report.to_json().encode())
-    event(
+    log(
         "run_finished",
         run_id=report.run_id,
         inputs=report.inputs,
@@ -619,9 +621,9 @@ def _count_by(frame: DataFrame, column: str) -> Counter[str | None]:
 
 def _log_error_sample(errors: DataFrame, run_id: str) -> None:
     for row in errors.limit(ERROR_SAMPLE_LOGGED).collect():
-        event(
+        log(
             "input_rejected",
-            logging.WARNING,
+            logs.WARNING,
             run_id=run_id,
             path=row["path"],
             reason=row["reason"],

@@ -1,7 +1,7 @@
 """MobileNetV2 without its top, as a function from preprocessed batches to 1280-d features.
 
 Two runtimes compute the same function: ONNX Runtime on a model exported from Keras by
-packaging/ (the default: about twice as fast on CPU, and no TensorFlow in the archive), and
+fruits_build/ (the default: about twice as fast on CPU, and no TensorFlow in the archive), and
 TensorFlow/Keras from a weights file (the source of the model, and the fallback). Both are
 imported lazily: the driver and the tests of the pure pieces never pay their import time,
 and each Spark Python worker pays it once.
@@ -26,7 +26,7 @@ FP32 = "fp32"
 INT8 = "int8"
 PRECISIONS = (FP32, INT8)
 
-# The exported model's input, and the metadata packaging/ writes into every .onnx file so
+# The exported model's input, and the metadata fruits_build/ writes into every .onnx file so
 # that a run can tell which weights and image size it was made from.
 ONNX_INPUT = "images"
 META_IMAGE_SIZE = "image_size"

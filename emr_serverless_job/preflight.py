@@ -109,7 +109,7 @@ NOT_CHECKED = (
     "memory: no full-size photo nor a batch of 64 is featurized, so no container limit is met",
     "executors dynamic allocation had not started: only executors that ran a probe task are "
     "checked (all run the same image and archive; their CPUs may differ)",
-    "the fp32 model, unless --reference-model was given: packaging uploads only the deployed "
+    "the fp32 model, unless --reference-model was given: the build uploads only the deployed "
     "model, so an int8 model is compared with itself run operator by operator (its int8 "
     "arithmetic on this CPU), and artifacts.json's int8-to-fp32 cosine is the build machine's",
     "the trigger, queue and watcher: nothing is written under raw/, so no S3 event is sent",
@@ -868,7 +868,7 @@ def run(args: Arguments, spark: Any) -> Report:
             return (
                 WARN,
                 (
-                    f"no {args.artifacts}: packaging/upload.py sends it last, so the upload did "
+                    f"no {args.artifacts}: fruits_build/upload.py sends it last, so the upload did "
                     "not finish; nothing compared with the build"
                 ),
                 {},

@@ -1,6 +1,6 @@
 """The command-line convention every entry point follows (docs/cli.md), defined once.
 
-The job (which ships this package in its zip), the operator commands, packaging and the emulator
+The job (which ships this package in its zip), the operator commands, the build and the emulator
 build their parsers with it, so that ``--help``, a renamed flag, a refused value and an exit code
 look and mean the same in each: a person who learnt one command has learnt how all of them talk.
 Standard library only, like the rest of the contract.
@@ -14,6 +14,8 @@ import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from fruits_contract import logs
 
 # The exit codes (docs/cli.md has the table). 2 is argparse's own code for a bad flag, so a value
 # refused after parsing exits as a malformed one does; the service and the emulator read the
@@ -116,10 +118,11 @@ def flag_error(flag: str, value: object, problem: object) -> str:
     return f"{flag} {shlex.quote(str(value))}: {problem}"
 
 
-def say(line: str) -> None:
-    """What a command tells its user goes to stderr: stdout carries only its output (a job
-    run id, a request, a report), for a script to read."""
-    print(line, file=sys.stderr)
+def say(line: str, level: str = logs.INFO, **fields: object) -> None:
+    """What a command tells its user, as one log line (``fruits_contract.logs``) on stderr:
+    stdout carries only its output (a job run id, a request, a report), for a script to read,
+    and the lines a command logs read like the job's and the Lambdas' in the same query."""
+    logs.log(line, level, logs.OPS_SERVICE, **fields)
 
 
 def refuse(message: str) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from emr_serverless_job import main as job_main
 from fruits_contract import cli as convention
+from fruits_contract import logs
 from fruits_demo.image_sets import write_awkward_inputs, write_image_set
 from fruits_readers import plots
 
@@ -34,12 +35,10 @@ def pick_weights(requested: str | None) -> str:
     for candidate in (os.environ.get("FRUITS_WEIGHTS"), str(SHARED_WEIGHTS)):
         if candidate and Path(candidate).is_file():
             return candidate
-    banner = "!" * 78
-    print(
-        f"{banner}\n! No weights file found ({SHARED_WEIGHTS} or $FRUITS_WEIGHTS).\n"
-        f"! Running with {FALLBACK_WEIGHTS}: the pipeline works, the features mean nothing.\n"
-        f"{banner}",
-        file=sys.stderr,
+    convention.say(
+        f"NO WEIGHTS FILE FOUND ({SHARED_WEIGHTS} or $FRUITS_WEIGHTS): running with "
+        f"{FALLBACK_WEIGHTS}; the pipeline works, the features mean nothing",
+        logs.WARNING,
     )
     return FALLBACK_WEIGHTS
 
@@ -64,9 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.workdir, ignore_errors=True)
     count = write_image_set(images, PER_CLASS)
     awkward = write_awkward_inputs(images)
-    print(
-        f"wrote {count + awkward.images} images ({awkward.broken} deliberately broken) to {images}",
-        file=sys.stderr,
+    convention.say(
+        f"wrote {count + awkward.images} images ({awkward.broken} deliberately broken) to {images}"
     )
     status = job_main.main(
         [

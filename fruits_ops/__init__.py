@@ -9,6 +9,6 @@
 
 They live apart from ``lambda_trigger/`` so that the Lambda bundle ships only what the two
 functions run; they import its request builder, manifests and settings, never the other way.
-Every deployment setting they (and packaging/upload.py) read goes through one resolver with
+Every deployment setting they (and fruits_build/upload.py) read goes through one resolver with
 one precedence, stated once: ``fruits_ops.resolver``.
 """

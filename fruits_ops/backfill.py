@@ -23,7 +23,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from emr_serverless_job.model import FEATURE_DIM
-from fruits_contract import PCA_SCALINGS
+from fruits_contract import PCA_SCALINGS, logs
 from fruits_contract import cli as convention
 from fruits_contract.cli import say
 from fruits_ops import listing, resolver
@@ -189,18 +189,19 @@ def counted(session: Any, input_uri: str, deployment: Any) -> tuple[int | None, 
     try:
         found = listing.count_photos(session.client("s3"), location.bucket, location.prefix, enough)
     except (BotoCoreError, ClientError) as error:
-        print(
-            f"warning: could not count the photos under {input_uri} ({error}): the run is "
-            "sized as wide as the stack allows",
-            file=sys.stderr,
+        say(
+            f"could not count the photos under {input_uri} ({error}): the run is sized as "
+            "wide as the stack allows",
+            logs.WARNING,
         )
         return None, None
     if not found.complete:
         return None, None
-    print(
+    say(
         f"{found.photos} photos, {found.total_bytes / 1e6:.1f} MB under {input_uri}: the run is "
         "sized to them",
-        file=sys.stderr,
+        photos=found.photos,
+        bytes=found.total_bytes,
     )
     return found.photos, found.total_bytes
 

@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--reference-model",
-        help="s3:// URI of an fp32 .onnx of the same weights (packaging/build.py --precision "
-        "fp32, uploaded by hand): the deployed int8 model is compared with it on each "
+        help="s3:// URI of an fp32 .onnx of the same weights (python -m fruits_build.build "
+        "--precision fp32, uploaded by hand): the deployed int8 model is compared with it on each "
         "executor's CPU. Without it, the int8 model is compared with itself run operator by "
         "operator, and the build's int8-to-fp32 cosine is reported from artifacts.json",
     )

@@ -1,4 +1,4 @@
-"""The one settings resolver of the operator commands (and of packaging/upload.py).
+"""The one settings resolver of the operator commands (and of fruits_build/upload.py).
 
 Each deployment setting (``APPLICATION_ID``, ``OUTPUT_URI``, ``RAW_URI``, ...) is taken from,
 in this order, the first that gives it a value:

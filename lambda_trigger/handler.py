@@ -28,7 +28,7 @@ from lambda_trigger.events import Ignored, S3Object, ignore_reason, parse_messag
 from lambda_trigger.manifest import Manifest, build_erasure_manifest, build_manifest, split_batch
 from lambda_trigger.submit import submit_batch
 
-logger = Logger()
+logger = Logger(use_rfc3339=True, utc=True)  # the keys and clock of fruits_contract.logs
 tracer = Tracer()
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # The artifacts' names, the archive's Python, the JVM options, the source flags and the run-id
-# rule are the contract's: the job, packaging and the emulator read the same ones.
+# rule are the contract's: the job, the build tools and the emulator read the same ones.
 from fruits_contract import (
     ARTIFACTS_MANIFEST,
     COMPACT_FLAG,

@@ -39,7 +39,7 @@ from lambda_trigger.outcomes import (
 )
 from lambda_trigger.request import RUN_ID_KEY, Attempt, resubmission
 
-logger = Logger()
+logger = Logger(use_rfc3339=True, utc=True)  # the keys and clock of fruits_contract.logs
 tracer = Tracer()
 metrics = Metrics()
 

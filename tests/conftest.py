@@ -34,7 +34,8 @@ def build_dist(out: Path, runtime: str) -> Path:
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "packaging" / "build.py"),
+            "-m",
+            "fruits_build.build",
             "--dist",
             str(out),
             "--weights",

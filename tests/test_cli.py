@@ -9,13 +9,13 @@ import argparse
 import importlib
 import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from emr_emulator import __main__ as emulator
 from emr_serverless_job import main as job
+from fruits_build import build, upload
 from fruits_contract import cli as convention
 from fruits_demo import run as demo
 from fruits_ops import backfill, capacity, compact, erase, preflight, reconcile, resolver
@@ -33,21 +33,6 @@ SETTINGS = {
     config.LOGS_URI: "s3://fruits-data/logs/",
 }
 
-
-def script(name: str) -> object:
-    """packaging/<name>.py (scripts, not a package: one named ``packaging`` shadows pip's)."""
-    spec = importlib.util.spec_from_file_location(
-        f"fruits_cli_test_{name}", ROOT / "packaging" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-build = script("build")
-upload = script("upload")
-
 MAINS = {
     "emr_serverless_job": job.main,
     "fruits_ops.backfill": lambda argv: backfill.main(argv, env=SETTINGS),
@@ -58,8 +43,8 @@ MAINS = {
     "fruits_ops.capacity": capacity.main,
     "fruits_readers.inventory": inventory.main,
     "fruits_readers.plots": plots.main,
-    "packaging/build.py": build.main,
-    "packaging/upload.py": upload.main,
+    "fruits_build/build.py": build.main,
+    "fruits_build/upload.py": upload.main,
     "emr_emulator": emulator.main,
     "fruits_demo": demo.main,
 }

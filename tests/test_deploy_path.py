@@ -27,14 +27,14 @@ from emr_emulator import __main__ as emulator_cli
 from emr_emulator.run import run_job
 from emr_serverless_job import job
 from emr_serverless_job.config import parse_args
-from fruits_contract import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE
+from fruits_build import build, pack, upload
+from fruits_contract import ENTRY_POINT, JOB_PACKAGE, MODEL_FILE, VENV_ARCHIVE, logs
 from fruits_ops import backfill
 from lambda_trigger import handler as trigger
 from lambda_trigger import sizing
 from lambda_trigger.request import request_from_job_run
 from tests.conftest import REAL_SAMPLE, needs_real_data
 from tests.loopback import job_runs, keys, poll_and_invoke
-from tests.test_packaging import load, pack
 
 ARCHIVE_PYTHON = ("environment", "bin", "python3.11")  # the archive's own
 PHOTOS_PER_CLASS = 3
@@ -88,11 +88,8 @@ def worker_events(stack, result: dict) -> list[dict]:
     events = []
     for uri in result["emulator"]["logs"]:
         if "/SPARK_EXECUTOR/" in uri and uri.endswith("stderr.gz"):
-            events += [
-                json.loads(line[line.index('{"event"') :])
-                for line in log_lines(stack, uri)
-                if '"model_built"' in line
-            ]
+            found = logs.parse("\n".join(log_lines(stack, uri)))
+            events += [line for line in found if line["message"] == "model_built"]
     return events
 
 
@@ -100,7 +97,6 @@ def worker_events(stack, result: dict) -> list[dict]:
 def test_photos_become_rows_when_run_as_emr_serverless_runs_the_deployed_artifacts(
     stack, onnx_dist, spark, tmp_path, capsys, monkeypatch
 ):
-    upload = load("upload")
     bucket = stack.bucket
     assert upload.main(["--artifacts", f"s3://{bucket}/artifacts", "--dist", str(onnx_dist)]) == 0
     photos = sample_photos()
@@ -237,7 +233,6 @@ def test_an_archive_whose_python_links_out_fails_the_run_as_it_would_on_emr(
     assert pack.check_archive(broken).problems  # the build and upload refuse to ship it
     s3 = stack.client("s3")
     s3.upload_file(str(broken), stack.bucket, f"artifacts/{VENV_ARCHIVE}")
-    build = load("build")
     package = build.job_package(tmp_path / JOB_PACKAGE)
     s3.upload_file(str(package), stack.bucket, f"artifacts/{JOB_PACKAGE}")
     s3.upload_file(str(build.JOB_SOURCES / "main.py"), stack.bucket, f"artifacts/{ENTRY_POINT}")

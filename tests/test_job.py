@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from emr_serverless_job import featurize, inputs, job
+from emr_serverless_job import inputs, job
 from emr_serverless_job.config import parse_args
 from emr_serverless_job.model import FEATURE_DIM
 from emr_serverless_job.reduce import ReductionMismatch
@@ -100,26 +100,6 @@ def test_each_image_is_featurized_exactly_once_by_few_models(backfill):
     # an earlier test may have built this one already: at most one per worker, never per batch.
     batches = -(-report.images_featurized // 8)  # FAST's --batch-size
     assert report.models_built <= 2 < batches, "one model per Python worker (local[2])"
-
-
-def test_worker_log_lines_are_written_whole(monkeypatch):
-    """Workers run unbuffered: a line split over two writes can be glued to another
-    worker's line in the executor log (seen in CI: two ``model_built`` lines on one)."""
-    writes: list[str] = []
-
-    class Recorder:
-        def write(self, text: str) -> int:
-            writes.append(text)
-            return len(text)
-
-    monkeypatch.setattr("sys.stderr", Recorder())
-    featurize._worker_event("image_rejected", path="s3://b/raw/ä b.jpg", reason="empty")
-    assert len(writes) == 1 and writes[0].endswith("\n")
-    assert json.loads(writes[0]) == {
-        "event": "image_rejected",
-        "path": "s3://b/raw/ä b.jpg",
-        "reason": "empty",
-    }
 
 
 def test_k_is_the_fewest_components_reaching_the_variance(backfill):

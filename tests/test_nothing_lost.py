@@ -14,6 +14,7 @@ from pathlib import Path
 
 from emr_serverless_job import inputs
 from emr_serverless_job.fruit_blobs import fruit_image
+from fruits_build import upload as upload_artifacts
 from fruits_contract import MODEL_FILE
 from fruits_ops import reconcile
 from lambda_trigger import handler as trigger
@@ -22,7 +23,6 @@ from tests.conftest import needs_real_data
 from tests.loopback import FakeContext, alerts, job_runs, keys, poll_and_invoke, state_change
 from tests.test_deploy_path import emulate, sample_photos, table
 from tests.test_job import run_job, s3_mount
-from tests.test_packaging import load
 
 MISSED_BY_THE_FILTER = "raw/Kiwi/Phone Upload.Jpg"
 
@@ -53,7 +53,7 @@ def test_failed_runs_are_retried_and_reconcile_accounts_for_every_photo(
 ):
     bucket, s3 = stack.bucket, stack.client("s3")
     assert (
-        load("upload").main(["--artifacts", f"s3://{bucket}/artifacts", "--dist", str(onnx_dist)])
+        upload_artifacts.main(["--artifacts", f"s3://{bucket}/artifacts", "--dist", str(onnx_dist)])
         == 0
     )
     photos = sample_photos()

@@ -14,10 +14,9 @@ from emr_serverless_job import job
 from emr_serverless_job.config import parse_args
 from emr_serverless_job.model import ModelError, Weights, read_onnx_model
 from emr_serverless_job.reduce import ReductionMismatch
+from fruits_build import export_onnx
 from tests.conftest import REAL_SAMPLE, REAL_WEIGHTS, needs_real_data
-from tests.test_packaging import load
 
-export_onnx = load("export_onnx")
 SMALL = 96
 KERAS_RANDOM = ["--weights", "random:0", "--image-size", str(SMALL)]
 

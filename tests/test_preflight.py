@@ -18,6 +18,7 @@ from emr_emulator.run import run_job
 from emr_serverless_job import preflight as job_preflight
 from emr_serverless_job.config import parse_args
 from emr_serverless_job.main import is_preflight
+from fruits_build import upload
 from fruits_contract import MODEL_FILE, PREFLIGHT_MARKER_FOLDER, RUN_ID_PATTERN, preflight_run_id
 from fruits_ops import preflight
 from lambda_trigger.outcomes import decide
@@ -33,7 +34,6 @@ from lambda_trigger.settings import parse_s3_location
 from tests.conftest import REAL_SAMPLE, needs_real_data
 from tests.loopback import end_job_run, job_runs
 from tests.test_emulator_reads import deployment
-from tests.test_packaging import load
 
 BUCKET = "fruits-prod-111122223333-eu-west-1"
 DEPLOYMENT = deployment(BUCKET)
@@ -342,7 +342,6 @@ def test_the_preflight_under_the_emulator_reports_each_processs_environment_and_
     stack, onnx_dist, tmp_path, capsys
 ):
     bucket, s3 = stack.bucket, stack.client("s3")
-    upload = load("upload")
     assert upload.main(["--artifacts", f"s3://{bucket}/artifacts", "--dist", str(onnx_dist)]) == 0
     photo = sorted(REAL_SAMPLE.rglob("*.jpg"))[0]
     s3.put_object(Bucket=bucket, Key="raw/Kiwi/a.jpg", Body=photo.read_bytes())

@@ -11,7 +11,7 @@ calibrated on ``--calibration-images``) and ships it only if every parity photo'
 features stay within a cosine of ``INT8_MIN_COSINE`` of the fp32 ones. The model records its
 precision and the calibration photos' fingerprint.
 
-    python packaging/export_onnx.py --weights FILE --image-size 224 --out model.onnx \\
+    python -m fruits_build.export_onnx --weights FILE --image-size 224 --out model.onnx \\
         --parity-images ../shared/data/fruits-sample [--precision int8|fp32 \\
         --calibration-images DIR]
 """
@@ -28,11 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from emr_serverless_job.images import decode_batch, preprocess  # noqa: E402
-from emr_serverless_job.model import (  # noqa: E402
+from emr_serverless_job.images import decode_batch, preprocess
+from emr_serverless_job.model import (
     FP32,
     INT8,
     META_CALIBRATION,
@@ -48,7 +45,7 @@ from emr_serverless_job.model import (  # noqa: E402
     onnx_featurizer,
     tensorflow_featurizer,
 )
-from fruits_contract import INT8_MIN_COSINE, is_image_name  # noqa: E402
+from fruits_contract import INT8_MIN_COSINE, is_image_name
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -115,7 +112,7 @@ def stamp(proto: object, metadata: dict[str, str]) -> None:
     for key, value in [*kept, *metadata.items()]:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.producer_name = "fruits-features packaging/export_onnx.py"
+    proto.producer_name = "fruits-features fruits_build/export_onnx.py"
 
 
 def photo_paths(folder: Path) -> list[Path]:

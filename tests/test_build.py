@@ -1,15 +1,15 @@
-"""packaging/: the archive EMR unpacks, built here from the same requirements as the Dockerfile,
+"""fruits_build/: the archive EMR unpacks, built here from the same requirements as the Dockerfile,
 runs the job with nothing but its own Python; the upload transfers only what changed."""
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -21,6 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from emr_serverless_job.model import file_sha256, read_onnx_model
+from fruits_build import build, pack, slim, upload
+from fruits_build import elf as elf_module
 from fruits_contract import (
     ARTIFACTS_MANIFEST,
     ENTRY_POINT,
@@ -28,26 +30,9 @@ from fruits_contract import (
     MODEL_FILE,
     VENV_ARCHIVE,
     WEIGHTS_FILE,
+    logs,
 )
 from tests.conftest import REAL_SAMPLE, REAL_WEIGHTS, ROOT, build_dist, needs_real_data
-
-PACKAGING = ROOT / "packaging"
-
-
-def load(name: str) -> object:
-    """packaging/ holds scripts, not a package (a package named `packaging` would shadow pip's)."""
-    spec = importlib.util.spec_from_file_location(
-        f"fruits_packaging_{name}", PACKAGING / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-build = load("build")
-upload = load("upload")
-pack = load("pack")
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -62,17 +47,33 @@ def pins(path: Path) -> dict[str, str]:
 
 # --- one packing script, in Docker and here -------------------------------------------------
 
+PACK_MODULE = "fruits_build.pack"  # as the Dockerfile and build.archive_locally run it
+
 
 def dockerfile_pack_command(runtime: str) -> list[str]:
-    """The pack.py command packaging/Dockerfile runs, with its build argument filled in."""
-    dockerfile = (PACKAGING / "Dockerfile").read_text().replace("\\\n", " ")
+    """The pack.py command fruits_build/Dockerfile runs, with its build argument filled in."""
+    dockerfile = (build.DOCKERFILE).read_text().replace("\\\n", " ")
     (run,) = [
-        line
-        for line in dockerfile.splitlines()
-        if line.startswith("RUN ") and "packaging/pack.py" in line
+        line for line in dockerfile.splitlines() if line.startswith("RUN ") and PACK_MODULE in line
     ]
     command = shlex.split(run.split("&&")[-1].replace("${RUNTIME}", runtime))
-    return command[command.index("packaging/pack.py") + 1 :]
+    return command[command.index(PACK_MODULE) + 1 :]
+
+
+def replay_dockerfile_copies(workdir: Path) -> None:
+    """The build stage's COPY steps (``COPY src... dest``, relative to WORKDIR), into workdir;
+    ``COPY --from=`` only exports the result."""
+    dockerfile = build.DOCKERFILE.read_text()
+    for line in re.findall(r"^COPY (?!--)(.+)$", dockerfile, re.M):
+        *sources, dest = line.split()
+        for source in sources:
+            origin = ROOT / source
+            target = workdir / dest / (origin.name if dest.endswith("/") else "")
+            if origin.is_dir():
+                shutil.copytree(origin, target, dirs_exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(origin, target)
 
 
 @pytest.mark.parametrize("runtime", sorted(build.ARCHIVE_REQUIREMENTS))
@@ -81,13 +82,33 @@ def test_docker_and_the_local_build_run_pack_py_with_the_same_requirements(runti
     given = build.pack_arguments(runtime)
     assert command[: len(given)] == given
     assert "--python-home" not in command  # the image builds its CPython as the local build does
-    dockerfile = (PACKAGING / "Dockerfile").read_text()
+    dockerfile = (build.DOCKERFILE).read_text()
     assert "FROM public.ecr.aws/amazonlinux/amazonlinux:2023 AS build" in dockerfile
     copied = re.findall(r"^COPY (requirements/.*) requirements/$", dockerfile, re.M)[0].split()
     assert set(copied) == {*build.ARCHIVE_REQUIREMENTS[runtime], build.PACKER_REQUIREMENTS} | {
         p for files in build.ARCHIVE_REQUIREMENTS.values() for p in files
     }
     assert sys.version_info[:2] == (3, 11)  # the tests run EMR's Python minor
+
+
+def test_the_dockerfiles_pack_step_runs_on_what_its_copy_steps_bring(tmp_path):
+    """In the image only the COPY'd files exist, beside a plain Python 3.11 with no checkout on
+    its path: the pack module must import there (a sibling it needs but the Dockerfile does not
+    copy fails here, as it would fail the image build)."""
+    system_python = Path("/usr/bin/python3.11")
+    if not system_python.exists():
+        pytest.skip("no /usr/bin/python3.11 (the interpreter the image's packer venv is made from)")
+    replay_dockerfile_copies(tmp_path)
+    result = subprocess.run(
+        [str(system_python), "-m", PACK_MODULE, "--help"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--requirements" in result.stdout
 
 
 def test_wheels_are_chosen_for_amazon_linux_2023s_glibc_and_older():
@@ -221,7 +242,6 @@ def test_an_elf_file_that_cannot_be_read_fails_the_check_instead_of_passing(tmp_
 
 
 def test_a_version_name_the_check_cannot_compare_is_a_problem():
-    elf_module = load("elf")
     odd = elf_module.ElfNeeds("x86_64", ("libc.so.6",), {"libc.so.6": frozenset({"GLIBC_PRIVATE"})})
     assert elf_module.system_problems(odd, set()) == [
         "needs GLIBC_PRIVATE from libc.so.6, a version nobody checked"
@@ -402,7 +422,6 @@ def test_slimming_removes_tests_caches_headers_and_installers(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
     (venv / "bin" / "python").symlink_to(sys.executable)
-    slim = load("slim")
     result = slim.slim(venv)
     assert all(p.exists() for p in keep) and (venv / "bin" / "python").exists()
     assert not any(p.exists() for p in drop)
@@ -512,11 +531,8 @@ def test_the_tensorflow_archive_runs_the_job_with_only_its_python(tensorflow_dis
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert f"{len(chosen)} featurized, 0 errors" in result.stdout
-    built = [  # a line may follow Spark's console progress bar, which ends without a newline
-        json.loads(line[line.index('{"event"') :])
-        for line in result.stderr.splitlines()
-        if '"model_built"' in line
-    ]
+    # (a line may follow Spark's console progress bar, which ends without a newline)
+    built = [line for line in logs.parse(result.stderr) if line["message"] == "model_built"]
     assert built, "no worker logged model_built"
     assert {event["python"] for event in built} == {str(run / "environment" / "bin" / "python")}
     assert {event["runtime"] for event in built} == {runtime}
@@ -664,9 +680,9 @@ def fake_stack(name: str, outputs: dict[str, str]) -> None:
 
 
 def run_upload(*args: str) -> subprocess.CompletedProcess:
-    """packaging/upload.py as ./dev upload runs it, against the moto server."""
+    """fruits_build/upload.py as ./dev upload runs it, against the moto server."""
     return subprocess.run(
-        [sys.executable, str(PACKAGING / "upload.py"), *args],
+        [sys.executable, "-m", "fruits_build.upload", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -734,7 +750,7 @@ def test_upload_takes_the_flag_then_the_environment_then_the_stack(stack, tmp_pa
 
 def test_upload_refuses_a_dist_without_a_manifest(tmp_path, capsys):
     assert upload.main(["--artifacts", "s3://b/artifacts", "--dist", str(tmp_path)]) == 2
-    assert "run packaging/build.py first" in capsys.readouterr().err
+    assert "run fruits_build/build.py first" in capsys.readouterr().err
 
 
 # --- the photos the export is checked and calibrated on, without ../shared -----------------

@@ -1,7 +1,7 @@
 """Pack the job's Python environment into the archive EMR Serverless unpacks as ``./environment``.
 
-The one packing script: ``packaging/Dockerfile`` runs it on Amazon Linux 2023 and
-``packaging/build.py`` runs it on the build machine, so both pack the same way:
+The one packing script: ``fruits_build/Dockerfile`` runs it on Amazon Linux 2023 and
+``fruits_build/build.py`` runs it on the build machine, so both pack the same way:
 
 1. CPython 3.11 built by ``cpython.py`` (or ``--python-home``) copied in: ``bin/python3.11``
    is a file of the archive and finds its standard library beside it, wherever the archive is
@@ -18,7 +18,7 @@ The one packing script: ``packaging/Dockerfile`` runs it on Amazon Linux 2023 an
    Otherwise the archive is deleted and the build fails: on EMR it would fail every run with
    ``Cannot run program "./environment/bin/python": error=2`` or at its first import.
 
-    python packaging/pack.py --requirements requirements/job.txt requirements/onnx.txt \\
+    python -m fruits_build.pack --requirements requirements/job.txt requirements/onnx.txt \\
         --output dist/pyspark_venv.tar.gz [--arch x86_64|arm64] [--python-home DIR] \\
         [--work build/archive] [--report slim.json]
 
@@ -41,11 +41,8 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import cpython  # sibling scripts, found through the line above
-import elf
-from slim import slim
+from fruits_build import cpython, elf
+from fruits_build.slim import slim
 
 PYTHON_VERSION = cpython.SERIES
 INTERPRETER = f"bin/python{PYTHON_VERSION}"  # the archive's own, a file
@@ -318,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--python-home",
         type=Path,
-        help="a built CPython 3.11 to carry (default: build it with packaging/cpython.py)",
+        help="a built CPython 3.11 to carry (default: build it with fruits_build/cpython.py)",
     )
     parser.add_argument("--work", type=Path, help="scratch folder (default: next to --output)")
     parser.add_argument("--report", type=Path, help="write what was packed and checked as JSON")

@@ -16,11 +16,11 @@ ELF file's glibc symbol versions at most 2.34, and each library it needs in the 
 among Amazon Linux 2023's. Built on a newer glibc, the one symbol that would need more,
 ``hypot@GLIBC_2.35``, is bound to its older version by a header forced into every compile.
 
-    python packaging/cpython.py [--cache DIR] [--jobs N]     # prints the built home
+    python -m fruits_build.cpython [--cache DIR] [--jobs N]     # prints the built home
 
 Needs gcc, make, patch, and the headers of OpenSSL, libffi, zlib, xz, SQLite and libuuid
 (Debian: ``apt-get install build-essential libssl-dev libffi-dev zlib1g-dev liblzma-dev
-libsqlite3-dev uuid-dev``; Amazon Linux 2023: ``packaging/Dockerfile``).
+libsqlite3-dev uuid-dev``; Amazon Linux 2023: ``fruits_build/Dockerfile``).
 """
 
 from __future__ import annotations

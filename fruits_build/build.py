@@ -1,6 +1,6 @@
 """Build everything a job run reads from ``s3://BUCKET/artifacts/`` into ``dist/``.
 
-    python packaging/build.py [--weights imagenet|FILE|random:SEED] [--runtime onnx|tensorflow]
+    python -m fruits_build.build [--weights imagenet|FILE|random:SEED] [--runtime onnx|tensorflow]
                               [--image-size 224] [--photos DIR] [--calibration DIR]
                               [--arch x86_64|arm64] [--archive auto|docker|local|keep] [--dist dist]
 
@@ -14,10 +14,10 @@
   fp32 there; int8 is calibrated on ``--calibration`` (your own photos), else on ``--photos``
   when given, else on generated photos, with a warning in the output and ``artifacts.json``;
 - ``pyspark_venv.tar.gz``: the job's pinned runtime requirements for ``--runtime`` (onnx: no
-  TensorFlow; never pyspark, which EMR provides), packed by ``packaging/pack.py``: wheels for
-  Amazon Linux 2023's glibc, and the CPython 3.11 that ``packaging/cpython.py`` builds as
+  TensorFlow; never pyspark, which EMR provides), packed by ``fruits_build/pack.py``: wheels for
+  Amazon Linux 2023's glibc, and the CPython 3.11 that ``fruits_build/cpython.py`` builds as
   ``bin/python3.11`` (checked: every link inside, every ELF file loadable on Amazon Linux 2023;
-  the build fails otherwise). pack.py runs in ``packaging/Dockerfile`` where Docker runs, and
+  the build fails otherwise). pack.py runs in ``fruits_build/Dockerfile`` where Docker runs, and
   on this machine otherwise (a glibc Linux with gcc and the -dev headers cpython.py names);
 - ``artifacts.json``: sha256 and size of each file, the archive's packages and how it was built.
 
@@ -38,17 +38,15 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from emr_serverless_job.fruit_blobs import CLASSES, fruit_image  # noqa: E402
-from emr_serverless_job.model import (  # noqa: E402 (the root is added just above)
+from emr_serverless_job.fruit_blobs import CLASSES, fruit_image
+from emr_serverless_job.model import (
     RANDOM_PREFIX,
     Weights,
     build_keras_model,
     file_sha256,
 )
-from fruits_contract import (  # noqa: E402
+from fruits_build import pack
+from fruits_contract import (
     ARTIFACTS_MANIFEST,
     ENTRY_POINT,
     IMAGE_SIZES,
@@ -56,8 +54,11 @@ from fruits_contract import (  # noqa: E402
     MODEL_FILE,
     VENV_ARCHIVE,
     WEIGHTS_FILE,
+    logs,
 )
-from fruits_contract import cli as convention  # noqa: E402
+from fruits_contract import cli as convention
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # The packages the job zip holds: the job, and the contract it shares with the Lambdas (one
 # copy of each, at the zip's root, so --py-files puts both on every process's path).
@@ -81,9 +82,8 @@ CALIBRATION_SYNC = (
     'aws s3 sync s3://BUCKET/raw/ calibration/ --exclude "*" --include "*0.jpg" '
     '--include "*0.jpeg" --include "*0.png"'
 )
-PACKER_REQUIREMENTS = "requirements/packaging.txt"
-DOCKERFILE = ROOT / "packaging" / "Dockerfile"
-PACK = ROOT / "packaging" / "pack.py"
+PACKER_REQUIREMENTS = "requirements/build.txt"
+DOCKERFILE = ROOT / "fruits_build" / "Dockerfile"
 PLATFORMS = {"x86_64": "linux/amd64", "arm64": "linux/arm64"}
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # What keras.applications.MobileNetV2(weights="imagenet", include_top=False) downloads.
@@ -207,9 +207,8 @@ def calibration_warning(count: int) -> str:
 
 
 def loud(message: str) -> None:
-    """A warning nobody scrolling past the build output can miss."""
-    bar = "!" * 78
-    print(f"{bar}\nWARNING: {message}\n{bar}", file=sys.stderr)
+    """A warning, in capitals where a reader must not miss it (artifacts.json keeps it too)."""
+    convention.say(message, logs.WARNING)
 
 
 def docker_available() -> bool:
@@ -217,19 +216,6 @@ def docker_available() -> bool:
         return False
     probe = subprocess.run(["docker", "info"], capture_output=True, text=True)
     return probe.returncode == 0
-
-
-def load_script(name: str) -> object:
-    """A sibling script as a module (packaging/ is not a package: it would shadow pip's)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        f"fruits_packaging_{name}", PACK.with_name(f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def unpack_seconds(archive: Path) -> float:
@@ -278,7 +264,8 @@ def archive_locally(dist: Path, arch: str, runtime: str, work: Path) -> dict[str
     result = subprocess.run(
         [
             sys.executable,
-            str(PACK),
+            "-m",
+            "fruits_build.pack",
             *pack_arguments(runtime),
             "--arch",
             arch,
@@ -311,7 +298,8 @@ def export_model(
     weights: Weights | None = None,
 ) -> dict[str, object]:
     """The .onnx next to the weights it came from; raises (no model shipped) on a mismatch."""
-    export_onnx = load_script("export_onnx")
+    from fruits_build import export_onnx  # TensorFlow and onnx: only when a model is built
+
     weights = weights or Weights(kind="file", location=str(dist / WEIGHTS_FILE))
     try:
         result = export_onnx.export(
@@ -403,7 +391,7 @@ def build(
         else:
             built = archive_locally(dist, arch, runtime, ROOT / "build" / "archive")
         built["runtime"] = runtime
-        checked = load_script("pack").check_archive(dist / VENV_ARCHIVE, arch)
+        checked = pack.check_archive(dist / VENV_ARCHIVE, arch)
         built["valid_on_emr"] = not checked.problems
         built["unpack_seconds"] = unpack_seconds(dist / VENV_ARCHIVE)
     names = (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, *([MODEL_FILE] if model else []), VENV_ARCHIVE)
@@ -448,7 +436,7 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = convention.parser(
-        "python packaging/build.py",
+        "python -m fruits_build.build",
         "Build the job's artifacts into dist/ (./dev package runs this).",
         "the build failed: no weights download, the export's parity or int8 check, the "
         "archive's packing or check",

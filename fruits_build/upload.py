@@ -1,12 +1,12 @@
 """Upload ``dist/`` under the stack's artifacts prefix; only what changed is transferred.
 
-    python packaging/upload.py --stack NAME [--region R] [--dist dist]
-    python packaging/upload.py --artifacts s3://BUCKET/artifacts [--architecture X86_64|ARM64]
+    python -m fruits_build.upload --stack NAME [--region R] [--dist dist]
+    python -m fruits_build.upload --artifacts s3://BUCKET/artifacts [--architecture X86_64|ARM64]
 
 Each object carries its sha256 as metadata; a file whose object already has the same
 sha256 is left alone. Before anything is sent, each file must still have the sha256
 ``artifacts.json`` lists, and the venv archive is opened and checked again, whatever
-``artifacts.json`` says of it, with packaging/pack.py's own check: its ``bin/python*`` must
+``artifacts.json`` says of it, with fruits_build/pack.py's own check: its ``bin/python*`` must
 resolve to the archive's own interpreter (a link rewritten by hand fails every job run with
 ``Cannot run program "./environment/bin/python"``), and every ELF file must need only what
 the archive or Amazon Linux 2023 has; and the CPU they are built for (read from their ELF
@@ -20,7 +20,6 @@ outputs (``--stack``): the operator commands' one resolver, ``fruits_ops.resolve
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -29,15 +28,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from emr_serverless_job.model import file_sha256
+from fruits_build import pack
+from fruits_contract import ARTIFACTS_MANIFEST, VENV_ARCHIVE, WEIGHTS_FILE, logs
+from fruits_contract import cli as convention
+from fruits_ops import resolver
+from lambda_trigger import settings as config
+from lambda_trigger.settings import ARTIFACTS_URI, parse_s3_location
 
-from emr_serverless_job.model import file_sha256  # noqa: E402 (root added just above)
-from fruits_contract import ARTIFACTS_MANIFEST, VENV_ARCHIVE, WEIGHTS_FILE  # noqa: E402
-from fruits_contract import cli as convention  # noqa: E402
-from fruits_ops import resolver  # noqa: E402
-from lambda_trigger import settings as config  # noqa: E402
-from lambda_trigger.settings import ARTIFACTS_URI, parse_s3_location  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SHA_KEY = "sha256"  # x-amz-meta-sha256
 ARCHITECTURE = "ARCHITECTURE"  # the stack output Architecture, as the resolver names it
@@ -46,19 +45,6 @@ UPLOAD_SETTINGS = {"artifacts": ARTIFACTS_URI, "architecture": ARCHITECTURE}
 # elf.py's CPU names -> the application's Architecture value.
 ARCHITECTURES = {"x86_64": "X86_64", "aarch64": "ARM64"}
 PACK_ARCH = {"X86_64": "x86_64", "ARM64": "arm64"}  # ./dev package --arch
-
-
-def _pack() -> Any:
-    """packaging/pack.py, whose archive check the pack step ran (a sibling script, not a package:
-    a package named ``packaging`` would shadow pip's)."""
-    name = "fruits_packaging_pack"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().with_name("pack.py")  # it finds its sibling slim.py
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def archive_architecture_problem(machines: dict[str, int], expected: str | None) -> str | None:
@@ -104,7 +90,7 @@ def dist_problems(dist: Path, manifest: dict[str, Any], architecture: str | None
     if VENV_ARCHIVE not in manifest.get("files", {}) or not archive.is_file():
         return problems
     try:
-        checked = _pack().check_archive(archive, None)
+        checked = pack.check_archive(archive, None)
     except (tarfile.TarError, OSError, EOFError) as error:
         return [*problems, f"{VENV_ARCHIVE} cannot be read as a tar.gz archive: {error}"]
     problems += [
@@ -144,7 +130,7 @@ def upload(s3: Any, dist: Path, artifacts_uri: str) -> tuple[list[str], list[str
 
 def build_parser() -> argparse.ArgumentParser:
     parser = convention.parser(
-        "python packaging/upload.py",
+        "python -m fruits_build.upload",
         __doc__.splitlines()[0] + " (./dev upload runs this).",
         None,
     )
@@ -212,7 +198,7 @@ def target(
         problems.append(str(error))
     if problems:  # all of them at once
         raise config.SettingsError("; ".join(problems))
-    resolver.say_origins(resolved, lambda line: print(line, file=sys.stderr))
+    resolver.say_origins(resolved, convention.say)
     return artifacts, architecture
 
 
@@ -222,7 +208,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     if not (args.dist / ARTIFACTS_MANIFEST).is_file():
         return convention.refuse(
             convention.flag_error(
-                "--dist", args.dist, f"no {ARTIFACTS_MANIFEST}; run packaging/build.py first"
+                "--dist", args.dist, f"no {ARTIFACTS_MANIFEST}; run fruits_build/build.py first"
             )
         )
     import boto3
@@ -240,10 +226,10 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         print("nothing uploaded", file=sys.stderr)
         return convention.EXIT_USAGE
     if architecture is None:
-        print(
-            f"warning: {VENV_ARCHIVE} was not checked against the application's Architecture "
+        convention.say(
+            f"{VENV_ARCHIVE} was not checked against the application's Architecture "
             "(pass --stack, or --architecture X86_64|ARM64)",
-            file=sys.stderr,
+            logs.WARNING,
         )
     uploaded, unchanged = upload(session.client("s3"), args.dist, artifacts)
     for name in uploaded:

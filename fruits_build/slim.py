@@ -3,7 +3,7 @@
 Removes what the job never loads at run time: test suites, bytecode caches, C/C++ headers,
 static libraries, the installers (pip, setuptools, wheel) and console scripts other than
 the interpreter (also those ``pip install --target`` leaves in ``site-packages/bin``).
-packaging/pack.py runs it in the Dockerfile and in the local build alike, so the archive
+fruits_build/pack.py runs it in the Dockerfile and in the local build alike, so the archive
 proved here is the archive shipped.
 """
 
