@@ -9,10 +9,11 @@ Standard library only, like the rest of the contract.
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import sys
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fruits_contract import logs
@@ -123,6 +124,38 @@ def say(line: str, level: str = logs.INFO, **fields: object) -> None:
     stdout carries only its output (a job run id, a request, a report), for a script to read,
     and the lines a command logs read like the job's and the Lambdas' in the same query."""
     logs.log(line, level, logs.OPS_SERVICE, **fields)
+
+
+class Refusal(ValueError):
+    """Stop before any side effect: the command exits 2 with this message (``refusing``)."""
+
+
+def refusing(main: Callable[..., int]) -> Callable[..., int]:
+    """A command's ``main`` whose refusals, raised anywhere before its first side effect, end
+    as one ``configuration error: ...`` line and exit 2, so its body reads as the steps."""
+
+    @functools.wraps(main)
+    def run(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs)
+        except Refusal as refusal:
+            return refuse(str(refusal))
+
+    return run
+
+
+def checked_args(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    problems_of: Callable[[argparse.Namespace], list[str]] | None = None,
+) -> argparse.Namespace:
+    """The flags parsed and, with ``problems_of``, checked together: every problem with them is
+    named in one refusal, before a setting is read or AWS is asked anything."""
+    args = parser.parse_args(argv)
+    problems = problems_of(args) if problems_of else []
+    if problems:
+        raise Refusal("; ".join(problems))
+    return args
 
 
 def refuse(message: str) -> int:

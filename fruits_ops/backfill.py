@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -231,16 +230,10 @@ def job_flags(args: argparse.Namespace) -> tuple[str, ...]:
     return extra
 
 
+@convention.refusing
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    env = os.environ if env is None else env
-    problems = flag_problems(args)
-    if problems:
-        return convention.refuse("; ".join(problems))
-    try:
-        session, deployment = resolver.open_settings(args, env, config.deployment_from_environment)
-    except config.SettingsError as error:
-        return convention.refuse(str(error))
+    args = convention.checked_args(build_parser(), argv, flag_problems)
+    session, deployment = resolver.open_settings(args, env, config.deployment_from_environment)
     source = for_backfill(args.input, job_flags(args), *counted(session, args.input, deployment))
     request = start_job_run_request(
         deployment, source, client_token=str(uuid.uuid4()), attempt=Attempt(1, 1 + args.retries)

@@ -282,11 +282,9 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
     return [convention.flag_error(flag, value, what) for flag, value, ok, what in checks if not ok]
 
 
+@convention.refusing
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    problems = flag_problems(args)
-    if problems:
-        return convention.refuse("; ".join(problems))
+    args = convention.checked_args(build_parser(), argv, flag_problems)
     service = Service(
         billing_minimum_s=args.billing_minimum,
         worker_start_s=args.worker_start,

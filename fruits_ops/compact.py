@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import uuid
 from collections.abc import Mapping
@@ -125,16 +124,10 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
+@convention.refusing
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    env = os.environ if env is None else env
-    problems = flag_problems(args)
-    if problems:
-        return convention.refuse("; ".join(problems))
-    try:
-        session, deployment = resolver.open_settings(args, env, config.deployment_from_environment)
-    except config.SettingsError as error:
-        return convention.refuse(str(error))
+    args = convention.checked_args(build_parser(), argv, flag_problems)
+    session, deployment = resolver.open_settings(args, env, config.deployment_from_environment)
     request = compaction_request(
         deployment, args.older_than_days, args.dry_run, datetime.now(UTC), uuid.uuid4().hex
     )

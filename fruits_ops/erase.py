@@ -15,7 +15,6 @@ keys file is checked before anything is deleted, written or started.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,8 +47,8 @@ VERSIONS_REMAIN = (
 )
 
 
-class KeysError(ValueError):
-    """A line of --keys cannot be erased; raised before any side effect."""
+class KeysError(convention.Refusal):
+    """A line of --keys cannot be erased; raised before any side effect (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -185,20 +184,14 @@ def settings_and_keys(
     return settings, resolve_keys(lines, settings.raw)
 
 
+@convention.refusing
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    env = os.environ if env is None else env
-    try:
-        lines = read_keys(args.keys)
-    except KeysError as error:
-        return convention.refuse(str(error))
-    try:
-        # every setting the Lambda's Settings hold: the erase run is started as the trigger does
-        session, (settings, keys) = resolver.open_settings(
-            args, env, partial(settings_and_keys, lines), ERASE_SETTINGS, config.FIELDS
-        )
-    except (config.SettingsError, KeysError) as error:
-        return convention.refuse(str(error))
+    args = convention.checked_args(build_parser(), argv)
+    lines = read_keys(args.keys)
+    # every setting the Lambda's Settings hold: the erase run is started as the trigger does
+    session, (settings, keys) = resolver.open_settings(
+        args, env, partial(settings_and_keys, lines), ERASE_SETTINGS, config.FIELDS
+    )
     bucket = settings.raw.bucket
     if args.dry_run:
         print(erasure_manifest(bucket, Request(keys, now_iso())).body.decode(), end="")

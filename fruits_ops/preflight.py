@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import uuid
 from collections.abc import Callable, Mapping
@@ -270,18 +269,12 @@ def deployment_and_photo(
     return deployment, photo_location(raw, key)
 
 
+@convention.refusing
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    env = os.environ if env is None else env
-    problems = flag_problems(args)
-    if problems:
-        return convention.refuse("; ".join(problems))
-    try:
-        session, (deployment, source) = resolver.open_settings(
-            args, env, partial(deployment_and_photo, args.key), PREFLIGHT_SETTINGS
-        )
-    except (config.SettingsError, ValueError) as error:
-        return convention.refuse(str(error))
+    args = convention.checked_args(build_parser(), argv, flag_problems)
+    session, (deployment, source) = resolver.open_settings(
+        args, env, partial(deployment_and_photo, args.key), PREFLIGHT_SETTINGS
+    )
     run_id = preflight_run_id(datetime.now(UTC), uuid.uuid4().hex)
     job_source = for_preflight(deployment, source, run_id, args.reference_model)
     request = start_job_run_request(deployment, job_source, client_token=run_id)

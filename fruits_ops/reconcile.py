@@ -25,7 +25,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -209,16 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    env = os.environ if env is None else env
-    try:
-        # every setting the Lambda's Settings hold (--submit starts a run as the trigger does)
-        session, settings = resolver.open_settings(
-            args, env, config.from_environment, RECONCILE_SETTINGS, config.FIELDS
-        )
-    except config.SettingsError as error:
-        return convention.refuse(str(error))
+@convention.refusing
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = convention.checked_args(build_parser(), argv)
+    # every setting the Lambda's Settings hold (--submit starts a run as the trigger does)
+    session, settings = resolver.open_settings(
+        args, env, config.from_environment, RECONCILE_SETTINGS, config.FIELDS
+    )
     since = args.since.replace(tzinfo=args.since.tzinfo or UTC) if args.since else None
     s3 = session.client("s3")
     started = time.perf_counter()

@@ -24,6 +24,7 @@ on stderr (``say_origins``). docs/cli.md states the same rule for users.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import textwrap
 from collections.abc import Callable, Iterable, Mapping
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from fruits_contract import cli as convention
 from fruits_contract.cli import flag_error, say
 from lambda_trigger import settings as config
 
@@ -235,20 +237,25 @@ def say_origins(
 
 def open_settings(
     args: argparse.Namespace,
-    env: Mapping[str, str],
+    env: Mapping[str, str] | None,
     parse: Callable[[dict[str, str], config.Sources], Parsed],
     flags: Mapping[str, str] = DEPLOYMENT_FLAGS,
     names: Iterable[str] = (),
 ) -> tuple[Any, Parsed]:
     """What every command that reads the deployment does first, in one place: a boto3 session
     in ``--region``, the settings resolved in the module's order and parsed by ``parse`` (a
-    ``config`` parser), then each one said on stderr with its origin. Raises
-    ``config.SettingsError`` (the command refuses it, exit 2) before any call but the stack's."""
+    ``config`` parser; ``env`` None is this process's), then each one said on stderr with its
+    origin. A setting that cannot be resolved or parsed (``parse`` raises ``ValueError``, as
+    ``config.SettingsError`` is) is a ``Refusal``: exit 2, before any call but the stack's."""
     import boto3
 
     names = tuple(names)
-    session = boto3.session.Session(region_name=args.region)
-    resolved = resolve_settings(session, args, env, flags, names)
-    parsed = parse(resolved.values, resolved.sources)
+    env = os.environ if env is None else env
+    try:
+        session = boto3.session.Session(region_name=args.region)
+        resolved = resolve_settings(session, args, env, flags, names)
+        parsed = parse(resolved.values, resolved.sources)
+    except ValueError as error:
+        raise convention.Refusal(str(error)) from error
     say_origins(resolved, say, names or None)
     return session, parsed

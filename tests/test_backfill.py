@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 from emr_serverless_job.config import parse_args
-from fruits_contract import backfill_run_id
+from fruits_contract import backfill_run_id, logs
 from fruits_ops import backfill, listing, resolver
 from lambda_trigger import handler as trigger
 from lambda_trigger import sizing
@@ -208,7 +208,8 @@ def test_a_prefix_that_cannot_be_listed_is_said_and_sized_wide(stack, capsys):
     raw = f"s3://no-such-bucket-{stack.bucket}/raw/"
     assert backfill.main(["--input", raw, "--print-request"], env=stack.environment) == 0
     captured = capsys.readouterr()
-    assert f"warning: could not count the photos under {raw}" in captured.err
+    warned = [line["message"] for line in logs.parse(captured.err) if line["level"] == logs.WARNING]
+    assert any(m.startswith(f"could not count the photos under {raw}") for m in warned)
     widest = sizing.widest("onnx", 3).spark_conf()
     conf = confs(json.loads(captured.out)["jobDriver"]["sparkSubmit"])
     assert {k: conf[k] for k in widest} == widest
