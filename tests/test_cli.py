@@ -43,8 +43,8 @@ MAINS = {
     "fruits_ops.capacity": capacity.main,
     "fruits_readers.inventory": inventory.main,
     "fruits_readers.plots": plots.main,
-    "fruits_build/build.py": build.main,
-    "fruits_build/upload.py": upload.main,
+    "fruits_build.build": build.main,
+    "fruits_build.upload": upload.main,
     "emr_emulator": emulator.main,
     "fruits_demo": demo.main,
 }
