@@ -37,6 +37,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from emr_serverless_job.fruit_blobs import CLASSES, fruit_image
 from emr_serverless_job.model import (
@@ -502,13 +503,8 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = convention.parser(
-        "python -m fruits_build.build",
-        "Build the job's artifacts into dist/ (./dev package runs this).",
-        "the build failed: no weights download, the export's parity or int8 check, the "
-        "archive's packing or check",
-    )
+def add_artifact_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the artifacts go, the weights they come from, and the machine they run on."""
     parser.add_argument(
         "--dist",
         type=Path,
@@ -534,6 +530,10 @@ def main(argv: list[str] | None = None) -> int:
         help="onnx: export the model, archive without TensorFlow; tensorflow: the "
         "fallback archive with TensorFlow",
     )
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The exported model's size and precision, and the photos it is checked and calibrated on."""
     parser.add_argument(
         "--image-size", type=int, default=224, help="input size of the exported model, px"
     )
@@ -564,13 +564,71 @@ def main(argv: list[str] | None = None) -> int:
         f"synced from raw/: {CALIBRATION_SYNC} (default: --photos; without it, generated "
         "photos, with a warning)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, its flags in the order --help lists them."""
+    parser = convention.parser(
+        "python -m fruits_build.build",
+        "Build the job's artifacts into dist/ (./dev package runs this).",
+        "the build failed: no weights download, the export's parity or int8 check, the "
+        "archive's packing or check",
+    )
+    add_artifact_flags(parser)
+    add_model_flags(parser)
     parser.add_argument(
         "--archive",
         choices=("auto", "docker", "local", "keep"),
         default="auto",
         help="auto: Docker where it runs, else pack.py here (builds CPython 3.11 once; needs gcc)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def archive_line(manifest: dict[str, Any]) -> str:
+    """What the archive weighs, how it was built and what it runs, in one line."""
+    mib = 2**20
+    archive = manifest["archive"]
+    return (
+        f"venv {archive['bytes_before'] / mib:.0f} MiB -> {archive['bytes_after'] / mib:.0f} MiB "
+        f"after slimming; archive {manifest['files'][VENV_ARCHIVE]['bytes'] / mib:.0f} MiB "
+        f"({archive['builder']} build, {archive['platform']}, {manifest['runtime']}), "
+        f"unpacks in {archive['unpack_seconds']} s; wheels for {archive['wheel_platform']}, "
+        f"bin/python -> {archive['interpreter']}"
+    )
+
+
+def model_line(model: dict[str, Any]) -> str:
+    """How closely the exported model matches Keras, and what int8 was calibrated on."""
+    return (
+        f"{MODEL_FILE}: {model['image_size']} px, opset {model['opset']}, ONNX Runtime vs "
+        f"Keras max abs diff {model['parity_max_abs_diff']:.2g} on {model['parity_images']} "
+        f"photos ({model['parity_source']}); {model['precision']}"
+        + (
+            f" calibrated on {model['calibration_images']} photos "
+            f"({model['calibration_source']}), cosine to fp32 min "
+            f"{model['int8_min_cosine']:.4f}"
+            if model["precision"] == "int8"
+            else ""
+        )
+    )
+
+
+def report(dist: Path, manifest: dict[str, Any]) -> None:
+    """Each file built, the archive and the model on stdout; the warnings again, last."""
+    mib = 2**20
+    for name, entry in manifest["files"].items():
+        print(f"{dist / name}  {entry['bytes'] / mib:8.1f} MiB  sha256 {entry['sha256'][:16]}")
+    print(archive_line(manifest))
+    if manifest["model"]:
+        print(model_line(manifest["model"]))
+    for warning in manifest["warnings"]:
+        loud(warning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Refuse bad flags before dist/ is touched, then build and report."""
+    args = build_parser().parse_args(argv)
     problems = flag_problems(args)
     if problems:
         return convention.refuse("; ".join(problems))
@@ -585,33 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         args.precision,
         args.calibration,
     )
-    mib = 2**20
-    archive = manifest["archive"]
-    for name, entry in manifest["files"].items():
-        print(f"{args.dist / name}  {entry['bytes'] / mib:8.1f} MiB  sha256 {entry['sha256'][:16]}")
-    print(
-        f"venv {archive['bytes_before'] / mib:.0f} MiB -> {archive['bytes_after'] / mib:.0f} MiB "
-        f"after slimming; archive {manifest['files'][VENV_ARCHIVE]['bytes'] / mib:.0f} MiB "
-        f"({archive['builder']} build, {archive['platform']}, {manifest['runtime']}), "
-        f"unpacks in {archive['unpack_seconds']} s; wheels for {archive['wheel_platform']}, "
-        f"bin/python -> {archive['interpreter']}"
-    )
-    if manifest["model"]:
-        model = manifest["model"]
-        print(
-            f"{MODEL_FILE}: {model['image_size']} px, opset {model['opset']}, ONNX Runtime vs "
-            f"Keras max abs diff {model['parity_max_abs_diff']:.2g} on {model['parity_images']} "
-            f"photos ({model['parity_source']}); {model['precision']}"
-            + (
-                f" calibrated on {model['calibration_images']} photos "
-                f"({model['calibration_source']}), cosine to fp32 min "
-                f"{model['int8_min_cosine']:.4f}"
-                if model["precision"] == "int8"
-                else ""
-            )
-        )
-    for warning in manifest["warnings"]:
-        loud(warning)
+    report(args.dist, manifest)
     return 0
 
 
