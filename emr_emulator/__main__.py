@@ -47,10 +47,8 @@ def is_loopback(endpoint: str | None) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = convention.parser(
-        "python -m emr_emulator", __doc__, "the job run ended FAILED or CANCELLED"
-    )
+def add_request_flags(parser: argparse.ArgumentParser) -> None:
+    """Which job run to run, and the endpoint and region it is read from."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--request", type=Path, help="JSON file of StartJobRun's parameters")
     source.add_argument("--job-run-id", help="a job run submitted to the EMR Serverless API")
@@ -65,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--region", help="AWS region (default: the AWS CLI's, from AWS_REGION or ~/.aws/config)"
     )
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the run works, what it may write back, and whether a remote endpoint is allowed."""
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -89,25 +91,34 @@ def main(argv: list[str] | None = None) -> int:
         help="run against AWS or a non-loopback endpoint: copies the buckets the request "
         "names to this machine",
     )
-    args = parser.parse_args(argv)
-    if not is_loopback(args.endpoint_url) and not args.allow_remote_endpoint:
-        shown = f"--endpoint-url {args.endpoint_url}" if args.endpoint_url else "AWS"
-        return convention.refuse(
-            f"{shown}: not a loopback endpoint (no --endpoint-url means AWS itself): the "
-            "emulator would copy every bucket the request names to this machine. "
-            "Use a moto server on 127.0.0.1, or say --allow-remote-endpoint"
-        )
-    if args.push_also and not args.push:
-        parser.error("--push-also needs --push")
-    import boto3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, its flags in the order --help lists them."""
+    parser = convention.parser(
+        "python -m emr_emulator", __doc__, "the job run ended FAILED or CANCELLED"
+    )
+    add_request_flags(parser)
+    add_run_flags(parser)
+    return parser
+
+
+def remote_refusal(args: argparse.Namespace) -> str | None:
+    """Why the endpoint is refused (a real account's buckets would be copied here), if it is."""
+    if is_loopback(args.endpoint_url) or args.allow_remote_endpoint:
+        return None
+    shown = f"--endpoint-url {args.endpoint_url}" if args.endpoint_url else "AWS"
+    return (
+        f"{shown}: not a loopback endpoint (no --endpoint-url means AWS itself): the "
+        "emulator would copy every bucket the request names to this machine. "
+        "Use a moto server on 127.0.0.1, or say --allow-remote-endpoint"
+    )
+
+
+def emulate(args: argparse.Namespace, request: dict[str, Any], release: str | None, s3: Any) -> int:
+    """Run the request and print its end; a run that could not finish is a failed run."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    session = boto3.session.Session(region_name=args.region)
-    s3 = session.client("s3", endpoint_url=args.endpoint_url)
-    try:
-        request, release = _request(args, session, parser)
-    except (RequestError, ValueError, OSError, BotoCoreError, ClientError) as error:
-        return convention.refuse(str(error))
     try:
         result = run_job(
             request,
@@ -128,6 +139,27 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     print(json.dumps(result, indent=2, default=str))
     return 0 if result["state"] == SUCCESS else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Refuse what cannot be run (a remote endpoint, a bad request) before any run starts."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    refusal = remote_refusal(args)
+    if refusal is not None:
+        return convention.refuse(refusal)
+    if args.push_also and not args.push:
+        parser.error("--push-also needs --push")
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    session = boto3.session.Session(region_name=args.region)
+    s3 = session.client("s3", endpoint_url=args.endpoint_url)
+    try:
+        request, release = _request(args, session, parser)
+    except (RequestError, ValueError, OSError, BotoCoreError, ClientError) as error:
+        return convention.refuse(str(error))
+    return emulate(args, request, release, s3)
 
 
 def _request(

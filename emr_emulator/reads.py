@@ -141,60 +141,100 @@ def _artifact_uris(run: Launch) -> list[str]:
     return [uri.strip().partition("#")[0] for uri in uris]
 
 
+Location = tuple[str, str]  # (bucket, key or prefix)
+
+
+@dataclass
+class _Found:
+    """What ``reads`` has found so far, flag by flag, before it is frozen into ``Reads``."""
+
+    keys: set[Location] = field(default_factory=set)
+    prefixes: set[Location] = field(default_factory=set)
+    excluded: set[Location] = field(default_factory=set)
+    first: set[Location] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    manifest_at: Location | None = None
+    pointer_at: Location | None = None
+
+
+def _pca_model_reads(found: _Found, model: Location, pointer: str | None) -> None:
+    """A batch's PCA model: its pointer and the files beside it, and only the version the
+    pointer names under ``versions/``."""
+    folder = (model[0], _folder(model[1]))
+    found.pointer_at = (folder[0], folder[1] + PCA_POINTER_FILE)
+    found.prefixes.add(folder)
+    found.excluded.add((folder[0], folder[1] + f"{PCA_VERSIONS_FOLDER}/"))
+    version = _pointed_version(pointer)
+    if version:
+        found.prefixes.add((folder[0], folder[1] + f"{PCA_VERSIONS_FOLDER}/{version}/"))
+    elif pointer is not None:
+        at = found.pointer_at
+        found.notes.append(f"s3://{at[0]}/{at[1]} names no version")
+
+
+def _manifest_reads(
+    found: _Found,
+    run: Launch,
+    source: Location,
+    manifest: str | None,
+    pointer: str | None,
+    output: Location | None,
+) -> None:
+    """``--manifest``: the file, the objects its lines name, and the PCA model the batch loads
+    (``--pca-model``, default ``OUTPUT/pca_model``)."""
+    found.keys.add(source)
+    found.manifest_at = source
+    for uri in manifest_uris(manifest or ""):
+        if (named := split_uri(uri)) is not None:
+            found.keys.add(named)
+    model = split_uri(run.argument("--pca-model") or "") or (
+        (output[0], f"{_folder(output[1])}{PCA_MODEL_FOLDER}") if output else None
+    )
+    if model is not None:
+        _pca_model_reads(found, model, pointer)
+
+
+def _output_tables(found: _Found, output: Location | None, tables: tuple[str, ...]) -> None:
+    """The tables an erase run or a compaction reads under ``--output``, when there is one."""
+    if output is not None:
+        for table in tables:
+            found.prefixes.add((output[0], f"{_folder(output[1])}{table}/"))
+
+
+def _preflight_reads(found: _Found, source: Location) -> None:
+    """``--preflight``: the object named, or the first photo under the prefix."""
+    if source[1] and not source[1].endswith("/"):
+        found.keys.add(source)
+    found.first.add((source[0], _folder(source[1])))
+
+
 def reads(run: Launch, manifest: str | None = None, pointer: str | None = None) -> Reads:
     """What ``run`` reads, given its manifest's text and the PCA pointer's when they are known
     (copy those two first: ``Reads.manifest``, ``Reads.pointer``, then ask again)."""
-    keys: set[tuple[str, str]] = set()
-    prefixes: set[tuple[str, str]] = set()
-    excluded: set[tuple[str, str]] = set()
-    first: set[tuple[str, str]] = set()
-    notes: list[str] = []
+    found = _Found()
     for uri in _artifact_uris(run):
-        if (found := split_uri(uri)) is not None:
-            keys.add(found)
+        if (named := split_uri(uri)) is not None:
+            found.keys.add(named)
     output = split_uri(run.argument("--output") or "")
-    manifest_at = pointer_at = None
     if (source := split_uri(run.argument("--input") or "")) is not None:
-        prefixes.add((source[0], _folder(source[1])))
+        found.prefixes.add((source[0], _folder(source[1])))
     if (source := split_uri(run.argument("--manifest") or "")) is not None:
-        keys.add(source)
-        manifest_at = source
-        for uri in manifest_uris(manifest or ""):
-            if (found := split_uri(uri)) is not None:
-                keys.add(found)
-        model = split_uri(run.argument("--pca-model") or "") or (
-            (output[0], f"{_folder(output[1])}{PCA_MODEL_FOLDER}") if output else None
-        )
-        if model is not None:
-            folder = (model[0], _folder(model[1]))
-            pointer_at = (folder[0], folder[1] + PCA_POINTER_FILE)
-            prefixes.add(folder)
-            excluded.add((folder[0], folder[1] + f"{PCA_VERSIONS_FOLDER}/"))
-            version = _pointed_version(pointer)
-            if version:
-                prefixes.add((folder[0], folder[1] + f"{PCA_VERSIONS_FOLDER}/{version}/"))
-            elif pointer is not None:
-                notes.append(f"s3://{pointer_at[0]}/{pointer_at[1]} names no version")
+        _manifest_reads(found, run, source, manifest, pointer, output)
     if (source := split_uri(run.argument("--erase") or "")) is not None:
-        keys.add(source)
-        if output is not None:
-            for table in ERASE_READS:
-                prefixes.add((output[0], f"{_folder(output[1])}{table}/"))
-    if "--compact" in run.arguments and output is not None:
-        for table in COMPACT_READS:
-            prefixes.add((output[0], f"{_folder(output[1])}{table}/"))
+        found.keys.add(source)
+        _output_tables(found, output, ERASE_READS)
+    if "--compact" in run.arguments:
+        _output_tables(found, output, COMPACT_READS)
     if (source := split_uri(run.argument("--preflight") or "")) is not None:
-        if source[1] and not source[1].endswith("/"):
-            keys.add(source)
-        first.add((source[0], _folder(source[1])))
+        _preflight_reads(found, source)
     return Reads(
-        keys=frozenset(keys),
-        prefixes=frozenset(prefixes),
-        excluded=frozenset(excluded),
-        first_photo=frozenset(first),
-        manifest=manifest_at,
-        pointer=pointer_at,
-        notes=tuple(notes),
+        keys=frozenset(found.keys),
+        prefixes=frozenset(found.prefixes),
+        excluded=frozenset(found.excluded),
+        first_photo=frozenset(found.first),
+        manifest=found.manifest_at,
+        pointer=found.pointer_at,
+        notes=tuple(found.notes),
     )
 
 

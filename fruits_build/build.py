@@ -37,6 +37,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from emr_serverless_job.fruit_blobs import CLASSES, fruit_image
 from emr_serverless_job.model import (
@@ -329,6 +330,122 @@ def export_model(
     }
 
 
+def onnx_photos(
+    runtime: str,
+    parity_images: Path | None,
+    calibration_images: Path | None,
+    precision: str,
+    scratch: Path,
+) -> Photos | None:
+    """An onnx build's photos; int8 calibrated on generated ones is said loudly, up front."""
+    photos = (
+        choose_photos(parity_images, calibration_images, precision, scratch)
+        if runtime == "onnx"
+        else None
+    )
+    if photos and photos.generated_calibration:
+        loud(calibration_warning(GENERATED_CALIBRATION_PER_CLASS * len(CLASSES)))
+    return photos
+
+
+def job_files(dist: Path) -> None:
+    """The entry point and the job's zip, which every runtime ships."""
+    shutil.copyfile(JOB_SOURCES / "main.py", dist / ENTRY_POINT)
+    job_package(dist / JOB_PACKAGE)
+
+
+def random_weights_warnings(weights: Weights) -> list[str]:
+    """Random weights are said loudly now and kept in artifacts.json: features from them mean
+    nothing."""
+    if not weights.is_random:
+        return []
+    warning = (
+        f"RANDOM WEIGHTS ({weights.describe()}): the features mean nothing; "
+        "for tests and offline demos only, never a deployment"
+    )
+    loud(warning)
+    return [warning]
+
+
+def onnx_model(
+    dist: Path, image_size: int, precision: str, photos: Photos | None, weights: Weights
+) -> dict[str, object] | None:
+    """The exported model's record (None without photos: a tensorflow build exports none);
+    random weights are exported as themselves, so the model is stamped with them."""
+    if not photos:
+        return None
+    return export_model(
+        dist,
+        image_size,
+        photos.parity,
+        precision,
+        photos.calibration,
+        weights if weights.is_random else None,
+    )
+
+
+def record_photos(model: dict[str, object], photos: Photos) -> list[str]:
+    """The model's record names the photos it was checked and calibrated on; generated
+    calibration photos earn a warning in artifacts.json."""
+    model["parity_source"] = photos.parity_source
+    model["calibration_source"] = photos.calibration_source
+    if photos.generated_calibration:
+        return [calibration_warning(model["calibration_images"])]
+    return []
+
+
+def kept_archive(dist: Path, runtime: str) -> dict[str, object]:
+    """``--archive keep``: the archive an earlier build left in dist, if it is for ``runtime``."""
+    previous = dist / ARTIFACTS_MANIFEST
+    if not (dist / VENV_ARCHIVE).is_file() or not previous.is_file():
+        raise SystemExit(f"--archive keep: no earlier {VENV_ARCHIVE} in {dist}")
+    built = json.loads(previous.read_text())["archive"]
+    if built.get("runtime") != runtime:
+        raise SystemExit(f"--archive keep: the archive in {dist} is for {built.get('runtime')}")
+    return built
+
+
+def new_archive(dist: Path, arch: str, runtime: str, archive: str) -> dict[str, object]:
+    """The archive packed by Docker (asked, or auto where it runs) or here, then checked for
+    Amazon Linux 2023 and timed unpacking, as the manifest reports it."""
+    if archive == "docker" or (archive == "auto" and docker_available()):
+        built = archive_with_docker(dist, arch, runtime)
+    else:
+        built = archive_locally(dist, arch, runtime, ROOT / "build" / "archive")
+    built["runtime"] = runtime
+    checked = pack.check_archive(dist / VENV_ARCHIVE, arch)
+    built["valid_on_emr"] = not checked.problems
+    built["unpack_seconds"] = unpack_seconds(dist / VENV_ARCHIVE)
+    return built
+
+
+def artifacts_manifest(
+    dist: Path,
+    runtime: str,
+    built: dict[str, object],
+    weights_source: str,
+    weights: Weights,
+    model: dict[str, object] | None,
+    warnings: list[str],
+) -> dict[str, object]:
+    """``artifacts.json``: each file's sha256 and size, and how the archive, weights and model
+    were made, so the upload and every run can check what they were given."""
+    names = (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, *([MODEL_FILE] if model else []), VENV_ARCHIVE)
+    return {
+        "files": {
+            name: {"sha256": file_sha256(dist / name), "bytes": (dist / name).stat().st_size}
+            for name in names
+        },
+        "runtime": runtime,
+        "archive": built,
+        "weights": {"source": weights_source, "random": weights.is_random},
+        "model": model,
+        "warnings": warnings,
+        "python": platform.python_version(),
+        "requirements": list(ARCHIVE_REQUIREMENTS[runtime]),
+    }
+
+
 def build(
     dist: Path,
     weights: str,
@@ -340,74 +457,26 @@ def build(
     precision: str = "int8",
     calibration_images: Path | None = None,
 ) -> dict[str, object]:
+    """Every artifact into ``dist``, and the manifest that lists them (also returned)."""
     dist.mkdir(parents=True, exist_ok=True)
-    warnings = []
+    warnings: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
-        photos = (
-            choose_photos(parity_images, calibration_images, precision, Path(scratch))
-            if runtime == "onnx"
-            else None
-        )
-        if photos and photos.generated_calibration:
-            loud(calibration_warning(GENERATED_CALIBRATION_PER_CLASS * len(CLASSES)))
-        shutil.copyfile(JOB_SOURCES / "main.py", dist / ENTRY_POINT)
-        job_package(dist / JOB_PACKAGE)
+        photos = onnx_photos(runtime, parity_images, calibration_images, precision, Path(scratch))
+        job_files(dist)
         weights_source, export_weights = fetch_weights(weights, dist / WEIGHTS_FILE)
-        if export_weights.is_random:
-            warnings.append(
-                f"RANDOM WEIGHTS ({export_weights.describe()}): the features mean nothing; "
-                "for tests and offline demos only, never a deployment"
-            )
-            loud(warnings[-1])
-        model = (
-            export_model(
-                dist,
-                image_size,
-                photos.parity,
-                precision,
-                photos.calibration,
-                export_weights if export_weights.is_random else None,
-            )
-            if photos
-            else None
-        )
-    if model is not None:
-        model["parity_source"] = photos.parity_source
-        model["calibration_source"] = photos.calibration_source
-        if photos.generated_calibration:
-            warnings.append(calibration_warning(model["calibration_images"]))
+        warnings += random_weights_warnings(export_weights)
+        model = onnx_model(dist, image_size, precision, photos, export_weights)
+    if model is not None and photos is not None:
+        warnings += record_photos(model, photos)
     if model is None:
         (dist / MODEL_FILE).unlink(missing_ok=True)
-    previous = dist / ARTIFACTS_MANIFEST
     if archive == "keep":
-        if not (dist / VENV_ARCHIVE).is_file() or not previous.is_file():
-            raise SystemExit(f"--archive keep: no earlier {VENV_ARCHIVE} in {dist}")
-        built = json.loads(previous.read_text())["archive"]
-        if built.get("runtime") != runtime:
-            raise SystemExit(f"--archive keep: the archive in {dist} is for {built.get('runtime')}")
+        built = kept_archive(dist, runtime)
     else:
-        if archive == "docker" or (archive == "auto" and docker_available()):
-            built = archive_with_docker(dist, arch, runtime)
-        else:
-            built = archive_locally(dist, arch, runtime, ROOT / "build" / "archive")
-        built["runtime"] = runtime
-        checked = pack.check_archive(dist / VENV_ARCHIVE, arch)
-        built["valid_on_emr"] = not checked.problems
-        built["unpack_seconds"] = unpack_seconds(dist / VENV_ARCHIVE)
-    names = (ENTRY_POINT, JOB_PACKAGE, WEIGHTS_FILE, *([MODEL_FILE] if model else []), VENV_ARCHIVE)
-    manifest = {
-        "files": {
-            name: {"sha256": file_sha256(dist / name), "bytes": (dist / name).stat().st_size}
-            for name in names
-        },
-        "runtime": runtime,
-        "archive": built,
-        "weights": {"source": weights_source, "random": export_weights.is_random},
-        "model": model,
-        "warnings": warnings,
-        "python": platform.python_version(),
-        "requirements": list(ARCHIVE_REQUIREMENTS[runtime]),
-    }
+        built = new_archive(dist, arch, runtime, archive)
+    manifest = artifacts_manifest(
+        dist, runtime, built, weights_source, export_weights, model, warnings
+    )
     (dist / ARTIFACTS_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -434,13 +503,8 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = convention.parser(
-        "python -m fruits_build.build",
-        "Build the job's artifacts into dist/ (./dev package runs this).",
-        "the build failed: no weights download, the export's parity or int8 check, the "
-        "archive's packing or check",
-    )
+def add_artifact_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the artifacts go, the weights they come from, and the machine they run on."""
     parser.add_argument(
         "--dist",
         type=Path,
@@ -466,6 +530,10 @@ def main(argv: list[str] | None = None) -> int:
         help="onnx: export the model, archive without TensorFlow; tensorflow: the "
         "fallback archive with TensorFlow",
     )
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The exported model's size and precision, and the photos it is checked and calibrated on."""
     parser.add_argument(
         "--image-size", type=int, default=224, help="input size of the exported model, px"
     )
@@ -496,13 +564,71 @@ def main(argv: list[str] | None = None) -> int:
         f"synced from raw/: {CALIBRATION_SYNC} (default: --photos; without it, generated "
         "photos, with a warning)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, its flags in the order --help lists them."""
+    parser = convention.parser(
+        "python -m fruits_build.build",
+        "Build the job's artifacts into dist/ (./dev package runs this).",
+        "the build failed: no weights download, the export's parity or int8 check, the "
+        "archive's packing or check",
+    )
+    add_artifact_flags(parser)
+    add_model_flags(parser)
     parser.add_argument(
         "--archive",
         choices=("auto", "docker", "local", "keep"),
         default="auto",
         help="auto: Docker where it runs, else pack.py here (builds CPython 3.11 once; needs gcc)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def archive_line(manifest: dict[str, Any]) -> str:
+    """What the archive weighs, how it was built and what it runs, in one line."""
+    mib = 2**20
+    archive = manifest["archive"]
+    return (
+        f"venv {archive['bytes_before'] / mib:.0f} MiB -> {archive['bytes_after'] / mib:.0f} MiB "
+        f"after slimming; archive {manifest['files'][VENV_ARCHIVE]['bytes'] / mib:.0f} MiB "
+        f"({archive['builder']} build, {archive['platform']}, {manifest['runtime']}), "
+        f"unpacks in {archive['unpack_seconds']} s; wheels for {archive['wheel_platform']}, "
+        f"bin/python -> {archive['interpreter']}"
+    )
+
+
+def model_line(model: dict[str, Any]) -> str:
+    """How closely the exported model matches Keras, and what int8 was calibrated on."""
+    return (
+        f"{MODEL_FILE}: {model['image_size']} px, opset {model['opset']}, ONNX Runtime vs "
+        f"Keras max abs diff {model['parity_max_abs_diff']:.2g} on {model['parity_images']} "
+        f"photos ({model['parity_source']}); {model['precision']}"
+        + (
+            f" calibrated on {model['calibration_images']} photos "
+            f"({model['calibration_source']}), cosine to fp32 min "
+            f"{model['int8_min_cosine']:.4f}"
+            if model["precision"] == "int8"
+            else ""
+        )
+    )
+
+
+def report(dist: Path, manifest: dict[str, Any]) -> None:
+    """Each file built, the archive and the model on stdout; the warnings again, last."""
+    mib = 2**20
+    for name, entry in manifest["files"].items():
+        print(f"{dist / name}  {entry['bytes'] / mib:8.1f} MiB  sha256 {entry['sha256'][:16]}")
+    print(archive_line(manifest))
+    if manifest["model"]:
+        print(model_line(manifest["model"]))
+    for warning in manifest["warnings"]:
+        loud(warning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Refuse bad flags before dist/ is touched, then build and report."""
+    args = build_parser().parse_args(argv)
     problems = flag_problems(args)
     if problems:
         return convention.refuse("; ".join(problems))
@@ -517,33 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         args.precision,
         args.calibration,
     )
-    mib = 2**20
-    archive = manifest["archive"]
-    for name, entry in manifest["files"].items():
-        print(f"{args.dist / name}  {entry['bytes'] / mib:8.1f} MiB  sha256 {entry['sha256'][:16]}")
-    print(
-        f"venv {archive['bytes_before'] / mib:.0f} MiB -> {archive['bytes_after'] / mib:.0f} MiB "
-        f"after slimming; archive {manifest['files'][VENV_ARCHIVE]['bytes'] / mib:.0f} MiB "
-        f"({archive['builder']} build, {archive['platform']}, {manifest['runtime']}), "
-        f"unpacks in {archive['unpack_seconds']} s; wheels for {archive['wheel_platform']}, "
-        f"bin/python -> {archive['interpreter']}"
-    )
-    if manifest["model"]:
-        model = manifest["model"]
-        print(
-            f"{MODEL_FILE}: {model['image_size']} px, opset {model['opset']}, ONNX Runtime vs "
-            f"Keras max abs diff {model['parity_max_abs_diff']:.2g} on {model['parity_images']} "
-            f"photos ({model['parity_source']}); {model['precision']}"
-            + (
-                f" calibrated on {model['calibration_images']} photos "
-                f"({model['calibration_source']}), cosine to fp32 min "
-                f"{model['int8_min_cosine']:.4f}"
-                if model["precision"] == "int8"
-                else ""
-            )
-        )
-    for warning in manifest["warnings"]:
-        loud(warning)
+    report(args.dist, manifest)
     return 0
 
 

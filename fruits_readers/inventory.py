@@ -121,6 +121,55 @@ def _values(table: pa.Table, column: str) -> list:
     return table.column(column).to_pylist()
 
 
+@dataclass
+class _Tally:
+    """What the features table's rows say, per run and per PCA version, in one pass."""
+
+    model_of: dict[str, str]
+    rows_of: Counter[str]
+    photos_of: dict[str, set[str]]
+    newest: dict[str, tuple]  # path: the sort key of its newest row in the current view
+
+
+def _projectable(infos: dict[str, ReductionInfo], current: str | None) -> set[str]:
+    """The versions whose features the current version's can stand for (same features)."""
+    return {
+        name
+        for name, info in infos.items()
+        if current in infos and same_features(info, infos[current])
+    }
+
+
+def _tally(features: pa.Table, projectable: set[str], unversioned_runs: frozenset[str]) -> _Tally:
+    """Each run's model, rows and photos per version, and each photo's newest row in view."""
+    tally = _Tally(model_of={}, rows_of=Counter(), photos_of=defaultdict(set), newest={})
+    newest = tally.newest
+    for run_id, model, path, at in zip(
+        _values(features, "run_id"),
+        _values(features, PCA_MODEL_COLUMN),
+        _values(features, PATH_COLUMN),
+        _values(features, FEATURIZED_AT_COLUMN),
+        strict=True,
+    ):
+        tally.model_of[run_id] = model or "(none)"
+        tally.rows_of[model or ""] += 1
+        tally.photos_of[model or ""].add(path)
+        if model in projectable or (model is None and run_id in unversioned_runs):
+            key = (at is not None, at or datetime.min, run_id)
+            if path not in newest or key > newest[path]:
+                newest[path] = key
+    return tally
+
+
+def _erased(newest: dict[str, tuple], erasures: dict[str, datetime]) -> int:
+    """Photos in view whose tombstone is as new as their newest row (or that have no time)."""
+    return sum(
+        1
+        for path, (has_time, at, _) in newest.items()
+        if path in erasures and (not has_time or erasures[path] >= at)
+    )
+
+
 def take(
     features: pa.Table,
     errors: pa.Table,
@@ -134,48 +183,23 @@ def take(
     reports name the current version's features."""
     runs_rows = Counter(_values(features, "run_id"))
     error_rows = Counter(_values(errors, "run_id"))
-    model_of: dict[str, str] = {}
-    photos_of: dict[str, set[str]] = defaultdict(set)
-    rows_of: Counter[str] = Counter()
-    projectable = {
-        name
-        for name, info in infos.items()
-        if current in infos and same_features(info, infos[current])
-    }
-    newest: dict[str, tuple] = {}
-    for run_id, model, path, at in zip(
-        _values(features, "run_id"),
-        _values(features, PCA_MODEL_COLUMN),
-        _values(features, PATH_COLUMN),
-        _values(features, FEATURIZED_AT_COLUMN),
-        strict=True,
-    ):
-        model_of[run_id] = model or "(none)"
-        rows_of[model or ""] += 1
-        photos_of[model or ""].add(path)
-        if model in projectable or (model is None and run_id in unversioned_runs):
-            key = (at is not None, at or datetime.min, run_id)
-            if path not in newest or key > newest[path]:
-                newest[path] = key
-    erased = sum(
-        1
-        for path, (has_time, at, _) in newest.items()
-        if path in erasures and (not has_time or erasures[path] >= at)
-    )
+    tally = _tally(features, _projectable(infos, current), unversioned_runs)
+    erased = _erased(tally.newest, erasures)
     runs = {
-        run: (runs_rows.get(run, 0), error_rows.get(run, 0), model_of.get(run, "-"))
+        run: (runs_rows.get(run, 0), error_rows.get(run, 0), tally.model_of.get(run, "-"))
         for run in sorted(set(runs_rows) | set(error_rows))
     }
     versions = {
-        name: Version(info, rows_of[name], len(photos_of[name])) for name, info in infos.items()
+        name: Version(info, tally.rows_of[name], len(tally.photos_of[name]))
+        for name, info in infos.items()
     }
     return Inventory(
         runs=runs,
         versions=versions,
-        unversioned=sum(rows for name, rows in rows_of.items() if name not in infos),
+        unversioned=sum(rows for name, rows in tally.rows_of.items() if name not in infos),
         current=current,
         photos=len(set(_values(features, PATH_COLUMN))),
-        in_view=len(newest) - erased,
+        in_view=len(tally.newest) - erased,
         erased=erased,
     )
 

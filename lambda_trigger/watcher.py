@@ -13,6 +13,7 @@ alert a failed publish left unsent) and a redelivered batch knows whether to sta
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -113,17 +114,147 @@ def publish_alert(
         raise
 
 
-def watch(change: StateChange, settings: config.Settings, s3: Any, emr: Any, sns: Any) -> Outcome:
-    """Act on one ended job run; returns what was decided."""
-    context = {"job_run_id": change.job_run_id, "state": change.state}
+@dataclass(frozen=True)
+class EndedRun:
+    """One ended run of this pipeline, as every step below needs it: read once, passed along."""
+
+    change: StateChange
+    job_run: dict[str, Any]  # GetJobRun's ``jobRun``
+    end: End
+    run_id: str
+    bucket: str
+    key: str  # the run's receipt
+    context: dict[str, Any]  # the fields every log line about the run carries
+
+    @property
+    def log_fields(self) -> dict[str, Any]:
+        """The log fields once the end is recorded: the context, how it ended and why."""
+        return {**self.context, "end": self.end, "details": self.job_run.get("stateDetails", "")}
+
+
+def job_run_of(change: StateChange, emr: Any, context: dict[str, Any]) -> dict[str, Any] | None:
+    """GetJobRun's ``jobRun``, or None (logged) for a run the service does not know."""
     try:
-        job_run = emr.get_job_run(applicationId=change.application_id, jobRunId=change.job_run_id)[
+        return emr.get_job_run(applicationId=change.application_id, jobRunId=change.job_run_id)[
             "jobRun"
         ]
     except emr.exceptions.ResourceNotFoundException as error:
         # Not a run of this application (any more): nothing to retry, and raising would only
         # make Lambda repeat the event twice and fire the watcher's error alarm.
         logger.warning("unknown job run left alone", extra={**context, "error": str(error)})
+        return None
+
+
+def ended_run(
+    change: StateChange,
+    job_run: dict[str, Any],
+    end: End,
+    settings: config.Settings,
+    context: dict[str, Any],
+) -> EndedRun:
+    """The run as this pipeline's: every later log line carries its run id."""
+    run_id = job_run.get("tags", {})[RUN_ID_KEY]
+    logger.set_correlation_id(run_id)
+    bucket, key = settings.manifests.bucket, settings.manifests.key(receipt_name(run_id))
+    return EndedRun(change, job_run, end, run_id, bucket, key, context)
+
+
+def repeated_event(
+    run: EndedRun,
+    receipt: receipts.Receipt,
+    outcome: Outcome,
+    ended_as: Attempt,
+    settings: config.Settings,
+    s3: Any,
+    sns: Any,
+) -> Outcome:
+    """An end already recorded: nothing to do, unless the alert a failed publish left is due."""
+    if receipts.alert_due(receipt, run.change.job_run_id):
+        publish_alert(s3, sns, settings, run.key, receipt, run.job_run, run.end)
+        metrics.add_metric(name=METRIC_NAMES["give_up"], unit=MetricUnit.Count, value=1)
+        logger.error("run failed for good, alert published on a repeated event", extra=run.context)
+        return Outcome("give_up", ended_as)
+    logger.info("repeated event", extra=run.context)
+    return Outcome("ignore", outcome.attempt)
+
+
+def record_end(run: EndedRun, receipt: receipts.Receipt, outcome: Outcome) -> receipts.Receipt:
+    """The receipt with this attempt's end: final unless it is retried, left if cancelled."""
+    return receipts.finished(
+        receipt,
+        run.change.job_run_id,
+        run.change.state,
+        run.job_run.get("stateDetails", ""),
+        now_iso(),
+        final=outcome.decision != "retry",
+        end=run.end,
+        left=outcome.decision == "leave",
+    )
+
+
+def resubmit(
+    run: EndedRun,
+    receipt: receipts.Receipt,
+    attempt: Attempt,
+    settings: config.Settings,
+    s3: Any,
+    emr: Any,
+) -> None:
+    """Start the run again as ``attempt`` (a timed-out one with longer), then receipt it."""
+    request = resubmission(run.job_run, attempt)
+    if run.end == TIMED_OUT:
+        timeout = longer_timeout(run.job_run, settings.deployment.timeout_minutes)
+        request["executionTimeoutMinutes"] = timeout
+    started = emr.start_job_run(**request)["jobRunId"]
+    receipt = receipts.submitted(
+        receipt,
+        run_id=run.run_id,
+        application_id=run.job_run["applicationId"],
+        source=source_of(run.job_run),
+        images=receipt.get("images"),
+        job_run_id=started,
+        attempt=attempt,
+        at=now_iso(),
+    )
+    receipts.write(s3, run.bucket, run.key, receipt)
+    logger.warning(
+        "job run resubmitted",
+        extra={
+            **run.log_fields,
+            "failed": run.change.job_run_id,
+            "job_run_id": started,
+            "attempt": attempt.number,
+            "last_attempt": attempt.last,
+            "execution_timeout_minutes": request.get("executionTimeoutMinutes"),
+        },
+    )
+
+
+def give_up(
+    run: EndedRun, receipt: receipts.Receipt, settings: config.Settings, s3: Any, sns: Any
+) -> None:
+    """No attempt left: the one alert, with the end in the receipt."""
+    publish_alert(s3, sns, settings, run.key, receipt, run.job_run, run.end)
+    logger.error("run failed for good", extra=run.log_fields)
+
+
+def leave(run: EndedRun, receipt: receipts.Receipt, s3: Any) -> None:
+    """An operator cancelled it: recorded, and not started again."""
+    receipts.write(s3, run.bucket, run.key, receipt)
+    logger.warning("job run cancelled by an operator, left alone", extra=run.log_fields)
+
+
+def record(run: EndedRun, receipt: receipts.Receipt, s3: Any) -> None:
+    """It succeeded: recorded, nothing more to do."""
+    receipts.write(s3, run.bucket, run.key, receipt)
+    logger.info("job run succeeded", extra=run.log_fields)
+
+
+def watch(change: StateChange, settings: config.Settings, s3: Any, emr: Any, sns: Any) -> Outcome:
+    """Act on one ended job run; returns what was decided."""
+    context = {"job_run_id": change.job_run_id, "state": change.state}
+    job_run = job_run_of(change, emr, context)
+    if job_run is None:
         return Outcome("ignore", None)
     end = end_of(change.state, job_run)
     tags = job_run.get("tags", {})
@@ -131,70 +262,22 @@ def watch(change: StateChange, settings: config.Settings, s3: Any, emr: Any, sns
     if outcome.decision == "ignore":
         logger.info("job run ignored", extra=context)
         return outcome
-    run_id = tags[RUN_ID_KEY]
-    logger.set_correlation_id(run_id)
-    bucket, key = settings.manifests.bucket, settings.manifests.key(receipt_name(run_id))
+    run = ended_run(change, job_run, end, settings, context)
     ended_as = Attempt.from_tags(tags) or Attempt()
-    receipt = ledger(receipts.read(s3, bucket, key), job_run, ended_as)
+    receipt = ledger(receipts.read(s3, run.bucket, run.key), job_run, ended_as)
     if receipts.ended(receipt, change.job_run_id) is not None:
-        if receipts.alert_due(receipt, change.job_run_id):
-            publish_alert(s3, sns, settings, key, receipt, job_run, end)
-            metrics.add_metric(name=METRIC_NAMES["give_up"], unit=MetricUnit.Count, value=1)
-            logger.error("run failed for good, alert published on a repeated event", extra=context)
-            return Outcome("give_up", ended_as)
-        logger.info("repeated event", extra=context)
-        return Outcome("ignore", outcome.attempt)
+        return repeated_event(run, receipt, outcome, ended_as, settings, s3, sns)
     if end == TIMED_OUT and receipts.any_ended(receipt, TIMED_OUT):
         outcome = decide(end, tags, timed_out_before=True)
-    details = job_run.get("stateDetails", "")
-    receipt = receipts.finished(
-        receipt,
-        change.job_run_id,
-        change.state,
-        details,
-        now_iso(),
-        final=outcome.decision != "retry",
-        end=end,
-        left=outcome.decision == "leave",
-    )
-    context |= {"end": end, "details": details}
+    receipt = record_end(run, receipt, outcome)
     if outcome.decision == "retry" and outcome.attempt is not None:
-        request = resubmission(job_run, outcome.attempt)
-        if end == TIMED_OUT:
-            timeout = longer_timeout(job_run, settings.deployment.timeout_minutes)
-            request["executionTimeoutMinutes"] = timeout
-        started = emr.start_job_run(**request)["jobRunId"]
-        receipt = receipts.submitted(
-            receipt,
-            run_id=run_id,
-            application_id=job_run["applicationId"],
-            source=source_of(job_run),
-            images=receipt.get("images"),
-            job_run_id=started,
-            attempt=outcome.attempt,
-            at=now_iso(),
-        )
-        receipts.write(s3, bucket, key, receipt)
-        logger.warning(
-            "job run resubmitted",
-            extra={
-                **context,
-                "failed": change.job_run_id,
-                "job_run_id": started,
-                "attempt": outcome.attempt.number,
-                "last_attempt": outcome.attempt.last,
-                "execution_timeout_minutes": request.get("executionTimeoutMinutes"),
-            },
-        )
+        resubmit(run, receipt, outcome.attempt, settings, s3, emr)
     elif outcome.decision == "give_up":
-        publish_alert(s3, sns, settings, key, receipt, job_run, end)
-        logger.error("run failed for good", extra=context)
+        give_up(run, receipt, settings, s3, sns)
     elif outcome.decision == "leave":
-        receipts.write(s3, bucket, key, receipt)
-        logger.warning("job run cancelled by an operator, left alone", extra=context)
+        leave(run, receipt, s3)
     else:
-        receipts.write(s3, bucket, key, receipt)
-        logger.info("job run succeeded", extra=context)
+        record(run, receipt, s3)
     metrics.add_metric(name=METRIC_NAMES[outcome.decision], unit=MetricUnit.Count, value=1)
     return outcome
 
