@@ -85,6 +85,7 @@ def normalize_location(location: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The job's flags, group by group in the order --help lists them."""
     parser = convention.parser(
         "emr_serverless_job",
         "Turn fruit photos into MobileNetV2 features and PCA-reduced features in Parquet. "
@@ -93,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
         "the run failed (inputs not all accounted for, an erase or a compaction incomplete, "
         "a preflight check failed)",
     )
+    _add_source_flags(parser)
+    _add_mode_flags(parser)
+    _add_output_flag(parser)
+    _add_model_flags(parser)
+    _add_pca_flags(parser)
+    _add_run_flags(parser)
+    return parser
+
+
+def _add_source_flags(parser: argparse.ArgumentParser) -> None:
+    """What the run does is chosen by its one source flag, so exactly one is required."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         INPUT_FLAG,
@@ -124,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
         "least this many days old into few files of at most 128 MiB (compact.py; "
         "docs/operating.md). Every reader answers the same after. The model flags are ignored.",
     )
+
+
+def _add_mode_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that only a compaction or a preflight reads, listed right after their sources."""
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -144,11 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
         "features are compared with it on each executor's CPU (default: with itself, run "
         "operator by operator).",
     )
+
+
+def _add_output_flag(parser: argparse.ArgumentParser) -> None:
+    """Every run writes under one location, so it is required whatever the source."""
     parser.add_argument(
         "--output",
         required=True,
         help="The output location: folder or s3:// prefix under which tables and reports go.",
     )
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Which featurizer runs and at what input size (ignored by erase and compaction runs)."""
     parser.add_argument(
         "--runtime",
         choices=RUNTIMES,
@@ -180,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Square input size of the network, one of {', '.join(map(str, IMAGE_SIZES))} "
         f"(tensorflow: default {DEFAULT_IMAGE_SIZE}; onnx: the model's, which must match).",
     )
+
+
+def _add_pca_flags(parser: argparse.ArgumentParser) -> None:
+    """How many components the PCA keeps, how it scales, and where its model is saved."""
     pca = parser.add_mutually_exclusive_group()
     pca.add_argument(
         "--pca-variance",
@@ -211,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
             f"(default OUTPUT/{PCA_MODEL_FOLDER})."
         ),
     )
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The run's partition name and its tuning: batch size and the largest file read."""
     parser.add_argument(
         "--run-id",
         default=None,
@@ -229,7 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_FILE_BYTES,
         help="Files larger than this are recorded as errors without being read.",
     )
-    return parser
 
 
 def _require_local(
