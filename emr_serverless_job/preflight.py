@@ -625,11 +625,24 @@ def compare_with_build(
     runtime: str,
 ) -> tuple[str, str, dict[str, Any]]:
     """What runs against artifacts.json: sha256s, interpreter, package versions, runtime."""
-    listed = built.get("files", {})
-    problems = []
     compared = dict(running)
     if model_name and model_sha256:
         compared[model_name] = model_sha256
+    problems = _file_problems(built.get("files", {}), compared)
+    archive = built.get("archive", {})
+    interpreter = archive.get("interpreter")
+    problems += _interpreter_problems(interpreter, realpath, environment)
+    problems += _version_problems(archive, versions)
+    problems += _build_problems(built, runtime)
+    data = _build_data(built, compared, interpreter)
+    if problems:
+        return FAIL, "; ".join(problems), data
+    return _build_verdict(built, compared, realpath, data)
+
+
+def _file_problems(listed: dict[str, Any], compared: dict[str, str]) -> list[str]:
+    """Each running file whose sha256 is not the one artifacts.json lists for it."""
+    problems = []
     for name, sha256 in compared.items():
         # By name, else the one listed file of the same kind (Spark may rename a local copy).
         same_kind = [n for n in listed if Path(n).suffix == Path(name).suffix]
@@ -638,31 +651,52 @@ def compare_with_build(
             problems.append(f"{name} is not listed in artifacts.json")
         elif listed[match].get("sha256") != sha256:
             problems.append(f"{name} is not the {match} artifacts.json lists (sha256 differs)")
-    archive = built.get("archive", {})
-    interpreter = archive.get("interpreter")
-    if interpreter:
-        expected_python = (
-            interpreter
-            if interpreter.startswith("/")
-            else os.path.realpath(Path(environment) / interpreter)
-        )
-        if os.path.realpath(expected_python) != realpath:
-            problems.append(
-                f"the interpreter is {realpath}; the archive was built for {interpreter}"
-            )
+    return problems
+
+
+def _interpreter_problems(interpreter: str | None, realpath: str, environment: str) -> list[str]:
+    """The interpreter running, when it is not the one the archive was built for."""
+    if not interpreter:
+        return []
+    expected_python = (
+        interpreter
+        if interpreter.startswith("/")
+        else os.path.realpath(Path(environment) / interpreter)
+    )
+    if os.path.realpath(expected_python) != realpath:
+        return [f"the interpreter is {realpath}; the archive was built for {interpreter}"]
+    return []
+
+
+def _version_problems(archive: dict[str, Any], versions: dict[str, str | None]) -> list[str]:
+    """Each package whose running version is not the one the archive packed."""
+    problems = []
     for import_name, version in versions.items():
         distribution = DISTRIBUTIONS.get(import_name, import_name)
         packed = archive.get("packages", {}).get(distribution)
         if packed and version and packed != version:
             problems.append(f"{distribution} {version} runs; the archive packed {packed}")
+    return problems
+
+
+def _build_problems(built: dict[str, Any], runtime: str) -> list[str]:
+    """A build for another runtime, or from random weights, is not this deployment's."""
+    problems = []
     if built.get("runtime") and built["runtime"] != runtime:
         problems.append(
             f"the run is --runtime {runtime}; the artifacts were built for {built['runtime']}"
         )
     if (built.get("weights") or {}).get("random"):
         problems.append("the model was built from random weights (tests only, never deployed)")
+    return problems
+
+
+def _build_data(
+    built: dict[str, Any], compared: dict[str, str], interpreter: str | None
+) -> dict[str, Any]:
+    """What the report keeps of the build's record: its interpreter, parity and warnings."""
     model = built.get("model") or {}
-    data = {
+    return {
         "compared": sorted(compared),
         "built_interpreter": interpreter,
         "build_int8_min_cosine": model.get("int8_min_cosine"),
@@ -673,8 +707,13 @@ def compare_with_build(
         "build_warnings": built.get("warnings", []),
         "precision": model.get("precision"),
     }
-    if problems:
-        return FAIL, "; ".join(problems), data
+
+
+def _build_verdict(
+    built: dict[str, Any], compared: dict[str, str], realpath: str, data: dict[str, Any]
+) -> tuple[str, str, dict[str, Any]]:
+    """A pass naming what matched and the build's own int8 measure; a warning if it warned."""
+    model = built.get("model") or {}
     detail = f"{', '.join(sorted(compared))} as listed; interpreter {realpath} as built"
     if model.get("int8_min_cosine") is not None:
         detail += (
