@@ -429,62 +429,106 @@ def run(config: JobConfig, spark: SparkSession) -> CompactionReport:
     now = _now()
     min_age = config.compact or 0.0
     cutoff = now - timedelta(days=min_age)
-    output = config.output
-    report = CompactionReport(
+    report = _new_report(config, now, min_age, cutoff)
+    log("compact_started", run_id=report.run_id, cutoff=report.cutoff, dry_run=config.dry_run)
+    inference = spark.conf.get(TYPE_INFERENCE)
+    spark.conf.set(TYPE_INFERENCE, "false")  # run ids are names ("007" is not 7)
+    try:
+        for table in TABLES:
+            _compact_table(spark, config, table, now, cutoff, report)
+        report.timings_s["total"] = round(time.perf_counter() - started, 3)
+    finally:
+        spark.conf.set(TYPE_INFERENCE, inference)
+    _close(spark, config, report)
+    return report
+
+
+def _new_report(
+    config: JobConfig, now: datetime, min_age: float, cutoff: datetime
+) -> CompactionReport:
+    """The report as the run starts: its id (a default one when run by hand) and its cutoff."""
+    return CompactionReport(
         run_id=config.run_id or default_run_id(now),
-        output=output,
+        output=config.output,
         started_at=iso_utc(now),
         min_age_days=min_age,
         cutoff=iso_utc(cutoff),
         target_bytes=TARGET_FILE_BYTES,
         dry_run=config.dry_run,
     )
-    log("compact_started", run_id=report.run_id, cutoff=report.cutoff, dry_run=config.dry_run)
-    inference = spark.conf.get(TYPE_INFERENCE)
-    spark.conf.set(TYPE_INFERENCE, "false")  # run ids are names ("007" is not 7)
-    try:
-        for table in TABLES:
-            uri = f"{output}/{table}"
-            if not config.dry_run:
-                finished, busy = recover(spark, uri, now, report.run_id)
-                if busy:
-                    raise CompactionBusy(
-                        f"{uri}: another compaction run may still be publishing a merge (its "
-                        f"journal is younger than {LIVE_JOURNAL_HOURS} h): nothing was changed. "
-                        "Run one compaction at a time; a crashed run's journal is finished by "
-                        "its resubmission (same run id) or by any run a day later"
-                    )
-                report.recovered += finished
-            planned = plan(table, survey(spark, output, table), cutoff, TARGET_FILE_BYTES)
-            merged_rows, done = 0, []
-            for merge in planned.merges:
-                if config.dry_run:
-                    rows, changed = _count(spark, uri, merge), []
-                else:
-                    rows, changed = carry_out(spark, uri, merge, now, report.run_id)
-                report.changed += [f"{table}/{c}" for c in changed]
-                if not changed:
-                    merged_rows += rows
-                    done.append(merge)
-                    report.merges.append(_merge_record(merge, rows))
-                log(
-                    "compact_merge",
-                    run_id=report.run_id,
-                    table=table,
-                    target=merge.target,
-                    partitions=len(merge.sources),
-                    files=merge.files,
-                    bytes=merge.bytes,
-                    rows=rows,
-                    published=not config.dry_run and not changed,
-                )
-            report.tables[table] = _table_record(replace(planned, merges=tuple(done)), merged_rows)
-        report.timings_s["total"] = round(time.perf_counter() - started, 3)
-    finally:
-        spark.conf.set(TYPE_INFERENCE, inference)
+
+
+def _compact_table(
+    spark: SparkSession,
+    config: JobConfig,
+    table: str,
+    now: datetime,
+    cutoff: datetime,
+    report: CompactionReport,
+) -> None:
+    """One table: finish what a cut-short run left (not in a dry run), then plan and merge."""
+    if not config.dry_run:
+        _recover_table(spark, f"{config.output}/{table}", now, report)
+    planned = plan(table, survey(spark, config.output, table), cutoff, TARGET_FILE_BYTES)
+    merged_rows, done = 0, []
+    for merge in planned.merges:
+        rows = _apply_merge(spark, config, table, merge, now, report)
+        if rows is not None:
+            merged_rows += rows
+            done.append(merge)
+    report.tables[table] = _table_record(replace(planned, merges=tuple(done)), merged_rows)
+
+
+def _recover_table(spark: SparkSession, uri: str, now: datetime, report: CompactionReport) -> None:
+    """Finish a crashed run's journals first, but step back from one that may still be live."""
+    finished, busy = recover(spark, uri, now, report.run_id)
+    if busy:
+        raise CompactionBusy(
+            f"{uri}: another compaction run may still be publishing a merge (its "
+            f"journal is younger than {LIVE_JOURNAL_HOURS} h): nothing was changed. "
+            "Run one compaction at a time; a crashed run's journal is finished by "
+            "its resubmission (same run id) or by any run a day later"
+        )
+    report.recovered += finished
+
+
+def _apply_merge(
+    spark: SparkSession,
+    config: JobConfig,
+    table: str,
+    merge: Merge,
+    now: datetime,
+    report: CompactionReport,
+) -> int | None:
+    """One planned merge carried out (a dry run: counted), recorded and logged; its rows, or
+    None when a source changed under it and it was left alone."""
+    uri = f"{config.output}/{table}"
+    if config.dry_run:
+        rows, changed = _count(spark, uri, merge), []
+    else:
+        rows, changed = carry_out(spark, uri, merge, now, report.run_id)
+    report.changed += [f"{table}/{c}" for c in changed]
+    if not changed:
+        report.merges.append(_merge_record(merge, rows))
+    log(
+        "compact_merge",
+        run_id=report.run_id,
+        table=table,
+        target=merge.target,
+        partitions=len(merge.sources),
+        files=merge.files,
+        bytes=merge.bytes,
+        rows=rows,
+        published=not config.dry_run and not changed,
+    )
+    return None if changed else rows
+
+
+def _close(spark: SparkSession, config: JobConfig, report: CompactionReport) -> None:
+    """The run's end: its report written (not in a dry run) and its totals logged."""
     report.finished_at = iso_utc(_now())
     if not config.dry_run:
-        uri = f"{output}/{report_path(report.run_id)}"
+        uri = f"{config.output}/{report_path(report.run_id)}"
         hadoopfs.write_bytes(spark, uri, report.to_json().encode())
     log(
         "compact_finished",
@@ -494,7 +538,6 @@ def run(config: JobConfig, spark: SparkSession) -> CompactionReport:
         recovered=report.recovered,
         **{f"{t}_files_after": r["files_after"] for t, r in report.tables.items()},
     )
-    return report
 
 
 def _merge_record(merge: Merge, rows: int) -> dict[str, object]:

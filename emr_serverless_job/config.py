@@ -85,6 +85,7 @@ def normalize_location(location: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The job's flags, group by group in the order --help lists them."""
     parser = convention.parser(
         "emr_serverless_job",
         "Turn fruit photos into MobileNetV2 features and PCA-reduced features in Parquet. "
@@ -93,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
         "the run failed (inputs not all accounted for, an erase or a compaction incomplete, "
         "a preflight check failed)",
     )
+    _add_source_flags(parser)
+    _add_mode_flags(parser)
+    _add_output_flag(parser)
+    _add_model_flags(parser)
+    _add_pca_flags(parser)
+    _add_run_flags(parser)
+    return parser
+
+
+def _add_source_flags(parser: argparse.ArgumentParser) -> None:
+    """What the run does is chosen by its one source flag, so exactly one is required."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         INPUT_FLAG,
@@ -124,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
         "least this many days old into few files of at most 128 MiB (compact.py; "
         "docs/operating.md). Every reader answers the same after. The model flags are ignored.",
     )
+
+
+def _add_mode_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that only a compaction or a preflight reads, listed right after their sources."""
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -144,11 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
         "features are compared with it on each executor's CPU (default: with itself, run "
         "operator by operator).",
     )
+
+
+def _add_output_flag(parser: argparse.ArgumentParser) -> None:
+    """Every run writes under one location, so it is required whatever the source."""
     parser.add_argument(
         "--output",
         required=True,
         help="The output location: folder or s3:// prefix under which tables and reports go.",
     )
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Which featurizer runs and at what input size (ignored by erase and compaction runs)."""
     parser.add_argument(
         "--runtime",
         choices=RUNTIMES,
@@ -180,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Square input size of the network, one of {', '.join(map(str, IMAGE_SIZES))} "
         f"(tensorflow: default {DEFAULT_IMAGE_SIZE}; onnx: the model's, which must match).",
     )
+
+
+def _add_pca_flags(parser: argparse.ArgumentParser) -> None:
+    """How many components the PCA keeps, how it scales, and where its model is saved."""
     pca = parser.add_mutually_exclusive_group()
     pca.add_argument(
         "--pca-variance",
@@ -211,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
             f"(default OUTPUT/{PCA_MODEL_FOLDER})."
         ),
     )
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The run's partition name and its tuning: batch size and the largest file read."""
     parser.add_argument(
         "--run-id",
         default=None,
@@ -229,7 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_FILE_BYTES,
         help="Files larger than this are recorded as errors without being read.",
     )
-    return parser
 
 
 def _require_local(
@@ -263,14 +294,34 @@ def _default_featurizer(args: argparse.Namespace) -> str | None:
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
+    """Check every flag in a fixed order (the first wrong one is named), then build the config."""
     no_model = _default_featurizer(args)
     args.weights = args.weights or "imagenet"
+    runtime = _runtime(args)
+    weights = _weights(args)
+    image_size = _image_size(args, runtime)
+    variance = _pca_variance(args)
+    _check_run_flags(args)
+    _check_sources(args)
+    _check_mode_flags(args)
+    if no_model:
+        raise ConfigError(no_model)
+    return _job_config(args, runtime, weights, image_size, variance)
+
+
+def _runtime(args: argparse.Namespace) -> str:
+    """The runtime, told or implied by --model, and the model file it needs (checked here)."""
     runtime = args.runtime or ("onnx" if args.model else "tensorflow")
     if runtime == "onnx" and not args.model:
         raise ConfigError("--runtime onnx: needs --model, the .onnx file fruits_build/ exported")
     if runtime == "tensorflow" and args.model:
         raise ConfigError("--model: only used with --runtime onnx (tensorflow takes --weights)")
     _require_local(args.model, "--model", Path.is_file, "file")
+    return runtime
+
+
+def _weights(args: argparse.Namespace) -> Weights:
+    """The parsed --weights; a local weights file must exist and is made absolute."""
     try:
         weights = Weights.parse(args.weights)
     except ValueError as error:
@@ -280,6 +331,11 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         if not local.is_file():
             raise ConfigError(f"--weights: no weights file at {local}")
         weights = Weights(kind="file", location=str(local))
+    return weights
+
+
+def _image_size(args: argparse.Namespace, runtime: str) -> int | None:
+    """The network's input size: tensorflow's default, or None for ONNX (read from the model)."""
     image_size = args.image_size
     if image_size is None and runtime == "tensorflow":
         image_size = DEFAULT_IMAGE_SIZE
@@ -287,11 +343,21 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         raise ConfigError(
             f"--image-size: {args.image_size} is not one of {', '.join(map(str, IMAGE_SIZES))}"
         )
+    return image_size
+
+
+def _pca_variance(args: argparse.Namespace) -> float:
+    """The share of variance to keep (its default when not given); --pca-k is checked too."""
     variance = DEFAULT_PCA_VARIANCE if args.pca_variance is None else args.pca_variance
     if not 0.0 < variance <= 1.0:
         raise ConfigError(f"--pca-variance: {variance} must be in (0, 1]")
     if args.pca_k is not None and not 1 <= args.pca_k <= 1280:
         raise ConfigError(f"--pca-k: {args.pca_k} must be between 1 and 1280")
+    return variance
+
+
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """Batch size, file size limit and run id are refused here, not half-way through a run."""
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: {args.batch_size} must be at least 1")
     if args.max_file_bytes < 1:
@@ -301,9 +367,17 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
             f"--run-id: {args.run_id!r} must be lowercase letters, digits, '-' or '_' "
             "(at most 63, starting with a letter or digit)"
         )
+
+
+def _check_sources(args: argparse.Namespace) -> None:
+    """A local --input, --manifest or --erase that is not there stops the run before Spark."""
     _require_local(args.input, "--input", Path.is_dir, "folder")
     _require_local(args.manifest, "--manifest", Path.is_file, "file")
     _require_local(args.erase, "--erase", Path.is_file, "file")
+
+
+def _check_mode_flags(args: argparse.Namespace) -> None:
+    """--compact's age, and the flags that mean something only with --compact or --preflight."""
     if args.compact is not None and not 0.0 <= args.compact < float("inf"):
         raise ConfigError(f"--compact: {args.compact} days must be 0 or more")
     if args.dry_run and args.compact is None:
@@ -311,8 +385,16 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
     for flag in ("preflight_artifacts", "preflight_reference"):
         if getattr(args, flag) is not None and args.preflight is None:
             raise ConfigError(f"--{flag.replace('_', '-')}: only used with --preflight")
-    if no_model:
-        raise ConfigError(no_model)
+
+
+def _job_config(
+    args: argparse.Namespace,
+    runtime: str,
+    weights: Weights,
+    image_size: int | None,
+    variance: float,
+) -> JobConfig:
+    """The checked flags as one JobConfig, locations made absolute (see normalize_location)."""
     output = normalize_location(args.output)
     return JobConfig(
         output=output,
@@ -341,4 +423,5 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
 
 
 def _optional_location(location: str | None) -> str | None:
+    """An optional flag's location made absolute; an empty or absent one stays None."""
     return normalize_location(location) if location else None

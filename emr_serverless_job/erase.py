@@ -566,11 +566,7 @@ def run(config: JobConfig, spark: SparkSession) -> ErasureReport:
     logs for weeks, and an erased key name must not stay there."""
     started = time.perf_counter()
     source, output = config.erase or "", config.output
-    try:
-        raw = hadoopfs.read_bytes(spark, source)
-        found = parse_erasures(raw.decode("utf-8"))
-    except Exception as error:  # absent, unreadable, not UTF-8: nothing was written
-        raise InputError(f"--erase: cannot read {source}: {_first_line(error)}") from error
+    raw, found = _read_manifest(spark, source)
     # The manifest names the run, so a rerun replaces its own tombstones; the trigger named
     # the same one (fruits_contract.erase_run_id).
     run_id = config.run_id or erase_run_id(raw)
@@ -579,26 +575,72 @@ def run(config: JobConfig, spark: SparkSession) -> ErasureReport:
     )
     report.problems = list(found.problems)
     log("erase_started", run_id=run_id, photos=found.uris, problems=len(found.problems))
+    stones = _add_tombstones(spark, output, run_id, found, report)
+    features, errors = _erase_rows(spark, output, stones, run_id, report)
+    report_uri = _record_removals(report, output, run_id, features, errors)
+    report.timings_s["total"] = round(time.perf_counter() - started, 3)
+    report.finished_at = now_iso()
+    hadoopfs.write_bytes(spark, report_uri, report.to_json().encode())
+    _log_finished(report, found, features, errors, report_uri)
+    _raise_if_incomplete(report, found, source, report_uri)
+    return report
+
+
+def _read_manifest(spark: SparkSession, source: str) -> tuple[bytes, Erasures]:
+    """The manifest's bytes (they name the run) and its lines parsed; unreadable: InputError."""
+    try:
+        raw = hadoopfs.read_bytes(spark, source)
+        found = parse_erasures(raw.decode("utf-8"))
+    except Exception as error:  # absent, unreadable, not UTF-8: nothing was written
+        raise InputError(f"--erase: cannot read {source}: {_first_line(error)}") from error
+    return raw, found
+
+
+def _add_tombstones(
+    spark: SparkSession, output: str, run_id: str, found: Erasures, report: ErasureReport
+) -> DataFrame | None:
+    """This run's tombstones written, then every run's read: each run erases them all."""
     with _timed(report, "tombstones"):
         if found.tombstones:
             append_tombstones(spark, output, run_id, found)
         report.tombstones_added = len(found.tombstones)
         stones = tombstones(spark, output)
-    if stones is not None:
-        stones = stones.persist()
-        report.tombstones_total = stones.count()
-        inference = spark.conf.get(TYPE_INFERENCE)
-        spark.conf.set(TYPE_INFERENCE, "false")
-        try:
-            with _timed(report, "features"):
-                features = erase_features(spark, output, stones, run_id, report.deferred)
-            with _timed(report, "errors"):
-                errors = erase_errors(spark, output, stones, run_id, report.deferred)
-        finally:
-            spark.conf.set(TYPE_INFERENCE, inference)
-            stones.unpersist()
-    else:
-        features, errors = {}, {}
+    return stones
+
+
+def _erase_rows(
+    spark: SparkSession,
+    output: str,
+    stones: DataFrame | None,
+    run_id: str,
+    report: ErasureReport,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Rows removed per features and per errors partition; nothing to do without tombstones."""
+    if stones is None:
+        return {}, {}
+    stones = stones.persist()
+    report.tombstones_total = stones.count()
+    inference = spark.conf.get(TYPE_INFERENCE)
+    spark.conf.set(TYPE_INFERENCE, "false")
+    try:
+        with _timed(report, "features"):
+            features = erase_features(spark, output, stones, run_id, report.deferred)
+        with _timed(report, "errors"):
+            errors = erase_errors(spark, output, stones, run_id, report.deferred)
+    finally:
+        spark.conf.set(TYPE_INFERENCE, inference)
+        stones.unpersist()
+    return features, errors
+
+
+def _record_removals(
+    report: ErasureReport,
+    output: str,
+    run_id: str,
+    features: dict[str, int],
+    errors: dict[str, int],
+) -> str:
+    """What was removed and rewritten, per table, into the report; returns the report's URI."""
     report.rows_removed = {
         FEATURES_TABLE: sum(features.values()),
         ERRORS_TABLE: sum(errors.values()),
@@ -609,12 +651,20 @@ def run(config: JobConfig, spark: SparkSession) -> ErasureReport:
         ERASURES_TABLE: f"{output}/{ERASURES_TABLE}/{RUN_ID_PARTITION}={run_id}",
         "report": report_uri,
     }
-    report.timings_s["total"] = round(time.perf_counter() - started, 3)
-    report.finished_at = now_iso()
-    hadoopfs.write_bytes(spark, report_uri, report.to_json().encode())
+    return report_uri
+
+
+def _log_finished(
+    report: ErasureReport,
+    found: Erasures,
+    features: dict[str, int],
+    errors: dict[str, int],
+    report_uri: str,
+) -> None:
+    """The run's counts logged (never a path of a photo: logs outlive an erasure)."""
     log(
         "erase_finished",
-        run_id=run_id,
+        run_id=report.run_id,
         photos=found.uris,
         tombstones=report.tombstones_total,
         features_removed=report.rows_removed[FEATURES_TABLE],
@@ -622,6 +672,13 @@ def run(config: JobConfig, spark: SparkSession) -> ErasureReport:
         partitions_rewritten=len(features) + len(errors),
         report=report_uri,
     )
+
+
+def _raise_if_incomplete(
+    report: ErasureReport, found: Erasures, source: str, report_uri: str
+) -> None:
+    """A run that left partitions for later or could not apply lines fails (exit 1), naming
+    its report, though all it could erase is erased."""
     if report.deferred:
         raise ErasureIncomplete(
             f"{len(report.deferred)} partition(s) were being compacted and are left for the "
@@ -633,4 +690,3 @@ def run(config: JobConfig, spark: SparkSession) -> ErasureReport:
             f"{len(found.problems)} line(s) of {source} could not be applied "
             f"(the others were); see {report_uri}"
         )
-    return report

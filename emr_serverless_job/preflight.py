@@ -625,11 +625,24 @@ def compare_with_build(
     runtime: str,
 ) -> tuple[str, str, dict[str, Any]]:
     """What runs against artifacts.json: sha256s, interpreter, package versions, runtime."""
-    listed = built.get("files", {})
-    problems = []
     compared = dict(running)
     if model_name and model_sha256:
         compared[model_name] = model_sha256
+    problems = _file_problems(built.get("files", {}), compared)
+    archive = built.get("archive", {})
+    interpreter = archive.get("interpreter")
+    problems += _interpreter_problems(interpreter, realpath, environment)
+    problems += _version_problems(archive, versions)
+    problems += _build_problems(built, runtime)
+    data = _build_data(built, compared, interpreter)
+    if problems:
+        return FAIL, "; ".join(problems), data
+    return _build_verdict(built, compared, realpath, data)
+
+
+def _file_problems(listed: dict[str, Any], compared: dict[str, str]) -> list[str]:
+    """Each running file whose sha256 is not the one artifacts.json lists for it."""
+    problems = []
     for name, sha256 in compared.items():
         # By name, else the one listed file of the same kind (Spark may rename a local copy).
         same_kind = [n for n in listed if Path(n).suffix == Path(name).suffix]
@@ -638,31 +651,52 @@ def compare_with_build(
             problems.append(f"{name} is not listed in artifacts.json")
         elif listed[match].get("sha256") != sha256:
             problems.append(f"{name} is not the {match} artifacts.json lists (sha256 differs)")
-    archive = built.get("archive", {})
-    interpreter = archive.get("interpreter")
-    if interpreter:
-        expected_python = (
-            interpreter
-            if interpreter.startswith("/")
-            else os.path.realpath(Path(environment) / interpreter)
-        )
-        if os.path.realpath(expected_python) != realpath:
-            problems.append(
-                f"the interpreter is {realpath}; the archive was built for {interpreter}"
-            )
+    return problems
+
+
+def _interpreter_problems(interpreter: str | None, realpath: str, environment: str) -> list[str]:
+    """The interpreter running, when it is not the one the archive was built for."""
+    if not interpreter:
+        return []
+    expected_python = (
+        interpreter
+        if interpreter.startswith("/")
+        else os.path.realpath(Path(environment) / interpreter)
+    )
+    if os.path.realpath(expected_python) != realpath:
+        return [f"the interpreter is {realpath}; the archive was built for {interpreter}"]
+    return []
+
+
+def _version_problems(archive: dict[str, Any], versions: dict[str, str | None]) -> list[str]:
+    """Each package whose running version is not the one the archive packed."""
+    problems = []
     for import_name, version in versions.items():
         distribution = DISTRIBUTIONS.get(import_name, import_name)
         packed = archive.get("packages", {}).get(distribution)
         if packed and version and packed != version:
             problems.append(f"{distribution} {version} runs; the archive packed {packed}")
+    return problems
+
+
+def _build_problems(built: dict[str, Any], runtime: str) -> list[str]:
+    """A build for another runtime, or from random weights, is not this deployment's."""
+    problems = []
     if built.get("runtime") and built["runtime"] != runtime:
         problems.append(
             f"the run is --runtime {runtime}; the artifacts were built for {built['runtime']}"
         )
     if (built.get("weights") or {}).get("random"):
         problems.append("the model was built from random weights (tests only, never deployed)")
+    return problems
+
+
+def _build_data(
+    built: dict[str, Any], compared: dict[str, str], interpreter: str | None
+) -> dict[str, Any]:
+    """What the report keeps of the build's record: its interpreter, parity and warnings."""
     model = built.get("model") or {}
-    data = {
+    return {
         "compared": sorted(compared),
         "built_interpreter": interpreter,
         "build_int8_min_cosine": model.get("int8_min_cosine"),
@@ -673,8 +707,13 @@ def compare_with_build(
         "build_warnings": built.get("warnings", []),
         "precision": model.get("precision"),
     }
-    if problems:
-        return FAIL, "; ".join(problems), data
+
+
+def _build_verdict(
+    built: dict[str, Any], compared: dict[str, str], realpath: str, data: dict[str, Any]
+) -> tuple[str, str, dict[str, Any]]:
+    """A pass naming what matched and the build's own int8 measure; a warning if it warned."""
+    model = built.get("model") or {}
     detail = f"{', '.join(sorted(compared))} as listed; interpreter {realpath} as built"
     if model.get("int8_min_cosine") is not None:
         detail += (
@@ -800,7 +839,26 @@ def run(args: Arguments, spark: Any) -> Report:
     report = Report(args.run_id, args.output, args.source, now_iso())
     report.report = f"{args.output}/{PREFLIGHT_REPORT.format(run_id=args.run_id)}"
     modules = (*LIBRARIES[args.runtime], *SERVICE_LIBRARIES, *JOB_MODULES)
+    facts, imported, importable = check_driver(report, modules)
+    chosen: dict[str, Any] = {}  # what the model check shipped, for the later checks
+    run_check(report, "model", lambda: check_model(args, spark, importable, chosen))
+    run_check(report, "artifacts", lambda: check_artifacts(args, spark, facts, imported, chosen))
+    photo: dict[str, bytes | None] = {"bytes": None}
+    run_check(report, "raw_read", lambda: check_raw(args, spark, chosen, photo))
+    run_check(report, "output_marker", lambda: write_marker(spark, args.output, args.run_id))
+    spec = probe_spec(modules, chosen, photo["bytes"])
+    probed: dict[str, Any] = {}
+    run_check(report, "executors", lambda: check_executors(spark, spec, probed))
+    run_check(report, "model_on_executors", lambda: check_models_on_executors(spec, probed))
+    report.finished_at = now_iso()
+    return report
 
+
+def check_driver(
+    report: Report, modules: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], bool]:
+    """The driver's interpreter, imports and CPU first: the later checks need what they found.
+    Returns the interpreter's facts, the imports and whether every import succeeded."""
     facts = interpreter_facts()
     run_check(report, "driver_python", lambda: (*judge_interpreter(facts), facts))
     imported = import_modules(modules)
@@ -810,127 +868,150 @@ def run(args: Arguments, spark: Any) -> Report:
     run_check(
         report, "driver_cpu", lambda: (WARN if "error" in cpu else PASS, describe_cpu(cpu), cpu)
     )
+    return facts, imported, importable
 
-    chosen: dict[str, Any] = {}
 
-    def model() -> tuple[str, str, dict[str, Any]]:
-        if not importable or args.config is None:
-            return SKIP, "the driver's imports failed", {}
-        if args.runtime != "onnx" or not args.model:
-            return SKIP, f"--runtime {args.runtime}: the model is not run by the preflight", {}
-        from pyspark import SparkFiles
+def check_model(
+    args: Arguments, spark: Any, importable: bool, chosen: dict[str, Any]
+) -> tuple[str, str, dict[str, Any]]:
+    """The model read and shipped as a run does it; what it shipped goes into ``chosen``."""
+    if not importable or args.config is None:
+        return SKIP, "the driver's imports failed", {}
+    if args.runtime != "onnx" or not args.model:
+        return SKIP, f"--runtime {args.runtime}: the model is not run by the preflight", {}
+    from emr_serverless_job import job
 
-        from emr_serverless_job import job
-        from emr_serverless_job.featurize import distribute
-        from emr_serverless_job.model import FP32, read_onnx_model
-
-        featurizer = job.resolve_featurizer(args.config, spark)  # as a run ships and checks it
-        chosen.update(
-            model_file=featurizer.shipped_model,
-            model_sha256=featurizer.model_sha256,
-            image_size=featurizer.image_size,
-        )
-        data = {
-            "model": args.model,
-            "sha256": featurizer.model_sha256,
-            "precision": featurizer.precision,
-            "image_size": featurizer.image_size,
-            "weights": featurizer.weights,
-        }
-        detail = (
-            f"{args.model}: {featurizer.precision}, {featurizer.image_size} px, weights "
-            f"{featurizer.weights}"
-        )
-        if args.reference:
-            shipped = distribute(spark, args.reference)
-            info = read_onnx_model(SparkFiles.get(shipped))
-            if info.precision != FP32 or info.image_size != featurizer.image_size:
-                return (
-                    FAIL,
-                    (
-                        f"--reference-model {args.reference} is {info.precision} at "
-                        f"{info.image_size} px: it must be fp32 at {featurizer.image_size} px"
-                    ),
-                    data,
-                )
-            chosen["reference_file"] = shipped
-            detail += f"; fp32 reference {args.reference}"
+    featurizer = job.resolve_featurizer(args.config, spark)  # as a run ships and checks it
+    chosen.update(
+        model_file=featurizer.shipped_model,
+        model_sha256=featurizer.model_sha256,
+        image_size=featurizer.image_size,
+    )
+    data = {
+        "model": args.model,
+        "sha256": featurizer.model_sha256,
+        "precision": featurizer.precision,
+        "image_size": featurizer.image_size,
+        "weights": featurizer.weights,
+    }
+    detail = (
+        f"{args.model}: {featurizer.precision}, {featurizer.image_size} px, weights "
+        f"{featurizer.weights}"
+    )
+    if not args.reference:
         return PASS, detail, data
+    return check_reference(args.reference, spark, featurizer.image_size, chosen, detail, data)
 
-    run_check(report, "model", model)
 
-    def artifacts() -> tuple[str, str, dict[str, Any]]:
-        if not args.artifacts:
-            return SKIP, "no --preflight-artifacts given: nothing compared with the build", {}
-        from emr_serverless_job import hadoopfs
+def check_reference(
+    reference: str,
+    spark: Any,
+    image_size: int,
+    chosen: dict[str, Any],
+    detail: str,
+    data: dict[str, Any],
+) -> tuple[str, str, dict[str, Any]]:
+    """The fp32 reference shipped too, refused unless fp32 at the deployed model's size."""
+    from pyspark import SparkFiles
 
-        if not hadoopfs.exists(spark, args.artifacts):
-            return (
-                WARN,
-                (
-                    f"no {args.artifacts}: fruits_build/upload.py sends it last, so the upload did "
-                    "not finish; nothing compared with the build"
-                ),
-                {},
-            )
-        built = json.loads(hadoopfs.read_bytes(spark, args.artifacts))
-        running = {name: file_sha256(path) for name, path in running_files().items()}
-        versions = {
-            name: importlib.metadata.version(DISTRIBUTIONS.get(name, name))
-            for name in LIBRARIES[args.runtime]
-            if "error" not in imported.get(name, {"error": ""}) and _has_metadata(name)
-        }
-        return compare_with_build(
-            built,
-            running,
-            Path(args.model).name if args.model else None,
-            chosen.get("model_sha256"),
-            facts["realpath"],
-            facts["environment"],
-            versions,
-            args.runtime,
+    from emr_serverless_job.featurize import distribute
+    from emr_serverless_job.model import FP32, read_onnx_model
+
+    shipped = distribute(spark, reference)
+    info = read_onnx_model(SparkFiles.get(shipped))
+    if info.precision != FP32 or info.image_size != image_size:
+        return (
+            FAIL,
+            (
+                f"--reference-model {reference} is {info.precision} at "
+                f"{info.image_size} px: it must be fp32 at {image_size} px"
+            ),
+            data,
         )
+    chosen["reference_file"] = shipped
+    return PASS, f"{detail}; fp32 reference {reference}", data
 
-    run_check(report, "artifacts", artifacts)
-    photo: dict[str, bytes | None] = {"bytes": None}
 
-    def raw() -> tuple[str, str, dict[str, Any]]:
-        if not args.source:
-            return SKIP, "no --preflight location", {}
-        outcome, body = read_raw(
-            spark, args.source, args.max_file_bytes, chosen.get("image_size") or 224
+def check_artifacts(
+    args: Arguments,
+    spark: Any,
+    facts: dict[str, Any],
+    imported: dict[str, dict[str, Any]],
+    chosen: dict[str, Any],
+) -> tuple[str, str, dict[str, Any]]:
+    """What runs against the uploaded artifacts.json, when --preflight-artifacts names it."""
+    if not args.artifacts:
+        return SKIP, "no --preflight-artifacts given: nothing compared with the build", {}
+    from emr_serverless_job import hadoopfs
+
+    if not hadoopfs.exists(spark, args.artifacts):
+        return (
+            WARN,
+            (
+                f"no {args.artifacts}: fruits_build/upload.py sends it last, so the upload did "
+                "not finish; nothing compared with the build"
+            ),
+            {},
         )
-        photo["bytes"] = body
-        return outcome
+    built = json.loads(hadoopfs.read_bytes(spark, args.artifacts))
+    running = {name: file_sha256(path) for name, path in running_files().items()}
+    versions = {
+        name: importlib.metadata.version(DISTRIBUTIONS.get(name, name))
+        for name in LIBRARIES[args.runtime]
+        if "error" not in imported.get(name, {"error": ""}) and _has_metadata(name)
+    }
+    return compare_with_build(
+        built,
+        running,
+        Path(args.model).name if args.model else None,
+        chosen.get("model_sha256"),
+        facts["realpath"],
+        facts["environment"],
+        versions,
+        args.runtime,
+    )
 
-    run_check(report, "raw_read", raw)
-    run_check(report, "output_marker", lambda: write_marker(spark, args.output, args.run_id))
 
-    body = photo["bytes"]
-    spec = ProbeSpec(
+def check_raw(
+    args: Arguments, spark: Any, chosen: dict[str, Any], photo: dict[str, bytes | None]
+) -> tuple[str, str, dict[str, Any]]:
+    """One photo read from --preflight; its bytes go into ``photo`` for the executors' check."""
+    if not args.source:
+        return SKIP, "no --preflight location", {}
+    outcome, body = read_raw(
+        spark, args.source, args.max_file_bytes, chosen.get("image_size") or 224
+    )
+    photo["bytes"] = body
+    return outcome
+
+
+def probe_spec(modules: tuple[str, ...], chosen: dict[str, Any], body: bytes | None) -> ProbeSpec:
+    """What the executors import and run: the shipped models and the raw photo, if small."""
+    return ProbeSpec(
         modules=modules,
         model_file=chosen.get("model_file"),
         reference_file=chosen.get("reference_file"),
         image_size=chosen.get("image_size") or 224,
         photo=body if body is not None and len(body) <= RAW_SHIP_BYTES else None,
     )
-    probed: dict[str, Any] = {}
 
-    def executors() -> tuple[str, str, dict[str, Any]]:
-        by_executor, registered, most = probe_executors(spark, spec)
-        probed.update(by_executor)
-        return judge_executors(by_executor, registered, most)
 
-    run_check(report, "executors", executors)
+def check_executors(
+    spark: Any, spec: ProbeSpec, probed: dict[str, Any]
+) -> tuple[str, str, dict[str, Any]]:
+    """Every executor probed once; the probes go into ``probed`` for the model's check."""
+    by_executor, registered, most = probe_executors(spark, spec)
+    probed.update(by_executor)
+    return judge_executors(by_executor, registered, most)
 
-    def models() -> tuple[str, str, dict[str, Any]]:
-        if not spec.model_file:
-            return SKIP, "no model shipped (see the model check)", {}
-        return judge_models_on_executors(probed)
 
-    run_check(report, "model_on_executors", models)
-    report.finished_at = now_iso()
-    return report
+def check_models_on_executors(
+    spec: ProbeSpec, probed: dict[str, Any]
+) -> tuple[str, str, dict[str, Any]]:
+    """The model's results in the executors' probes, when a model was shipped to them."""
+    if not spec.model_file:
+        return SKIP, "no model shipped (see the model check)", {}
+    return judge_models_on_executors(probed)
 
 
 def _has_metadata(name: str) -> bool:
