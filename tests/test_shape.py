@@ -8,7 +8,17 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-PACKAGES = ("emr_serverless_job", "fruits_contract")
+# What ships to EMR and the Lambdas, and what operators and builders run.
+PACKAGES = (
+    "emr_serverless_job",
+    "fruits_contract",
+    "lambda_trigger",
+    "fruits_ops",
+    "fruits_readers",
+    "fruits_build",
+    "emr_emulator",
+    "fruits_demo",
+)
 MAX_FUNCTION_LINES = 60
 
 
