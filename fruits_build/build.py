@@ -270,7 +270,7 @@ def archive_locally(dist: Path, arch: str, runtime: str, work: Path) -> dict[str
             *pack_arguments(runtime),
             "--arch",
             arch,
-            "--output",
+            "--archive",
             str(dist / VENV_ARCHIVE),
             "--work",
             str(work),

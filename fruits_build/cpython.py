@@ -25,7 +25,6 @@ libsqlite3-dev uuid-dev``; Amazon Linux 2023: ``fruits_build/Dockerfile``).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import platform
@@ -37,6 +36,8 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from fruits_contract import cli as convention
 
 HERE = Path(__file__).resolve().parent
 OWN_PATCHES = HERE / "cpython"
@@ -254,18 +255,24 @@ def build(cache: Path | None = None, jobs: int | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = convention.parser(
+        "python -m fruits_build.cpython",
+        __doc__.splitlines()[0] + " Prints the built home's path.",
+        failed="the download, a checksum or the build failed (nothing is cached)",
+    )
     parser.add_argument(
         "--cache", type=Path, help=f"where builds are kept (default: {default_cache()})"
     )
     parser.add_argument("--jobs", type=int, help="make -j (default: every CPU)")
     args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        return convention.refuse(convention.flag_error("--jobs", args.jobs, "at least 1"))
     try:
         print(build(args.cache, args.jobs))
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return convention.EXIT_FAILED
+    return convention.EXIT_OK
 
 
 if __name__ == "__main__":

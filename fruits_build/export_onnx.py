@@ -11,14 +11,13 @@ calibrated on ``--calibration-images``) and ships it only if every parity photo'
 features stay within a cosine of ``INT8_MIN_COSINE`` of the fp32 ones. The model records its
 precision and the calibration photos' fingerprint.
 
-    python -m fruits_build.export_onnx --weights FILE --image-size 224 --out model.onnx \\
+    python -m fruits_build.export_onnx --weights FILE --image-size 224 --model model.onnx \\
         --parity-images ../shared/data/fruits-sample [--precision int8|fp32 \\
         --calibration-images DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emr_serverless_job.config import DEFAULT_IMAGE_SIZE
 from emr_serverless_job.images import decode_batch, preprocess
 from emr_serverless_job.model import (
     FP32,
@@ -45,7 +45,8 @@ from emr_serverless_job.model import (
     onnx_featurizer,
     tensorflow_featurizer,
 )
-from fruits_contract import INT8_MIN_COSINE, is_image_name
+from fruits_contract import IMAGE_SIZES, INT8_MIN_COSINE, is_image_name
+from fruits_contract import cli as convention
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -316,12 +317,32 @@ def export(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", required=True, help="a weights file, or random:SEED")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--parity-images", type=Path, required=True)
-    parser.add_argument("--precision", choices=PRECISIONS, default=INT8)
+    parser = convention.parser(
+        "python -m fruits_build.export_onnx",
+        __doc__.splitlines()[0] + " ./dev package runs this as part of fruits_build.build.",
+        failed="the exported model does not match Keras, or int8 falls below its cosine floor "
+        "(nothing is left at --model)",
+    )
+    parser.add_argument(
+        "--weights", required=True, help="the Keras weights file (.h5), or random:SEED (tests)"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=DEFAULT_IMAGE_SIZE,
+        choices=IMAGE_SIZES,
+        help="the side of the network's input in pixels",
+    )
+    parser.add_argument("--model", type=Path, required=True, help="the .onnx file written")
+    parser.add_argument(
+        "--parity-images",
+        type=Path,
+        required=True,
+        help="a folder of photos both runtimes featurize; the model ships only if they agree",
+    )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=INT8, help="of the model's arithmetic"
+    )
     parser.add_argument(
         "--calibration-images",
         type=Path,
@@ -334,15 +355,15 @@ def main(argv: list[str] | None = None) -> int:
         result = export(
             Weights.parse(args.weights),
             args.image_size,
-            args.out,
+            args.model,
             args.parity_images,
             precision=args.precision,
             calibration_images=args.calibration_images,
         )
     except ParityError as error:
-        args.out.unlink(missing_ok=True)
+        args.model.unlink(missing_ok=True)
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return convention.EXIT_FAILED
     print(
         f"{result.path}: {result.image_size} px, opset {result.opset}, parity max abs diff "
         f"{result.parity_max_abs_diff:.2g} over {result.parity_images} photos"
@@ -353,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({result.calibration_sha256[:16]}): cosine to fp32 min "
             f"{result.int8_min_cosine:.4f}, mean {result.int8_mean_cosine:.4f}"
         )
-    return 0
+    return convention.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ The one packing script: ``fruits_build/Dockerfile`` runs it on Amazon Linux 2023
    ``Cannot run program "./environment/bin/python": error=2`` or at its first import.
 
     python -m fruits_build.pack --requirements requirements/job.txt requirements/onnx.txt \\
-        --output dist/pyspark_venv.tar.gz [--arch x86_64|arm64] [--python-home DIR] \\
+        --archive dist/pyspark_venv.tar.gz [--arch x86_64|arm64] [--python-home DIR] \\
         [--work build/archive] [--report slim.json]
 
 Runs with an interpreter that has pip; the archive holds neither pip nor this script.
@@ -43,6 +43,7 @@ from pathlib import Path
 
 from fruits_build import cpython, elf
 from fruits_build.slim import slim
+from fruits_contract import cli as convention
 
 PYTHON_VERSION = cpython.SERIES
 INTERPRETER = f"bin/python{PYTHON_VERSION}"  # the archive's own, a file
@@ -307,35 +308,59 @@ def pack(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requirements", type=Path, nargs="+", required=True)
-    parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--arch", default="x86_64", choices=sorted(WHEEL_ARCH))
+def build_parser() -> argparse.ArgumentParser:
+    """The command line the Dockerfile and ``build.archive_locally`` type (tests parse theirs)."""
+    parser = convention.parser(
+        "python -m fruits_build.pack",
+        __doc__.splitlines()[0] + " Prints what went in on one line.",
+        failed="the archive could not be packed, or would not run on EMR (none is left)",
+    )
+    parser.add_argument(
+        "--requirements",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="the requirement files installed into the archive (requirements/job.txt and the "
+        "runtime's)",
+    )
+    parser.add_argument(
+        "--archive", type=Path, required=True, help="the .tar.gz written (replaced whole)"
+    )
+    parser.add_argument(
+        "--arch",
+        default="x86_64",
+        choices=sorted(WHEEL_ARCH),
+        help="the CPU of the EMR application the archive runs on",
+    )
     parser.add_argument(
         "--python-home",
         type=Path,
         help="a built CPython 3.11 to carry (default: build it with fruits_build/cpython.py)",
     )
-    parser.add_argument("--work", type=Path, help="scratch folder (default: next to --output)")
-    parser.add_argument("--report", type=Path, help="write what was packed and checked as JSON")
-    args = parser.parse_args(argv)
+    parser.add_argument("--work", type=Path, help="scratch folder (default: next to --archive)")
+    parser.add_argument(
+        "--report", type=Path, help="write what was packed and checked as JSON (default: none)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        result = pack(args.requirements, args.output, args.arch, args.python_home, args.work)
+        result = pack(args.requirements, args.archive, args.arch, args.python_home, args.work)
     except PackError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return convention.EXIT_FAILED
     mib = 2**20
     print(
-        f"packed {args.output}: environment {result['bytes_before'] / mib:.0f} -> "
+        f"packed {args.archive}: environment {result['bytes_before'] / mib:.0f} -> "
         f"{result['bytes_after'] / mib:.0f} MiB, wheels for {result['wheel_platform']}, "
-        f"bin/python -> the archive's {INTERPRETER} (CPython {cpython.VERSION})",
-        file=sys.stderr,
+        f"bin/python -> the archive's {INTERPRETER} (CPython {cpython.VERSION})"
     )
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(result, indent=2))
-    return 0
+    return convention.EXIT_OK
 
 
 if __name__ == "__main__":

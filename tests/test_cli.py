@@ -15,7 +15,7 @@ import pytest
 
 from emr_emulator import __main__ as emulator
 from emr_serverless_job import main as job
-from fruits_build import build, upload
+from fruits_build import build, cpython, export_onnx, pack, upload
 from fruits_contract import cli as convention
 from fruits_demo import run as demo
 from fruits_ops import backfill, capacity, compact, erase, preflight, reconcile, resolver
@@ -45,6 +45,9 @@ MAINS = {
     "fruits_readers.plots": plots.main,
     "fruits_build.build": build.main,
     "fruits_build.upload": upload.main,
+    "fruits_build.export_onnx": export_onnx.main,
+    "fruits_build.pack": pack.main,
+    "fruits_build.cpython": cpython.main,
     "emr_emulator": emulator.main,
     "fruits_demo": demo.main,
 }
