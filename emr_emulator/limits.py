@@ -177,6 +177,8 @@ class Watchdog:
         return self._names[key]
 
     def sample(self) -> None:
+        """One look: each executor's tree against ``executor_mib``, the rest under ``root`` (the
+        driver's container) against ``driver_mib``; a tree over its size is killed, once."""
         processes = read_processes(self.proc)
         if self.root not in processes:
             return
@@ -208,6 +210,8 @@ class Watchdog:
                 self._dead.add(key)
 
     def _kill(self, name: str, pid: int, tree: list[int], rss: int, limit: int) -> None:
+        """Recorded, then SIGKILL as the service would: the driver's whole process group (the run
+        ends), an executor's tree only (Spark replaces it and retries its tasks)."""
         self.killed.append(
             Kill(
                 worker=name,

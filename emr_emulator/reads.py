@@ -126,6 +126,9 @@ def manifest_uris(text: str) -> list[str]:
 
 
 def _artifact_uris(run: Launch) -> list[str]:
+    """What the request ships or names outright, one object each: the entry point, the artifact
+    options' lists, ``s3://`` conf values and arguments, but not a location flag's value
+    (``reads`` treats those); an ``#alias`` is dropped."""
     uris = [run.entry_point]
     options = run.options
     for index, token in enumerate(options[:-1]):
@@ -239,6 +242,8 @@ def reads(run: Launch, manifest: str | None = None, pointer: str | None = None) 
 
 
 def _pointed_version(pointer: str | None) -> str | None:
+    """The version the pointer's JSON names, or None; one with a slash or only dots is refused:
+    it becomes a prefix to copy, which must stay under ``versions/``."""
     if not pointer:
         return None
     try:

@@ -271,6 +271,9 @@ class JobRun:
         job_run_id: str | None,
         release_label: str | None,
     ) -> JobRun:
+        """The run as StartJobRun accepts it: the ids of a real run being replayed
+        (``--job-run-id``), else the request's application (or ``local``) and a fresh id; the
+        service's default timeout when the request gives none."""
         minutes = int(request.get("executionTimeoutMinutes", DEFAULT_TIMEOUT_MINUTES))
         return cls(
             application_id or request.get("applicationId", "local"),

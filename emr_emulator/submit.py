@@ -89,6 +89,8 @@ def parse_archives(value: str) -> list[Archive]:
 
 
 def _pairs(parameters: str) -> list[tuple[str, str | None]]:
+    """``sparkSubmitParameters`` split as a shell would, into (option, value) pairs (a switch
+    has no value); a stray word raises RequestError instead of shifting every pair after it."""
     tokens = shlex.split(parameters)
     pairs: list[tuple[str, str | None]] = []
     index = 0

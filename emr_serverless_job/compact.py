@@ -99,6 +99,8 @@ class CompactionReport:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
 
     def summary(self) -> str:
+        """The run's end in a few lines, as ``main`` prints it (the driver's stdout on EMR): a dry
+        run's only output besides the log, since it writes no report."""
         verb = "would merge" if self.dry_run else "merged"
         lines = [
             f"run {self.run_id} ({self.mode}{', dry run' if self.dry_run else ''}) of "
@@ -410,6 +412,8 @@ def carry_out(
 
 
 def _now() -> datetime:
+    """Now, zone-aware in UTC: the cutoff made from it is compared with the files' modification
+    times (aware, from ``_listing``), which a naive time cannot be."""
     return datetime.now(UTC)
 
 
@@ -541,6 +545,8 @@ def _close(spark: SparkSession, config: JobConfig, report: CompactionReport) -> 
 
 
 def _merge_record(merge: Merge, rows: int) -> dict[str, object]:
+    """A published merge as the report lists it; ``sources`` names the runs it folded in, which
+    the merged partition's own name (``compacted-<16 hex>``) does not say."""
     return {
         "table": merge.table,
         "target": merge.target,

@@ -127,6 +127,8 @@ class ErasureReport:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
 
     def summary(self) -> str:
+        """The run's end in a few lines, as ``main`` prints it (the driver's stdout on EMR); the
+        deferred partitions and the timings are in the report's JSON only."""
         removed = ", ".join(f"{n} {table} rows" for table, n in self.rows_removed.items())
         lines = [
             f"run {self.run_id} ({self.mode}) of {self.source}",
@@ -554,6 +556,8 @@ def append_tombstones(spark: SparkSession, output: str, run_id: str, found: Eras
 
 @contextmanager
 def _timed(report: ErasureReport, stage: str) -> Iterator[None]:
+    """The block's seconds in the report's ``timings_s`` under ``stage``; unlike ``job.timed`` it
+    logs nothing, and a block that raises records no time."""
     start = time.perf_counter()
     yield
     report.timings_s[stage] = round(time.perf_counter() - start, 3)

@@ -229,6 +229,8 @@ def make_function(
     null unless a (broadcast) projection is given."""
 
     def featurize(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Runs on an executor, once per task: the model is this Python worker's (only its first
+        task builds it), and each rejected image is logged there, beside its error row."""
         featurizer = worker_featurizer(spec, counters)
         reduction = projection.value if projection is not None else None
         for batch in batches:

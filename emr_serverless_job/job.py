@@ -107,6 +107,9 @@ def default_run_id(found: inputs.Inputs, is_backfill: bool) -> str:
 
 
 def configure_session(spark: SparkSession, config: JobConfig) -> None:
+    """Set before anything is read, for the reads planned after: how photos are packed into
+    tasks (``FILE_OPEN_COST_BYTES``, ``PARTITIONS_PER_CORE``) and how many make one Arrow
+    batch for the featurizer (``--batch-size``)."""
     conf = spark.conf
     partitions = str(spark.sparkContext.defaultParallelism * PARTITIONS_PER_CORE)
     conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
@@ -270,6 +273,8 @@ def _fit_reduction(
     report: RunReport,
     chosen: Featurizer,
 ) -> reduce.Reduction | None:
+    """A backfill's new PCA version, fitted on its decodable images but not saved yet
+    (``write_tables`` saves it); None, with a warning in the report, when too few decoded."""
     if n_ok < reduce.MIN_ROWS_TO_FIT:
         report.pca["status"] = (
             f"not fitted: {n_ok} decodable image(s), at least {reduce.MIN_ROWS_TO_FIT} needed"
@@ -620,6 +625,8 @@ def _count_by(frame: DataFrame, column: str) -> Counter[str | None]:
 
 
 def _log_error_sample(errors: DataFrame, run_id: str) -> None:
+    """A few rejected inputs (``ERROR_SAMPLE_LOGGED``), paths included, in the driver's log: why
+    a run rejected photos shows without opening the errors table, which holds every one."""
     for row in errors.limit(ERROR_SAMPLE_LOGGED).collect():
         log(
             "input_rejected",

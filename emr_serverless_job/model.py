@@ -48,6 +48,8 @@ class Weights:
 
     @classmethod
     def parse(cls, spec: str) -> Weights:
+        """``--weights`` as given; a ValueError's message is written to follow the flag's name
+        (``config._weights`` adds it). A file is not looked for here: it may be remote."""
         spec = spec.strip()
         if not spec:
             raise ValueError("empty; use 'imagenet', a weights file, or 'random:SEED'")

@@ -102,6 +102,8 @@ class Moments:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Moments:
+        """The inverse of ``to_bytes``, into writable arrays (copies, not views of ``data``); a
+        length that does not match the header's dimension raises ValueError."""
         count, dimension = np.frombuffer(data, dtype=_HEADER_DTYPE, count=2)
         values = np.frombuffer(data, dtype=_VALUE_DTYPE, offset=2 * _HEADER_DTYPE.itemsize)
         expected = int(dimension) * (int(dimension) + 1)

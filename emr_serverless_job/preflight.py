@@ -148,6 +148,8 @@ class Report:
         return next((c for c in self.checks if c.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report.json body: ``fruits_ops.preflight`` reads ``ok``, ``failed``, ``cause`` and
+        ``checks`` from it, so those keys are a contract with the operator's command."""
         failed = self.failed
         return {
             "preflight": self.run_id,
@@ -202,6 +204,8 @@ def run_check(
 
 
 def interpreter_facts() -> dict[str, Any]:
+    """This process's Python and venv as JSON-able values, gathered alike on the driver and in
+    each executor's Python worker for ``judge_interpreter``; only the standard library."""
     executable = Path(sys.executable)
     environment = executable.parent.parent
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -263,6 +267,8 @@ def import_modules(names: Iterable[str]) -> dict[str, dict[str, Any]]:
 
 
 def judge_imports(imported: dict[str, dict[str, Any]], prefix: str) -> tuple[str, str]:
+    """A failed import fails; a library loaded from outside ``prefix`` (the archive) only warns,
+    except EMR's own (``SERVICE_LIBRARIES``) and the job's modules, never in the archive."""
     broken = [f"{name}: {entry['error']}" for name, entry in imported.items() if "error" in entry]
     if broken:
         return FAIL, "; ".join(broken)
@@ -513,6 +519,9 @@ def probe_executors(spark: Any, spec: ProbeSpec) -> tuple[dict[str, list[dict]],
 def judge_executors(
     by_executor: dict[str, list[dict]], registered: int, most: int
 ) -> tuple[str, str, dict[str, Any]]:
+    """The first Python worker whose interpreter or imports fail fails the check; a registered
+    executor that ran no probe, or an import from outside the archive, only warns. A worker's
+    reused probes count as tasks but are judged once."""
     workers = [p for probes in by_executor.values() for p in probes if not p["reused"]]
     summary = {
         name: {
@@ -573,6 +582,8 @@ def judge_models_on_executors(by_executor: dict[str, list[dict]]) -> tuple[str, 
 
 
 def compared_note(results: dict[str, dict]) -> str:
+    """What the model check's figures compare, for the report's reader: an int8 model's fused
+    kernels against its own op-by-op run is no comparison with fp32. From the first result."""
     any_result = next(iter(results.values()))
     note = (
         "the deployed model's features as the job computes them (ONNX Runtime, all graph "

@@ -375,6 +375,8 @@ def apply(spark: SparkSession, reduction: Reduction, features: DataFrame) -> Dat
     arrow_schema = to_arrow_schema(schema)
 
     def project(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Runs on an executor, once per task: the projection comes from the broadcast (one copy
+        per executor), and each batch leaves with its own columns plus ``pca_features``."""
         projection: Projection = shipped.value
         for batch in batches:
             count = batch.num_rows

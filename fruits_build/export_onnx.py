@@ -156,6 +156,9 @@ def calibration_set(
 
 
 def _calibration_reader(batch: np.ndarray) -> object:
+    """The calibration photos as ``quantize_static`` reads them, ``CALIBRATION_BATCH`` at a
+    time, for one pass only; built in here because its base class needs onnxruntime, which
+    is imported only to quantize."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):

@@ -30,6 +30,8 @@ FALLBACK_WEIGHTS = "random:0"
 
 
 def pick_weights(requested: str | None) -> str:
+    """The demo's ``--weights``: as asked, else the first weights file found, else random ones,
+    said loudly, so the demo still runs offline and nobody takes its features for real."""
     if requested:
         return requested
     for candidate in (os.environ.get("FRUITS_WEIGHTS"), str(SHARED_WEIGHTS)):

@@ -163,6 +163,8 @@ def aws_cli_command(request: dict[str, Any]) -> str:
 
 
 def describe_end(run: dict[str, Any]) -> str:
+    """One line on how a run ended: its state, the service's reason, and the resources it used
+    (the service's totals, not a bill). The compact and preflight commands print it too."""
     usage = run.get("totalResourceUtilization") or {}
     parts = [f"state {run['state']}"]
     if run.get("stateDetails"):

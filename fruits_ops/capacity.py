@@ -174,6 +174,8 @@ def price(figures: Figures, vcpu_hour: float | None, gb_hour: float | None) -> s
 def table(
     rows: list[tuple[str, Figures]], vcpu_hour: float | None, gb_hour: float | None
 ) -> list[str]:
+    """The printed table, a line per case and request; ``$/1k`` is ``-`` unless both prices are
+    given, and a case whose runs would queue is flagged: its latencies leave the queue out."""
     out = [
         f"{'':<22} {'request':<7} {'photos/run':>10} {'vCPU-s/1k':>10} {'GB-s/1k':>9} "
         f"{'$/1k':>8} {'p50 s':>7} {'p95 s':>7}"

@@ -156,6 +156,8 @@ def artifacts_to_check(deployment: Deployment, reference_model: str | None) -> l
 
 
 def missing_objects(s3: Any, uris: list[str], say: Callable[[str], None]) -> list[str]:
+    """Which of ``uris`` are not in S3, asked before the run starts since a missing one fails it
+    obscurely; one that cannot be checked (another error code) is warned about, not refused."""
     missing = []
     for uri in uris:
         location = config.parse_s3_location(uri)

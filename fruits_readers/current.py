@@ -114,6 +114,9 @@ def _report_key(spark: SparkSession, output: str, run_id: str) -> tuple[int, str
 
 
 def _without_erased(spark: SparkSession, output: str, rows: DataFrame) -> DataFrame:
+    """Hides photos erased at or after their row was featurized, until an erase run removes the
+    rows. Given each photo's newest row, so an erased photo leaves the view rather than
+    falling back to an older row; one featurized again after its erasure stays."""
     stones = erase.tombstones(spark, output)
     if stones is None:
         return rows

@@ -272,6 +272,8 @@ def check_output(filesystem: pafs.FileSystem, root: str, output: str) -> None:
 
 
 def read(output: str) -> Inventory:
+    """One output's inventory, by pyarrow alone (no Spark). A location with no job output raises
+    NotAnOutputError, so a mistyped path is not reported as an empty output."""
     filesystem, root = pafs.FileSystem.from_uri(output)
     root = root.rstrip("/")
     check_output(filesystem, root, output)
@@ -296,6 +298,8 @@ def read(output: str) -> Inventory:
 
 
 def lines(inventory: Inventory) -> list[str]:
+    """The inventory as printed: a line per run, a line per PCA version (the current one
+    marked), and a last line with how many photos ``current_features`` would return."""
     out = [f"{'run':<28} {'features':>9} {'errors':>7}  pca model"]
     for run, (rows, errors, model) in inventory.runs.items():
         out.append(f"{run:<28} {rows:>9} {errors:>7}  {model}")

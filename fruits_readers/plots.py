@@ -73,6 +73,8 @@ def load_projection(output: Path, run_id: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_scree(report: dict, target: Path) -> None:
+    """Drawn from the run report alone (``component_variance``): the kept components in a
+    darker blue, and at least ``SCREE_MARGIN`` past k, to show what the chosen k left out."""
     import matplotlib.pyplot as plt
 
     k = int(report["pca"]["k"])
@@ -108,6 +110,8 @@ def plot_scree(report: dict, target: Path) -> None:
 
 
 def plot_scatter(report: dict, projections: np.ndarray, labels: np.ndarray, target: Path) -> None:
+    """The run's rows on their first two components, a colour per label (its count in the
+    legend; colours repeat past 20 labels); a run with k = 1 is drawn along PC 1 alone."""
     import matplotlib.pyplot as plt
 
     second = projections[:, 1] if projections.shape[1] > 1 else np.zeros(len(projections))
@@ -133,6 +137,8 @@ def plot_scatter(report: dict, projections: np.ndarray, labels: np.ndarray, targ
 
 
 def write_plots(output: Path, run_id: str | None = None, target: Path | None = None) -> list[Path]:
+    """Both PNGs of one featurizing run (default: the latest), beside its report unless
+    ``target`` is given; PlotError when the run has no PCA. Uses the Agg backend: no display."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -76,6 +76,9 @@ def parse_message(body: str) -> list[S3Object | Ignored]:
 
 
 def _parse_record(number: int, record: object) -> S3Object | Ignored:
+    """One record to an object (its key decoded) or an Ignored. One that cannot be read, or a
+    removal without a time, raises MalformedMessage: its whole message is retried, then goes
+    to the DLQ, rather than being dropped."""
     try:
         s3 = record["s3"]  # type: ignore[index]
         bucket = s3["bucket"]["name"]

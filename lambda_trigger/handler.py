@@ -110,6 +110,9 @@ def start_run(
 @tracer.capture_lambda_handler
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Returns SQS's partial-batch response (the event source mapping sets
+    ReportBatchItemFailures), so only the messages that could not be parsed come back; a
+    failed submission raises instead, and the whole batch is redelivered."""
     settings = current_settings()  # a bad configuration stops here, before any side effect
     batch, records = Batch(), event["Records"]
     with processor(records=records, handler=partial(record_handler, batch=batch, raw=settings.raw)):

@@ -83,6 +83,8 @@ class Outcome:
 
 
 def parse_state_change(event: dict[str, Any]) -> StateChange:
+    """The run an EventBridge event is about, whatever its state; any other event, or one
+    missing a field, raises NotAStateChange: the invocation fails with nothing done."""
     if event.get("source") != EVENT_SOURCE or event.get("detail-type") != EVENT_DETAIL_TYPE:
         raise NotAStateChange(
             f"expected {EVENT_SOURCE} / {EVENT_DETAIL_TYPE!r}, got {event.get('source')!r} / "

@@ -160,6 +160,9 @@ def _s3_object(value: str) -> str:
 
 
 def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """A ``FIELDS`` parser of a whole number from ``low`` to ``high``, both included; its
+    BadValue names the bounds, so the error says what the setting accepts."""
+
     def parse(value: str) -> int:
         try:
             number = int(value)
@@ -233,6 +236,8 @@ NO_SOURCES = Sources()
 
 
 def _read(env: Mapping[str, str], name: str, sources: Sources = NO_SOURCES) -> Any:
+    """One setting parsed, or its default when unset or blank; an error names what the user
+    typed (a flag or a stack output, as ``sources`` says), else the variable."""
     parse, default = FIELDS[name]
     raw = env.get(name, "").strip()
     if not raw:
@@ -257,6 +262,8 @@ def _read(env: Mapping[str, str], name: str, sources: Sources = NO_SOURCES) -> A
 def _read_all(
     env: Mapping[str, str], names: tuple[str, ...], sources: Sources = NO_SOURCES
 ) -> dict[str, Any]:
+    """Every setting of ``names`` read and all their problems raised as one SettingsError, so a
+    configuration is fixed in one go, not one variable per attempt."""
     values: dict[str, Any] = {}
     problems: list[str] = []
     for name in names:
@@ -278,6 +285,9 @@ def read_settings(
 
 
 def _deployment(values: dict[str, Any]) -> Deployment:
+    """The job's side of checked values (``DEPLOYMENT_FIELDS``); an empty WEIGHTS_URI or
+    MODEL_URI stands for the artifact of that name (``DERIVED_DEFAULTS``)."""
+
     def uri(name: str) -> str:
         return values[name].uri.rstrip("/")
 
