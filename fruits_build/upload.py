@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     if not (args.dist / ARTIFACTS_MANIFEST).is_file():
         return convention.refuse(
             convention.flag_error(
-                "--dist", args.dist, f"no {ARTIFACTS_MANIFEST}; run fruits_build/build.py first"
+                "--dist", args.dist, f"no {ARTIFACTS_MANIFEST}; run ./dev package first"
             )
         )
     import boto3

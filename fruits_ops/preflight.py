@@ -131,14 +131,14 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
 
 def photo_location(raw: config.S3Location, key: str | None) -> str:
     """``raw/`` itself (the job reads the first photo under it), or the object ``key`` names:
-    a key under raw/ (with or without the prefix) or its s3:// URI; raises ValueError for any
-    other object."""
+    a key under raw/ (with or without the prefix) or its s3:// URI; raises ``SettingsError``
+    for any other object."""
     if key is None:
         return raw.uri
     if key.startswith("s3://"):
         bucket, _, name = key[len("s3://") :].partition("/")
         if bucket != raw.bucket or not name.startswith(raw.prefix):
-            raise ValueError(convention.flag_error("--key", key, f"not under {raw.uri}"))
+            raise config.SettingsError(convention.flag_error("--key", key, f"not under {raw.uri}"))
     else:
         name = key if key.startswith(raw.prefix) else f"{raw.prefix}{key.lstrip('/')}"
     return f"s3://{raw.bucket}/{name}"

@@ -43,7 +43,8 @@ SETTINGS_ORDER = (
     "Each deployment setting is taken from its flag, else from the environment variable of the "
     "same name as the Lambda's (APPLICATION_ID, OUTPUT_URI, ...), else from the stack's output "
     "with --stack, else its built-in default; the command prints where each came from, and a "
-    "bad value is refused (exit 2) naming the flag, variable or output it came from."
+    "bad value is refused (exit 2) naming the flag, variable or output it came from, as is a "
+    "variable that disagrees with --stack's output for a setting no flag gives."
 )
 REGION_HELP = "AWS region (default: the AWS CLI's, from AWS_REGION or ~/.aws/config)"
 STACK_HELP = (
@@ -174,20 +175,33 @@ def choose(
     names: Iterable[str] = (),
 ) -> Resolved:
     """Pure: each setting ``flags`` (flag dest -> setting) or ``names`` name, taken in the
-    resolver's order (flag > environment > stack output); unset ones are left out."""
+    resolver's order (flag > environment > stack output); unset ones are left out.
+
+    A variable that disagrees with the output of the stack named on the same command line is
+    refused (``SettingsError``) unless the setting's flag decides: a ``$RAW_URI`` left exported
+    from another stage must not send ``erase --stack prod --delete-objects`` to its bucket.
+    """
     flag_of = {name: flag for flag, name in flags.items()}
     values: dict[str, str] = {}
     origins: dict[str, str] = {}
+    conflicts: list[str] = []
     for name in dict.fromkeys([*flags.values(), *names]):
         flag = flag_of.get(name)
         given = getattr(args, flag) if flag else None
+        from_stack = f"stack {args.stack} output {config.output_key(name)}"
         if given is not None:
             values[name], origins[name] = str(given), flag_name(flag)
         elif env.get(name, "").strip():
             values[name], origins[name] = env[name], f"${name}"
+            if stack.get(name) and stack[name] != env[name]:
+                conflicts.append(
+                    f"${name}={env[name]} but {from_stack} is {stack[name]}"
+                    + (f" (pass {flag_name(flag)} to choose, or unset ${name})" if flag else "")
+                )
         elif stack.get(name):
-            values[name] = stack[name]
-            origins[name] = f"stack {args.stack} output {config.output_key(name)}"
+            values[name], origins[name] = stack[name], from_stack
+    if conflicts:
+        raise config.SettingsError("; ".join(conflicts))
     return Resolved(values, origins, {n: flag_name(f) for f, n in flags.items()}, dict(stack))
 
 
@@ -245,8 +259,9 @@ def open_settings(
     """What every command that reads the deployment does first, in one place: a boto3 session
     in ``--region``, the settings resolved in the module's order and parsed by ``parse`` (a
     ``config`` parser; ``env`` None is this process's), then each one said on stderr with its
-    origin. A setting that cannot be resolved or parsed (``parse`` raises ``ValueError``, as
-    ``config.SettingsError`` is) is a ``Refusal``: exit 2, before any call but the stack's."""
+    origin. A setting that cannot be resolved or parsed (``parse`` raises ``SettingsError`` or
+    a ``Refusal``) is a ``Refusal``: exit 2, before any call but the stack's. Any other error
+    is a bug, not a bad setting, and keeps its traceback (exit 1)."""
     import boto3
 
     names = tuple(names)
@@ -255,7 +270,9 @@ def open_settings(
         session = boto3.session.Session(region_name=args.region)
         resolved = resolve_settings(session, args, env, flags, names)
         parsed = parse(resolved.values, resolved.sources)
-    except ValueError as error:
+    except convention.Refusal:
+        raise
+    except config.SettingsError as error:
         raise convention.Refusal(str(error)) from error
     say_origins(resolved, say, names or None)
     return session, parsed

@@ -304,14 +304,13 @@ def test_bad_job_and_follow_flags_are_refused_before_any_run(stack, capsys, flag
 
 def test_flag_beats_environment_beats_stack_output_and_each_origin_is_said(stack, capsys):
     """GIVEN a setting in the stack's outputs, the environment and a flag WHEN backfilled THEN
-    the flag's value is sent; without the flag the environment's; without either the stack's
-    (the order changed in issue 22: it was flag > stack output > environment)."""
+    the flag's value is sent; without the flag a variable that agrees with the stack (one
+    that disagrees is refused, nothing started); without either the stack's (the order
+    changed in issue 22: it was flag > stack output > environment)."""
     name = outputs_stack(stack)
     raw = f"s3://{stack.bucket}/raw/"
-    env = {
-        "OUTPUT_URI": f"s3://{stack.bucket}/env-output",
-        "LOGS_URI": f"s3://{stack.bucket}/env-logs",
-    }
+    logs_uri = stack.environment["LOGS_URI"]
+    env = {"OUTPUT_URI": f"s3://{stack.bucket}/env-output", "LOGS_URI": logs_uri}
     argv = ["--stack", name, "--region", REGION, "--input", raw, "--print-request"]
     flagged = f"s3://{stack.bucket}/flag-output"
     assert backfill.main([*argv, "--output", flagged], env=env) == 0
@@ -320,15 +319,16 @@ def test_flag_beats_environment_beats_stack_output_and_each_origin_is_said(stack
     args = request["jobDriver"]["sparkSubmit"]["entryPointArguments"]
     assert args[args.index("--output") + 1] == flagged
     monitoring = request["configurationOverrides"]["monitoringConfiguration"]
-    assert monitoring["s3MonitoringConfiguration"]["logUri"].startswith(env["LOGS_URI"])
+    assert monitoring["s3MonitoringConfiguration"]["logUri"].startswith(logs_uri.rstrip("/"))
     assert request["applicationId"] == stack.environment["APPLICATION_ID"]
     assert f"  OUTPUT_URI={flagged}  (--output)" in captured.err
-    assert f"  LOGS_URI={env['LOGS_URI']}  ($LOGS_URI)" in captured.err
+    assert f"  LOGS_URI={logs_uri}  ($LOGS_URI)" in captured.err
     assert f"(stack {name} output ApplicationId)" in captured.err
     assert "  RUNTIME=onnx  (default)" in captured.err
-    assert backfill.main(argv, env=env) == 0
-    args = json.loads(capsys.readouterr().out)["jobDriver"]["sparkSubmit"]["entryPointArguments"]
-    assert args[args.index("--output") + 1] == env["OUTPUT_URI"]
+    assert backfill.main(argv, env=env) == 2
+    err = capsys.readouterr().err
+    assert f"$OUTPUT_URI={env['OUTPUT_URI']} but stack {name} output OutputUri is " in err
+    assert "(pass --output to choose, or unset $OUTPUT_URI)" in err
     assert backfill.main(argv, env={}) == 0
     args = json.loads(capsys.readouterr().out)["jobDriver"]["sparkSubmit"]["entryPointArguments"]
     assert args[args.index("--output") + 1] == stack.environment["OUTPUT_URI"].rstrip("/")

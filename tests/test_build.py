@@ -732,29 +732,32 @@ def test_upload_refuses_a_stack_that_cannot_be_read_naming_the_flag(stack, tmp_p
 
 
 def test_upload_takes_the_flag_then_the_environment_then_the_stack(stack, tmp_path, capsys):
-    """The operator commands' one precedence (fruits_ops.resolver), for the artifacts prefix;
-    the Architecture still comes from the stack, and each origin is said."""
+    """The operator commands' one precedence (fruits_ops.resolver), for the artifacts prefix:
+    the flag; else a variable, refused where it contradicts --stack's output (a stale shell
+    would upload to another stage); else the stack's. The Architecture comes from the stack,
+    and each origin is said."""
     folder = small_dist(tmp_path / "dist")
     base = f"s3://{stack.bucket}"
     fake_stack("fruits", {"ArtifactsUri": f"{base}/from-stack", "Architecture": "X86_64"})
     argv = ["--stack", "fruits", "--dist", str(folder)]
-    env = {"ARTIFACTS_URI": f"{base}/from-env"}
-    for extra, used in (
-        (["--artifacts", f"{base}/from-flag"], "from-flag"),
-        ([], "from-env"),
-    ):
-        assert upload.main([*argv, *extra], env=env) == 0
-        captured = capsys.readouterr()
-        assert f"ARTIFACTS_URI={base}/{used}" in captured.out
+    stale = {"ARTIFACTS_URI": f"{base}/from-env"}
+    assert upload.main([*argv, "--artifacts", f"{base}/from-flag"], env=stale) == 0
+    captured = capsys.readouterr()
+    assert f"ARTIFACTS_URI={base}/from-flag" in captured.out
     assert "  ARCHITECTURE=X86_64  (stack fruits output Architecture)" in captured.err
-    assert f"  ARTIFACTS_URI={base}/from-env  ($ARTIFACTS_URI)" in captured.err
+    assert upload.main(argv, env=stale) == 2
+    assert f"$ARTIFACTS_URI={base}/from-env but stack fruits output ArtifactsUri is " in (
+        capsys.readouterr().err
+    )
+    assert upload.main(argv, env={"ARTIFACTS_URI": f"{base}/from-stack"}) == 0
+    assert f"  ARTIFACTS_URI={base}/from-stack  ($ARTIFACTS_URI)" in capsys.readouterr().err
     assert upload.main(argv, env={}) == 0
     assert f"ARTIFACTS_URI={base}/from-stack" in capsys.readouterr().out
 
 
 def test_upload_refuses_a_dist_without_a_manifest(tmp_path, capsys):
     assert upload.main(["--artifacts", "s3://b/artifacts", "--dist", str(tmp_path)]) == 2
-    assert "run fruits_build/build.py first" in capsys.readouterr().err
+    assert "no artifacts.json; run ./dev package first" in capsys.readouterr().err
 
 
 # --- the photos the export is checked and calibrated on, without ../shared -----------------

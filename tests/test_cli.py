@@ -319,7 +319,7 @@ def test_each_setting_is_taken_flag_then_environment_then_stack_output():
     env = {config.OUTPUT_URI: "s3://env/out", config.LOGS_URI: "s3://env/logs", config.RUNTIME: ""}
     stack = {
         config.OUTPUT_URI: "s3://stack/out",
-        config.LOGS_URI: "s3://stack/logs",
+        config.LOGS_URI: "s3://env/logs",
         config.RUNTIME: "tensorflow",
         config.APPLICATION_ID: "00fstack",
     }
@@ -338,6 +338,43 @@ def test_each_setting_is_taken_flag_then_environment_then_stack_output():
     assert "  LOGS_URI=s3://env/logs  ($LOGS_URI)" in lines
     assert "  IMAGE_SIZE=224  (default)" in lines
     assert "  JOB_ROLE_ARN=  (not set)" in lines
+
+
+def test_a_variable_that_contradicts_the_named_stack_is_refused_unless_a_flag_decides():
+    """GIVEN a $RAW_URI left exported from another stage and --stack prod naming another
+    bucket, WHEN erase resolves its settings, THEN it refuses naming both: taking the
+    variable would delete photos in the bucket the operator did not name."""
+    stale = {config.RAW_URI: "s3://staging/raw/"}
+    stack = {config.RAW_URI: "s3://prod/raw/"}
+    args = erase.build_parser().parse_args(["--stack", "prod", "--keys", "a.jpg"])
+    with pytest.raises(config.SettingsError) as refused:
+        resolver.choose(args, stale, stack, erase.ERASE_SETTINGS)
+    assert str(refused.value) == (
+        "$RAW_URI=s3://staging/raw/ but stack prod output RawUri is s3://prod/raw/ "
+        "(pass --raw to choose, or unset $RAW_URI)"
+    )
+    typed = erase.build_parser().parse_args(
+        ["--stack", "prod", "--keys", "a.jpg", "--raw", "s3://prod/raw/"]
+    )
+    chosen = resolver.choose(typed, stale, stack, erase.ERASE_SETTINGS)
+    assert chosen.values[config.RAW_URI] == "s3://prod/raw/"
+    agreeing = resolver.choose(args, stack, stack, erase.ERASE_SETTINGS)
+    assert agreeing.origins[config.RAW_URI] == "$RAW_URI"
+
+
+def test_a_bug_while_reading_the_settings_keeps_its_traceback():
+    """A ValueError that is no SettingsError (here a bad unpacking inside the parser) is a bug:
+    calling it a configuration error (exit 2) would send the operator looking for a bad flag."""
+
+    def buggy(values, sources):
+        raise ValueError("too many values to unpack (expected 2)")  # as a bad unpacking would
+
+    args = argparse.Namespace(region="eu-west-1", stack=None)
+    with pytest.raises(ValueError, match="too many values to unpack") as raised:
+        resolver.open_settings(args, {}, buggy, {})
+    assert not isinstance(raised.value, convention.Refusal)
+    with pytest.raises(convention.Refusal, match="APPLICATION_ID is not set"):
+        resolver.open_settings(args, {}, config.deployment_from_environment, {})
 
 
 def test_every_settings_command_says_where_each_setting_came_from(capsys, tmp_path):
