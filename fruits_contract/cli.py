@@ -119,10 +119,13 @@ def flag_error(flag: str, value: object, problem: object) -> str:
     return f"{flag} {shlex.quote(str(value))}: {problem}"
 
 
-def say(line: str, level: str = logs.INFO, **fields: object) -> None:
+def say(line: str, /, level: str = logs.INFO, **fields: object) -> None:
     """What a command tells its user, as one log line (``fruits_contract.logs``) on stderr:
     stdout carries only its output (a job run id, a request, a report), for a script to read,
     and the lines a command logs read like the job's and the Lambdas' in the same query."""
+    logs.check_fields(fields, level)  # service= too, before log() could take it as its own
+    if "stream" in fields:
+        raise ValueError("log field 'stream' is logs.log()'s own parameter: rename the field")
     logs.log(line, level, logs.OPS_SERVICE, **fields)
 
 

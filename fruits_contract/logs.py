@@ -23,17 +23,26 @@ from typing import TextIO
 INFO = "INFO"
 WARNING = "WARNING"
 ERROR = "ERROR"
+LEVELS = ("DEBUG", INFO, WARNING, ERROR, "CRITICAL")  # powertools' (and logging's) names
 # What POWERTOOLS_SERVICE_NAME is to the Lambdas (template.yaml: fruits-trigger, fruits-watcher).
 JOB_SERVICE = "fruits-job"  # the driver and its Python workers
 OPS_SERVICE = "fruits-ops"  # the operator commands and the build tools
 RESERVED_KEYS = ("level", "message", "timestamp", "service")
 
 
-def line(message: str, level: str = INFO, service: str = JOB_SERVICE, **fields: object) -> str:
-    """One JSON object, keys in powertools' order; a field may not overwrite one of them."""
+def check_fields(fields: dict[str, object], level: str = INFO) -> None:
+    """Refuse (``ValueError``) a field that would overwrite one of the line's own keys, and a
+    level no log reader filters on, before anything is written."""
     clash = sorted(set(fields) & set(RESERVED_KEYS))
     if clash:
         raise ValueError(f"log field(s) {', '.join(clash)} would overwrite the line's own keys")
+    if level not in LEVELS:
+        raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
+
+
+def line(message: str, /, level: str = INFO, service: str = JOB_SERVICE, **fields: object) -> str:
+    """One JSON object, keys in powertools' order (``check_fields`` first)."""
+    check_fields(fields, level)
     timestamp = datetime.now(UTC).isoformat(timespec="milliseconds")
     record = {"level": level, "message": message, "timestamp": timestamp, "service": service}
     return json.dumps({**record, **fields}, ensure_ascii=False, default=str)
@@ -41,15 +50,17 @@ def line(message: str, level: str = INFO, service: str = JOB_SERVICE, **fields: 
 
 def log(
     message: str,
+    /,
     level: str = INFO,
     service: str = JOB_SERVICE,
+    *,
     stream: TextIO | None = None,
     **fields: object,
 ) -> None:
     """Write one line to stderr (stdout stays a command's output) in a single ``write``:
     Spark runs Python workers unbuffered, and ``print`` writes the text and the newline apart,
     so two workers logging at once could glue their lines; one write under PIPE_BUF stays
-    whole."""
+    whole. ``stream`` is the one name a field cannot have."""
     (stream or sys.stderr).write(line(message, level, service, **fields) + "\n")
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from emr_serverless_job import job
 from emr_serverless_job.run_report import RunReport
+from fruits_contract import cli as convention
 from fruits_contract import logs
 from fruits_ops import backfill
 
@@ -58,9 +59,23 @@ def test_a_worker_line_is_one_write_even_with_a_non_ascii_path(monkeypatch):
     assert json.loads(writes[0])["path"] == "s3://b/raw/ä b.jpg"
 
 
-def test_a_field_cannot_overwrite_the_lines_own_keys():
-    with pytest.raises(ValueError, match="timestamp"):
-        logs.line("random_weights", timestamp="yesterday")
+@pytest.mark.parametrize(
+    ("write", "named"),
+    [
+        (lambda: logs.line("random_weights", timestamp="yesterday"), "timestamp"),
+        (lambda: logs.log("stage_finished", message="again"), "message"),
+        (lambda: logs.log("stage_finished", level="LOUD"), "'LOUD' is not one of"),
+        (lambda: convention.say("counted", message="x"), "message"),
+        (lambda: convention.say("counted", service="mine"), "service"),
+        (lambda: convention.say("counted", stream="stdout"), "stream"),
+    ],
+)
+def test_a_field_cannot_overwrite_the_lines_own_keys(write, named, capsys):
+    """Every way a caller could pass a reserved name (or a level no reader filters on) is one
+    ValueError naming it, and nothing is written."""
+    with pytest.raises(ValueError, match=named):
+        write()
+    assert capsys.readouterr().err == ""
 
 
 def test_parse_finds_lines_after_a_progress_bar_and_skips_everything_else():
