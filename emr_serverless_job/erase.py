@@ -128,7 +128,7 @@ class ErasureReport:
 
     def summary(self) -> str:
         """The run's end in a few lines, as ``main`` prints it (the driver's stdout on EMR); the
-        deferred partitions and the timings are in the report's JSON only."""
+        timings are in the report's JSON only."""
         removed = ", ".join(f"{n} {table} rows" for table, n in self.rows_removed.items())
         lines = [
             f"run {self.run_id} ({self.mode}) of {self.source}",
@@ -140,6 +140,10 @@ class ErasureReport:
             for table, runs in self.partitions_rewritten.items()
             if runs
         ]
+        if self.deferred:
+            lines.append(
+                "  left for the next erase run (being compacted): " + ", ".join(self.deferred)
+            )
         lines += [f"  PROBLEM: {problem}" for problem in self.problems]
         return "\n".join(lines)
 

@@ -259,3 +259,19 @@ def test_erase_is_a_third_input_kind_and_its_file_is_checked_first(tmp_path):
     (tmp_path / "e.jsonl").write_text("")
     config = parse_args(["--erase", str(tmp_path / "e.jsonl"), "--output", str(tmp_path)])
     assert config.erase == str(tmp_path / "e.jsonl") and not config.is_backfill
+
+
+def test_the_printed_summary_names_the_partitions_left_for_the_next_run():
+    """An operator reading only the driver's stdout sees what the run did not erase yet."""
+    report = erase.ErasureReport(
+        run_id="erase-1",
+        source="s3://b/manifests/erase-1.jsonl",
+        output="s3://b/output",
+        started_at="2026-12-03T10:00:00.000Z",
+        deferred=["features/run_id=batch-a"],
+    )
+    assert (
+        "  left for the next erase run (being compacted): features/run_id=batch-a"
+        in report.summary().splitlines()
+    )
+    assert "left for the next" not in erase.ErasureReport("e", "s", "o", "t").summary()
