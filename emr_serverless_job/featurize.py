@@ -103,9 +103,9 @@ class _SettledZipImporter(zipimport.zipimporter):
 
     Spark's Python worker calls ``importlib.invalidate_caches()`` before every task, and
     each zip importer then parses its archive's whole directory again in pure Python:
-    pyspark.zip holds about 800 files and has an importer per package imported from it,
-    30-50 ms per task measured. The archives on a worker's path (pyspark, py4j, the job's
-    own ``--py-files``) do not change while it runs.
+    pyspark.zip holds hundreds of files and has an importer per package imported from it,
+    tens of milliseconds per task (BENCHMARKS-history.md). The archives on a worker's path
+    (pyspark, py4j, the job's own ``--py-files``) do not change while it runs.
     """
 
     def invalidate_caches(self) -> None:

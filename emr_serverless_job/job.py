@@ -59,11 +59,10 @@ from fruits_contract import (
 )
 from fruits_contract.logs import log
 
-# Per-file cost Spark assumes when packing small files into read partitions. Each
-# Python UDF task costs ~0.1-0.15 s of fixed overhead (measured: 157 tasks for 5,000
-# photos took 15.7 s of pure overhead, 8 tasks 2.0 s). Spark's default (4 MiB) puts
-# ~30 small photos in a task; 128 KiB puts ~1,000 in a 128 MiB split, so that overhead
-# is ~1% of a task, while multi-megabyte photos still spread over many tasks.
+# Per-file cost Spark assumes when packing small files into read partitions. Each Python UDF
+# task has a fixed overhead (BENCHMARKS-history.md, "openCostInBytes"); Spark's default (4 MiB)
+# puts a few dozen small photos in a task, 128 KiB about a thousand in a 128 MiB split, so that
+# overhead stays a small part of a task, while multi-megabyte photos still spread over many.
 FILE_OPEN_COST_BYTES = 128 << 10
 # At least this many read partitions per core, so small inputs still use every core and
 # one slow partition does not leave the others idle at the end.
@@ -71,8 +70,8 @@ PARTITIONS_PER_CORE = 4
 ERROR_SAMPLE_LOGGED = 20
 # A run writes its features in as few Parquet files as this size allows (one for any batch
 # the trigger sends) and its errors in one: at one batch every two minutes, Spark's one file
-# per task (up to 48 per batch, 7 KB each for 100 photos) left readers tens of thousands of
-# files a day to open. 128 MiB is Parquet's default row group and a common read split.
+# per task (dozens of files of a few KB per batch, BENCHMARKS.md) left readers tens of
+# thousands of files a day to open. 128 MiB is Parquet's default row group and a common read split.
 TARGET_FILE_BYTES = 128 << 20
 # A run with more rows than one file of this size splits them over up to one file per core,
 # so that no core waits while one task encodes every float (the write stage of a 5,000-photo
@@ -116,8 +115,8 @@ def configure_session(spark: SparkSession, config: JobConfig) -> None:
     conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
     conf.set("spark.sql.files.minPartitionNum", partitions)
     # A manifest names its files one by one, and Spark lists more than 32 paths in a job of
-    # one task per path (up to 10,000): 13 s for 1,200 local photos on 2 cores, 0.9 s in a
-    # few tasks per core.
+    # one task per path (up to 10,000): seconds of task overhead where a few tasks per core
+    # list the same paths in under one (BENCHMARKS-history.md).
     conf.set("spark.sql.sources.parallelPartitionDiscovery.parallelism", partitions)
 
 

@@ -25,7 +25,8 @@ LOCAL_DRIVER_MEMORY = "4g"
 EXIT_CONFIG_ERROR = EXIT_USAGE
 EXIT_RUN_FAILED = EXIT_FAILED
 # PySpark's Arrow code imports distutils in every Python worker. In a development venv,
-# setuptools' hook answers that import by loading setuptools (0.3-0.4 s per process);
+# setuptools' hook answers that import by loading setuptools (a fixed cost per process,
+# BENCHMARKS-history.md);
 # the deployed archive has no setuptools (fruits_build/slim.py), so local runs and their
 # workers (which inherit this environment) take the standard library's, as EMR does.
 DISTUTILS_ENV = ("SETUPTOOLS_USE_DISTUTILS", "stdlib")

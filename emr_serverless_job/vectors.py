@@ -1,8 +1,8 @@
 """Feature vectors between NumPy matrices and Arrow list columns, a whole batch at a time.
 
 Spark's pandas UDFs hand an ``array<float>`` result back to the JVM by turning every cell
-into a Python list of Python floats (1280 calls per image, about 0.7 ms per row measured:
-a quarter of the int8 model's own time at 128 px). The job's Python functions exchange
+into a Python list of Python floats (1280 calls per image: a large part of the int8 model's
+own time, docs/job.md). The job's Python functions exchange
 Arrow batches instead (``mapInArrow``), and these two functions convert between a batch's
 list column and one (n, d) matrix through the column's buffers, with no object per row.
 """
