@@ -544,7 +544,9 @@ def from_manifest(spark: SparkSession, location: str, max_bytes: int) -> Inputs:
     files = _manifest_files(spark, sizes) if sizes else _empty_files_frame(spark)
     images, too_large = _split_by_size(files, max_bytes)
     rejected = too_large
-    if rows:  # a DataFrame of Python rows is slow the first time in a session: only then
+    # A DataFrame of Python rows is slow the first time in a session (BENCHMARKS-history.md,
+    # "Python rows"): built only when there are rejections to hold.
+    if rows:
         rejected = spark.createDataFrame(rows, REJECTED_SCHEMA).unionByName(too_large)
     return Inputs(
         images=images,

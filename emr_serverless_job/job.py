@@ -74,9 +74,9 @@ ERROR_SAMPLE_LOGGED = 20
 # thousands of files a day to open. 128 MiB is Parquet's default row group and a common read split.
 TARGET_FILE_BYTES = 128 << 20
 # A run with more rows than one file of this size splits them over up to one file per core,
-# so that no core waits while one task encodes every float (the write stage of a 5,000-photo
-# backfill on local[2] was one 3.8 s task; BENCHMARKS.md has the figures). Files never get
-# smaller than this, and compaction merges them later anyway.
+# so that no core waits while one task encodes every float (the write stage of a backfill was
+# one task while the other core waited: BENCHMARKS.md, "The write stage of a backfill").
+# Files never get smaller than this, and compaction merges them later anyway.
 MIN_FILE_BYTES = 8 << 20
 # What a features row takes on disk: 4 bytes per float of both vectors (floats barely
 # compress) and the path, label, hash and sizes.

@@ -18,6 +18,7 @@ precision and the calibration photos' fingerprint.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import sys
 import tempfile
@@ -319,6 +320,25 @@ def export(
     )
 
 
+def flag_problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the flags, every problem at once, before TensorFlow is imported."""
+    problems = []
+    try:
+        weights = Weights.parse(args.weights)
+    except ValueError as error:
+        problems.append(convention.flag_error("--weights", args.weights, error))
+    else:
+        if weights.kind == "file" and not Path(weights.location).is_file():
+            problems.append(convention.flag_error("--weights", args.weights, "no such file"))
+    for flag, folder in (
+        ("--parity-images", args.parity_images),
+        ("--calibration-images", args.calibration_images),
+    ):
+        if folder is not None and not folder.is_dir():
+            problems.append(convention.flag_error(flag, folder, "no such folder"))
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = convention.parser(
         "python -m fruits_build.export_onnx",
@@ -354,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         "a few hundred of your own photos",
     )
     args = parser.parse_args(argv)
+    problems = flag_problems(args)
+    if problems:
+        return convention.refuse("; ".join(problems))
     try:
         result = export(
             Weights.parse(args.weights),

@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = convention.parser(
         "python -m fruits_build.pack",
         __doc__.splitlines()[0] + " Prints what went in on one line.",
-        failed="the archive could not be packed, or would not run on EMR (none is left)",
+        failed="the archive could not be packed, or would not run on EMR (a failed check "
+        "leaves no archive)",
     )
     parser.add_argument(
         "--requirements",
@@ -346,6 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problems = [
+        convention.flag_error("--requirements", path, "no such file")
+        for path in args.requirements
+        if not path.is_file()
+    ]
+    if args.python_home is not None and not args.python_home.is_dir():
+        problems.append(convention.flag_error("--python-home", args.python_home, "no such folder"))
+    if problems:
+        return convention.refuse("; ".join(problems))
     try:
         result = pack(args.requirements, args.archive, args.arch, args.python_home, args.work)
     except PackError as error:

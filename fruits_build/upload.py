@@ -14,7 +14,8 @@ headers) must be the application's ``Architecture`` (the stack's output, or
 ``--architecture``): x86_64 wheels on a Graviton application fail at the first import.
 Prints the URIs the Lambda's configuration and the backfill use. The artifacts prefix and the
 Architecture come from their flags, else ``$ARTIFACTS_URI`` / ``$ARCHITECTURE``, else the stack's
-outputs (``--stack``): the operator commands' one resolver, ``fruits_ops.resolver``.
+outputs (``--stack``), a variable that contradicts the stack being refused: the operator
+commands' one resolver, ``fruits_ops.resolver``.
 """
 
 from __future__ import annotations

@@ -250,9 +250,10 @@ def receipt_name(run_id: str) -> str:
 EVENT_SOURCE = "aws.emr-serverless"
 EVENT_DETAIL_TYPE = "EMR Serverless Job Run State Change"
 # Where the service writes a run's logs under the request's logUri; the emulator writes there
-# too, and the watcher's alert points at the driver's stderr.
+# too. The watcher's alert points at the driver's stdout: Spark's PythonRunner merges the
+# driver's Python stderr (the job's log lines, a traceback) into the JVM's stdout; the JVM's
+# own log4j lines are in stderr.
 DRIVER_STDOUT_LOG = "SPARK_DRIVER/stdout.gz"
-DRIVER_STDERR_LOG = "SPARK_DRIVER/stderr.gz"
 
 
 def job_run_logs(log_uri: str, application_id: str, job_run_id: str) -> str:

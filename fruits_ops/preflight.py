@@ -209,8 +209,8 @@ def verdict(
     if report is not None:
         lines += [f"  {c['status']:4}  {c['name']}: {c['detail']}" for c in report["checks"]]
         lines.append(f"report: {uri}")
-    # Spark's PythonRunner merges the driver's Python stderr into the JVM's stdout.
-    log = driver_log(job_run).replace("/stderr.gz", "/stdout.gz (and stderr.gz)")
+    # The driver's Python output (fruits_contract.DRIVER_STDOUT_LOG), the JVM's beside it.
+    log = f"{driver_log(job_run)} (and stderr.gz)" if driver_log(job_run) else ""
     if report is not None and not report.get("ok"):
         lines.append(f"preflight failed: {report['failed']}: {report['cause']}")
         return EXIT_FAILED, lines

@@ -11,7 +11,10 @@ in this order, the first that gives it a value:
 
 **Flag > environment > stack output > default**, for every command and every setting: a value
 typed for this one invocation beats one exported for the shell session, which beats the
-deployment's record. An empty flag (``--raw ""``) is refused rather than read as "not given":
+deployment's record. A variable that contradicts the stack named by ``--stack`` (its output for
+the setting, or its artifacts prefix for the model and weights URIs) is refused unless the
+flag decides (``disagreement``): a shell left exporting another stage's values must not act on
+this one. An empty flag (``--raw ""``) is refused rather than read as "not given":
 leave the flag out to fall back. The stack is read once, when ``--stack`` is given, whether or
 not any setting ends up taken from it (so a stack that cannot be read is always refused).
 
@@ -182,27 +185,53 @@ def choose(
     from another stage must not send ``erase --stack prod --delete-objects`` to its bucket.
     """
     flag_of = {name: flag for flag, name in flags.items()}
+    stack_name = getattr(args, "stack", None)
     values: dict[str, str] = {}
     origins: dict[str, str] = {}
     conflicts: list[str] = []
     for name in dict.fromkeys([*flags.values(), *names]):
         flag = flag_of.get(name)
         given = getattr(args, flag) if flag else None
-        from_stack = f"stack {args.stack} output {config.output_key(name)}"
         if given is not None:
             values[name], origins[name] = str(given), flag_name(flag)
         elif env.get(name, "").strip():
             values[name], origins[name] = env[name], f"${name}"
-            if stack.get(name) and stack[name] != env[name]:
-                conflicts.append(
-                    f"${name}={env[name]} but {from_stack} is {stack[name]}"
-                    + (f" (pass {flag_name(flag)} to choose, or unset ${name})" if flag else "")
-                )
+            conflict = disagreement(name, env[name], stack, stack_name)
+            if conflict:
+                remedy = f"pass {flag_name(flag)} to choose, or " if flag else ""
+                conflicts.append(f"{conflict} ({remedy}unset ${name})")
         elif stack.get(name):
-            values[name], origins[name] = stack[name], from_stack
+            values[name] = stack[name]
+            origins[name] = f"stack {stack_name} output {config.output_key(name)}"
     if conflicts:
         raise config.SettingsError("; ".join(conflicts))
     return Resolved(values, origins, {n: flag_name(f) for f, n in flags.items()}, dict(stack))
+
+
+def same_setting(name: str, a: str, b: str) -> bool:
+    """Whether two spellings mean one value, as the setting's parser reads them
+    (``s3://b/raw`` and ``s3://b/raw/`` are one prefix); raw text where either does not parse."""
+    parse = config.FIELDS.get(name, (None, None))[0]
+    if parse is not None:
+        try:
+            return bool(parse(a) == parse(b))
+        except ValueError:
+            pass
+    return a.strip() == b.strip()
+
+
+def disagreement(name: str, value: str, stack: Mapping[str, str], stack_name: str | None) -> str:
+    """Why a variable's ``value`` contradicts the named stack, or "" where it does not: the
+    stack's own output for the setting differs, or (for the artifacts' URIs, which the stack
+    does not output) the value is not under the stack's artifacts prefix."""
+    if stack.get(name) and not same_setting(name, value, stack[name]):
+        output = f"stack {stack_name} output {config.output_key(name)}"
+        return f"${name}={value} but {output} is {stack[name]}"
+    artifacts = stack.get(config.ARTIFACTS_URI, "").rstrip("/")
+    if name in config.DERIVED_DEFAULTS and artifacts and not value.startswith(f"{artifacts}/"):
+        key = config.output_key(config.ARTIFACTS_URI)
+        return f"${name}={value} is not under stack {stack_name} output {key} {artifacts}/"
+    return ""
 
 
 def resolve_settings(

@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fruits_contract import (
-    DRIVER_STDERR_LOG,
+    DRIVER_STDOUT_LOG,
     EVENT_DETAIL_TYPE,
     EVENT_SOURCE,
     SOURCE_FLAGS,
@@ -174,7 +174,8 @@ def source_of(job_run: dict[str, Any]) -> str:
 
 
 def driver_log(job_run: dict[str, Any]) -> str:
-    """Where the service puts the driver's log of this run (the request's logUri)."""
+    """Where the service puts the driver's Python output of this run, its traceback included
+    (under the request's logUri; ``DRIVER_STDOUT_LOG`` says why stdout)."""
     log_uri = (
         job_run.get("configurationOverrides", {})
         .get("monitoringConfiguration", {})
@@ -184,7 +185,7 @@ def driver_log(job_run: dict[str, Any]) -> str:
     if not log_uri:
         return ""
     logs = job_run_logs(log_uri, job_run["applicationId"], job_run["jobRunId"])
-    return f"{logs}/{DRIVER_STDERR_LOG}"
+    return f"{logs}/{DRIVER_STDOUT_LOG}"
 
 
 def alert(

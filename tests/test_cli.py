@@ -251,6 +251,17 @@ BAD = {
         ["--worker-start", "-20"],
         "--worker-start -20.0: 0 or more seconds",
     ),
+    "export_onnx --weights": (
+        "fruits_build.export_onnx",
+        ["--weights", "foo.txt", "--model", "m.onnx", "--parity-images", "/nowhere"],
+        "--weights foo.txt: 'foo.txt': a weights file must be a Keras .h5 file; "
+        "--parity-images /nowhere: no such folder",
+    ),
+    "pack --requirements": (
+        "fruits_build.pack",
+        ["--requirements", "requirements/nope.txt", "--archive", "a.tar.gz"],
+        "--requirements requirements/nope.txt: no such file",
+    ),
     "emulator --endpoint-url": (
         "emr_emulator",
         ["--request", "r.json", "--endpoint-url", "https://s3.amazonaws.com"],
@@ -360,6 +371,32 @@ def test_a_variable_that_contradicts_the_named_stack_is_refused_unless_a_flag_de
     assert chosen.values[config.RAW_URI] == "s3://prod/raw/"
     agreeing = resolver.choose(args, stack, stack, erase.ERASE_SETTINGS)
     assert agreeing.origins[config.RAW_URI] == "$RAW_URI"
+    spelled = resolver.choose(args, {config.RAW_URI: " s3://prod/raw"}, stack, erase.ERASE_SETTINGS)
+    assert spelled.origins[config.RAW_URI] == "$RAW_URI"  # one prefix, however it is spelled
+
+
+def test_a_model_uri_outside_the_named_stacks_artifacts_is_refused():
+    """The stack outputs no model or weights URI, only the artifacts prefix they default under:
+    a $MODEL_URI left from another stage is caught against that, and its flag still decides."""
+    stack = {config.ARTIFACTS_URI: "s3://prod/artifacts"}
+    args = backfill.build_parser().parse_args(["--input", "s3://prod/raw/", "--stack", "prod"])
+    stale = {config.MODEL_URI: "s3://staging/artifacts/mobilenet_v2.onnx"}
+    with pytest.raises(config.SettingsError) as refused:
+        resolver.choose(args, stale, stack, resolver.DEPLOYMENT_FLAGS)
+    assert str(refused.value) == (
+        "$MODEL_URI=s3://staging/artifacts/mobilenet_v2.onnx is not under stack prod output "
+        "ArtifactsUri s3://prod/artifacts/ (pass --model to choose, or unset $MODEL_URI)"
+    )
+    under = {config.MODEL_URI: "s3://prod/artifacts/v2/mobilenet_v2.onnx"}
+    chosen = resolver.choose(args, under, stack, resolver.DEPLOYMENT_FLAGS)
+    assert chosen.origins[config.MODEL_URI] == "$MODEL_URI"
+    typed = backfill.build_parser().parse_args(
+        ["--input", "s3://prod/raw/", "--stack", "prod", "--model", "s3://elsewhere/m.onnx"]
+    )
+    assert (
+        resolver.choose(typed, stale, stack, resolver.DEPLOYMENT_FLAGS).values[config.MODEL_URI]
+        == "s3://elsewhere/m.onnx"
+    )
 
 
 def test_a_bug_while_reading_the_settings_keeps_its_traceback():

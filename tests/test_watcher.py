@@ -217,7 +217,7 @@ def test_a_batch_failing_on_every_attempt_is_retried_then_alerted_once_and_never
     assert alert["run_id"] == run_id and alert["attempts"] == 3
     assert alert["source"] == f"s3://{stack.bucket}/manifests/{run_id}.jsonl"
     assert alert["job_run_ids"] == receipts.job_run_ids(receipt_of(stack, run_id))
-    assert alert["driver_log"].endswith(f"/jobs/{current}/SPARK_DRIVER/stderr.gz")
+    assert alert["driver_log"].endswith(f"/jobs/{current}/SPARK_DRIVER/stdout.gz")
     assert run_id in message["Subject"]
     assert len(job_runs(stack)) == 3
     assert receipt_of(stack, run_id)["state"] == receipts.FAILED
