@@ -339,7 +339,9 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of an export by hand, at another size or precision (``./dev package``
+    calls ``export`` itself)."""
     parser = convention.parser(
         "python -m fruits_build.export_onnx",
         __doc__.splitlines()[0] + " ./dev package runs this as part of fruits_build.build.",
@@ -373,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
         help="int8: photos whose activations set the ranges (default: --parity-images); "
         "a few hundred of your own photos",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     problems = flag_problems(args)
     if problems:
         return convention.refuse("; ".join(problems))
