@@ -484,14 +484,9 @@ def build(
 def flag_problems(args: argparse.Namespace) -> list[str]:
     """What is wrong with the flags, found before dist/ is touched (build() checks the same
     again, for its other callers, but only once it has begun writing)."""
-    problems = []
-    if args.weights.startswith(RANDOM_PREFIX):
-        try:
-            Weights.parse(args.weights)
-        except ValueError as error:
-            problems.append(convention.flag_error("--weights", args.weights, str(error)))
-    elif args.weights != "imagenet" and not Path(args.weights).expanduser().is_file():
-        problems.append(convention.flag_error("--weights", args.weights, "no such file"))
+    from fruits_build import export_onnx  # light to import: TensorFlow loads only to export
+
+    problems = export_onnx.weights_problems("--weights", args.weights)
     for flag, folder in (("--photos", args.photos), ("--calibration", args.calibration)):
         if folder is not None and not folder.is_dir():
             problems.append(convention.flag_error(flag, folder, "no such folder"))

@@ -320,16 +320,21 @@ def export(
     )
 
 
+def weights_problems(flag: str, value: str) -> list[str]:
+    """Why ``value`` names no weights to export from (a bad spec, a file that is not there),
+    named after ``flag``; the build's refusal and this command's are the same."""
+    try:
+        weights = Weights.parse(value)
+    except ValueError as error:
+        return [convention.flag_error(flag, value, error)]
+    if weights.kind == "file" and not Path(weights.location).expanduser().is_file():
+        return [convention.flag_error(flag, value, "no such file")]
+    return []
+
+
 def flag_problems(args: argparse.Namespace) -> list[str]:
     """What is wrong with the flags, every problem at once, before TensorFlow is imported."""
-    problems = []
-    try:
-        weights = Weights.parse(args.weights)
-    except ValueError as error:
-        problems.append(convention.flag_error("--weights", args.weights, error))
-    else:
-        if weights.kind == "file" and not Path(weights.location).is_file():
-            problems.append(convention.flag_error("--weights", args.weights, "no such file"))
+    problems = weights_problems("--weights", args.weights)
     for flag, folder in (
         ("--parity-images", args.parity_images),
         ("--calibration-images", args.calibration_images),

@@ -210,7 +210,8 @@ def verdict(
         lines += [f"  {c['status']:4}  {c['name']}: {c['detail']}" for c in report["checks"]]
         lines.append(f"report: {uri}")
     # The driver's Python output (fruits_contract.DRIVER_STDOUT_LOG), the JVM's beside it.
-    log = f"{driver_log(job_run)} (and stderr.gz)" if driver_log(job_run) else ""
+    driver = driver_log(job_run)
+    log = f"{driver} (and stderr.gz)" if driver else ""
     if report is not None and not report.get("ok"):
         lines.append(f"preflight failed: {report['failed']}: {report['cause']}")
         return EXIT_FAILED, lines
