@@ -15,6 +15,7 @@ import re
 import stat
 import statistics
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
@@ -120,6 +121,9 @@ class Inputs:
     duplicates: int = 0
     listed: list[str] | None = None  # every file named or listed, as ``path`` spells it
     gone_reason: str = DELETED  # why a listed file without a row has none, when it is gone
+    # Rejections per reason when the driver made every one of them (a local folder's listing):
+    # counted here instead of by a Spark job over ``rejected``. None: count the frame.
+    rejections: Counter[str] | None = None
 
 
 def parse_manifest(text: str) -> ManifestEntries:
@@ -434,11 +438,17 @@ def _from_local_folder(spark: SparkSession, root: str, max_bytes: int) -> Inputs
         fingerprint=content_digest(root.encode()),
         expected=len(listed),
         listed=list(readable),
+        rejections=Counter(reason for _, _, reason in rows),
     )
 
 
 def _no_rejections(spark: SparkSession) -> DataFrame:
-    return spark.createDataFrame([], REJECTED_SCHEMA)
+    """An empty rejections frame planned in the JVM alone: a frame of Python rows, even an
+    empty one, costs each Spark job that reads it tasks over a Python RDD (0.2 s warm, 0.8 s
+    the first time in a run; BENCHMARKS.md, "Fixed costs of a run")."""
+    return spark.range(0).select(
+        *(F.lit(None).cast(field.dataType).alias(field.name) for field in REJECTED_SCHEMA)
+    )
 
 
 def from_folder(spark: SparkSession, location: str, max_bytes: int) -> Inputs:

@@ -445,11 +445,14 @@ def _decoded(
 def _rejections(
     spark: SparkSession, found: inputs.Inputs, decoded: DataFrame, read: int
 ) -> tuple[DataFrame, Counter[str | None]]:
-    """The inputs rejected before decoding, with their count per reason. Spark's scan skips
+    """The inputs rejected before decoding, with their count per reason (counted by the
+    driver where it made every rejection, by a Spark job otherwise). Spark's scan skips
     zero-length files silently, so when the listing named more files than were read or
     rejected, each listed file with no row yet is looked at and given one."""
     rejected = found.rejected.persist(StorageLevel.MEMORY_AND_DISK)
-    rejections = _count_by(rejected, "reason")
+    rejections: Counter[str | None] = (
+        Counter(found.rejections) if found.rejections is not None else _count_by(rejected, "reason")
+    )
     if found.listed is not None and read + rejections.total() < found.expected:
         seen = decoded.select("path").unionByName(rejected.select("path"))
         rejected = rejected.unionByName(

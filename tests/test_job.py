@@ -406,14 +406,20 @@ def test_plots_are_drawn_from_an_output_folder(backfill, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("partitions", "scaling"), [(1, "none"), (3, "standard"), (8, "none"), (8, "standard")]
+    ("partitions", "scaling", "driver_merges"),
+    [(1, "none", 16), (3, "standard", 16), (8, "none", 16), (8, "standard", 16), (8, "none", 0)],
 )
-def test_pca_matches_numpy_whatever_the_partitioning(spark, backfill, partitions, scaling):
+def test_pca_matches_numpy_whatever_the_partitioning(
+    spark, backfill, partitions, scaling, driver_merges, monkeypatch
+):
     """Fewer images than dimensions (rank-deficient covariance): Spark's own PCA returned a
-    different spectrum, or NaN, depending on partitioning alone. The fit must not; and the
-    projection applied on the workers is NumPy's PCA of the centred (or standardized) rows."""
+    different spectrum, or NaN, depending on partitioning alone. The fit must not, whether
+    the driver merges the partial moments or (``driver_merges`` 0, as on a wide cluster) a
+    round on the workers does; and the projection applied on the workers is NumPy's PCA of
+    the centred (or standardized) rows."""
     from emr_serverless_job import reduce
 
+    monkeypatch.setattr(reduce, "DRIVER_MERGES_AT_MOST", driver_merges)
     _, output, _ = backfill
     frame = read_table(spark, output, "features").select("features").repartition(partitions)
     x = np.array([r["features"] for r in frame.collect()], dtype=np.float64)
