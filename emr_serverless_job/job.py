@@ -78,6 +78,12 @@ TARGET_FILE_BYTES = 128 << 20
 # one task while the other core waited: BENCHMARKS.md, "The write stage of a backfill").
 # Files never get smaller than this, and compaction merges them later anyway.
 MIN_FILE_BYTES = 8 << 20
+# Whole-stage code generation compiles each distinct plan (the featurizing pass, the counts,
+# the moments, each write) with Janino on the driver before its first task: 1.6 s of a
+# 5,000-photo pass's start was that compile (jstack). It pays off over millions of narrow
+# rows; a run's rows are few and heavy (photo bytes, 1,280 floats), and its plans only filter,
+# select and move them. Off, 5,000-photo backfills were 0.2-1.6 s faster (BENCHMARKS.md).
+WHOLE_STAGE_CODEGEN = "false"
 # What a features row takes on disk: 4 bytes per float of both vectors (floats barely
 # compress) and the path, label, hash and sizes.
 ROW_OVERHEAD_BYTES = 256
@@ -107,9 +113,10 @@ def default_run_id(found: inputs.Inputs, is_backfill: bool) -> str:
 
 def configure_session(spark: SparkSession, config: JobConfig) -> None:
     """Set before anything is read, for the reads planned after: how photos are packed into
-    tasks (``FILE_OPEN_COST_BYTES``, ``PARTITIONS_PER_CORE``) and how many make one Arrow
-    batch for the featurizer (``--batch-size``)."""
+    tasks (``FILE_OPEN_COST_BYTES``, ``PARTITIONS_PER_CORE``), how many make one Arrow
+    batch for the featurizer (``--batch-size``), and no plan compiled (``WHOLE_STAGE_CODEGEN``)."""
     conf = spark.conf
+    conf.set("spark.sql.codegen.wholeStage", WHOLE_STAGE_CODEGEN)
     partitions = str(spark.sparkContext.defaultParallelism * PARTITIONS_PER_CORE)
     conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
     conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
@@ -608,6 +615,7 @@ def spark_record(spark: SparkSession) -> dict[str, object]:
         "driver_python": sys.executable,
         "driver_python_resolved": os.path.realpath(sys.executable),
         "driver_jit_max_tier": _jit_max_tier(spark),
+        "whole_stage_codegen": spark.conf.get("spark.sql.codegen.wholeStage"),
     }
 
 
