@@ -82,7 +82,7 @@ MIN_FILE_BYTES = 8 << 20
 # the moments, each write) with Janino on the driver before its first task: 1.6 s of a
 # 5,000-photo pass's start was that compile (jstack). It pays off over millions of narrow
 # rows; a run's rows are few and heavy (photo bytes, 1,280 floats), and its plans only filter,
-# select and move them. Off, 5,000-photo backfills were 0.2-1.6 s faster (BENCHMARKS.md).
+# select and move them. Off, 5,000-photo backfills were 0-1.6 s faster (BENCHMARKS.md).
 WHOLE_STAGE_CODEGEN = "false"
 # What a features row takes on disk: 4 bytes per float of both vectors (floats barely
 # compress) and the path, label, hash and sizes.
