@@ -444,8 +444,8 @@ def _from_local_folder(spark: SparkSession, root: str, max_bytes: int) -> Inputs
 
 def _no_rejections(spark: SparkSession) -> DataFrame:
     """An empty rejections frame planned in the JVM alone: a frame of Python rows, even an
-    empty one, costs each Spark job that reads it tasks over a Python RDD (0.2 s warm, 0.8 s
-    the first time in a run; BENCHMARKS.md, "Fixed costs of a run")."""
+    empty one, costs each Spark job that reads it tasks over a Python RDD (0.17-0.25 s to
+    count warm, 0.76 s in a run's first count; BENCHMARKS.md, "Fixed costs of a run")."""
     return spark.range(0).select(
         *(F.lit(None).cast(field.dataType).alias(field.name) for field in REJECTED_SCHEMA)
     )

@@ -78,12 +78,15 @@ TARGET_FILE_BYTES = 128 << 20
 # one task while the other core waited: BENCHMARKS.md, "The write stage of a backfill").
 # Files never get smaller than this, and compaction merges them later anyway.
 MIN_FILE_BYTES = 8 << 20
-# Whole-stage code generation compiles each distinct plan (the featurizing pass, the counts,
-# the moments, each write) with Janino on the driver before its first task: 1.6 s of a
-# 5,000-photo pass's start was that compile (jstack). It pays off over millions of narrow
-# rows; a run's rows are few and heavy (photo bytes, 1,280 floats), and its plans only filter,
-# select and move them. Off, 5,000-photo backfills were 0-1.6 s faster (BENCHMARKS.md).
+# Whole-stage code generation fuses each distinct plan's operators (the featurizing pass, the
+# counts, the moments, each write) into one class compiled with Janino on the driver before its
+# first task: 1.6 s of a 5,000-photo pass's start was that compile (jstack). Fusing pays off
+# over millions of narrow rows; a run's rows are few and heavy (photo bytes, 1,280 floats) and
+# its plans only filter, select and move them. Off, 5,000-photo backfills were 0-1.6 s faster
+# (BENCHMARKS.md); not measured on a million photos, so a request's own
+# --conf spark.sql.codegen.wholeStage=true wins. A string: Spark's conf values are.
 WHOLE_STAGE_CODEGEN = "false"
+WHOLE_STAGE_CODEGEN_KEY = "spark.sql.codegen.wholeStage"
 # What a features row takes on disk: 4 bytes per float of both vectors (floats barely
 # compress) and the path, label, hash and sizes.
 ROW_OVERHEAD_BYTES = 256
@@ -114,9 +117,11 @@ def default_run_id(found: inputs.Inputs, is_backfill: bool) -> str:
 def configure_session(spark: SparkSession, config: JobConfig) -> None:
     """Set before anything is read, for the reads planned after: how photos are packed into
     tasks (``FILE_OPEN_COST_BYTES``, ``PARTITIONS_PER_CORE``), how many make one Arrow
-    batch for the featurizer (``--batch-size``), and no plan compiled (``WHOLE_STAGE_CODEGEN``)."""
+    batch for the featurizer (``--batch-size``), and no whole-stage compile
+    (``WHOLE_STAGE_CODEGEN``) unless the request set it."""
     conf = spark.conf
-    conf.set("spark.sql.codegen.wholeStage", WHOLE_STAGE_CODEGEN)
+    if not spark.sparkContext.getConf().contains(WHOLE_STAGE_CODEGEN_KEY):
+        conf.set(WHOLE_STAGE_CODEGEN_KEY, WHOLE_STAGE_CODEGEN)
     partitions = str(spark.sparkContext.defaultParallelism * PARTITIONS_PER_CORE)
     conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
     conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
@@ -413,7 +418,7 @@ def featurize_images(
         yield Featurized(ok=ok, errors=errors, rows=rows, counters=counters)
     finally:
         decoded.unpersist()
-        found.rejected.unpersist()  # cached by _rejections, counted and read into errors
+        found.rejected.unpersist()  # cached by _rejections when Spark counted it
         if errors is not None:
             errors.unpersist()
 
@@ -456,10 +461,12 @@ def _rejections(
     driver where it made every rejection, by a Spark job otherwise). Spark's scan skips
     zero-length files silently, so when the listing named more files than were read or
     rejected, each listed file with no row yet is looked at and given one."""
-    rejected = found.rejected.persist(StorageLevel.MEMORY_AND_DISK)
-    rejections: Counter[str | None] = (
-        Counter(found.rejections) if found.rejections is not None else _count_by(rejected, "reason")
-    )
+    rejections: Counter[str | None]
+    if found.rejections is not None:
+        rejected, rejections = found.rejected, Counter(found.rejections)
+    else:  # cached, so that the rows counted are the rows the errors table gets
+        rejected = found.rejected.persist(StorageLevel.MEMORY_AND_DISK)
+        rejections = _count_by(rejected, "reason")
     if found.listed is not None and read + rejections.total() < found.expected:
         seen = decoded.select("path").unionByName(rejected.select("path"))
         rejected = rejected.unionByName(
@@ -615,7 +622,7 @@ def spark_record(spark: SparkSession) -> dict[str, object]:
         "driver_python": sys.executable,
         "driver_python_resolved": os.path.realpath(sys.executable),
         "driver_jit_max_tier": _jit_max_tier(spark),
-        "whole_stage_codegen": spark.conf.get("spark.sql.codegen.wholeStage"),
+        "whole_stage_codegen": spark.conf.get(WHOLE_STAGE_CODEGEN_KEY),
     }
 
 

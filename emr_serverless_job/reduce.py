@@ -50,9 +50,12 @@ MIN_ROWS_TO_FIT = 2
 # small enough (4096 x 1280 float64 = 40 MiB) to stay out of the executor's way.
 MOMENTS_BLOCK_ROWS = 4096
 MOMENTS_SCHEMA = "moments binary"
-# Partial moments the driver merges itself (each a d x d float64 matrix: 13 MB at 1,280
-# features, so at most about 210 MB held at once); more are merged on the workers first.
-DRIVER_MERGES_AT_MOST = 16
+# Partial moments (one per core, each a d x d float64 matrix: 12.5 MiB at 1,280 features) the
+# driver merges itself; more are merged on the workers first. 16 admits the deployed request's
+# 12 cores (three 4-vCPU executors) with room: the driver then holds the pieces twice while it
+# collects them (the JVM's copy and Python's), about 400 MiB, and spark.driver.maxResultSize
+# (1g by default) would refuse a collect of about 75.
+MAX_PIECES_MERGED_ON_DRIVER = 16
 
 
 class ReductionMismatch(ValueError):
@@ -127,19 +130,19 @@ def feature_moments(spark: SparkSession, features: DataFrame) -> Moments:
     """Mean and scatter of the ``features`` column, computed on the Python workers.
 
     Each of at most one partition per core computes its rows' moments with one NumPy
-    product per block. The driver merges up to ``DRIVER_MERGES_AT_MOST`` such pieces itself;
-    beyond that about sqrt(partitions) tasks merge them first, so the driver receives a few
+    product per block. The driver merges up to ``MAX_PIECES_MERGED_ON_DRIVER`` such pieces
+    itself; beyond that about sqrt(cores) tasks merge them first, so the driver receives a few
     (d x d) matrices, never one per core of a wide cluster. That round is a Spark job of its
     own (0.8 s of a 5,000-photo backfill on 2 cores: BENCHMARKS.md), only paid where it
-    bounds the driver's memory. The shuffle in between keeps one Python worker per task: a
-    pipelined ``rdd.treeReduce`` started a second one per task next to the first (peak
+    bounds the driver's memory. It follows a shuffle, which keeps one Python worker per task:
+    a pipelined ``rdd.treeReduce`` started a second one per task next to the first (peak
     memory of a 5,000-image run: 3.8 GiB against 2.6 to 3.2 GiB).
     """
     cores = spark.sparkContext.defaultParallelism
     pieces = (
         features.select("features").coalesce(cores).mapInArrow(_partition_moments, MOMENTS_SCHEMA)
     )
-    if cores > DRIVER_MERGES_AT_MOST:
+    if cores > MAX_PIECES_MERGED_ON_DRIVER:
         pieces = pieces.repartition(math.isqrt(cores - 1) + 1).mapInArrow(
             _merge_moments, MOMENTS_SCHEMA
         )

@@ -249,6 +249,62 @@ def test_manifest_files_are_read_without_a_lookup_or_a_job_per_file(
     assert found.rejected.count() == 0
 
 
+@pytest.mark.parametrize("requested", [None, "true"])
+def test_whole_stage_codegen_is_off_unless_the_request_set_it(requested, tmp_path):
+    """Off by default (``job.WHOLE_STAGE_CODEGEN``), but a request's own
+    ``--conf spark.sql.codegen.wholeStage=...`` (a very large backfill) is left as it is."""
+    from pyspark import SparkConf
+
+    given = SparkConf(loadDefaults=False)
+    if requested is not None:
+        given.set(job.WHOLE_STAGE_CODEGEN_KEY, requested)
+
+    class Session:
+        def __init__(self) -> None:
+            self.conf = self
+            self.sparkContext = self
+            self.defaultParallelism = 2
+            self.values: dict[str, str] = {}
+
+        def set(self, key: str, value: str) -> None:
+            self.values[key] = value
+
+        def getConf(self) -> SparkConf:  # PySpark's name
+            return given
+
+    session = Session()
+    config = parse_args([*FAST, "--input", str(tmp_path), "--output", str(tmp_path / "out")])
+    job.configure_session(session, config)
+    assert session.values.get(job.WHOLE_STAGE_CODEGEN_KEY) == (
+        "false" if requested is None else None
+    )
+    assert session.values["spark.sql.files.minPartitionNum"] == "8"
+
+
+def test_the_driver_counts_a_local_folders_rejections_as_spark_does(spark, tmp_path):
+    """The driver counts the rejections it made while listing, with no Spark job; the count
+    must be the one Spark gives for the rows the errors table gets, or the report would claim
+    errors that were never written."""
+    folder = tmp_path / "raw" / "Apple"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(folder / "ok.jpg")
+    Image.new("RGB", (64, 64), (0, 90, 0)).save(folder / "big.jpg", quality=100)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "_draft.jpg").write_bytes(b"x")
+    (folder / "gone.jpg").symlink_to(folder / "nowhere.jpg")
+    limit = (folder / "ok.jpg").stat().st_size
+    found = inputs.from_folder(spark, str(tmp_path / "raw"), limit)
+    assert found.rejections is not None and found.rejections.total() == 4
+    assert found.rejections == job._count_by(found.rejected, "reason")
+    spark.sparkContext.setJobGroup("driver-counts", "rejections")
+    try:
+        _, counted = job._rejections(spark, found, found.images, read=1)
+        jobs = list(spark.sparkContext.statusTracker().getJobIdsForGroup("driver-counts"))
+    finally:
+        spark.sparkContext.setJobGroup("", "")
+    assert counted == found.rejections and jobs == []
+
+
 def test_a_session_that_ignores_file_logs_stops_the_manifest_run(spark, image_folder, tmp_path):
     """Were Spark to list the scratch folder instead of reading its log, every file would
     look missing; the run stops before it writes anything instead."""
@@ -420,7 +476,7 @@ def test_pca_matches_numpy_whatever_the_partitioning(
     the centred (or standardized) rows."""
     from emr_serverless_job import reduce
 
-    monkeypatch.setattr(reduce, "DRIVER_MERGES_AT_MOST", driver_merges)
+    monkeypatch.setattr(reduce, "MAX_PIECES_MERGED_ON_DRIVER", driver_merges)
     _, output, _ = backfill
     frame = read_table(spark, output, "features").select("features").repartition(partitions)
     x = np.array([r["features"] for r in frame.collect()], dtype=np.float64)
