@@ -26,6 +26,9 @@ import pandas as pd
 # Tasks per core for the featurizing stage: the model is built once per task, so a few per
 # core (one slow task does not leave a core idle at the end) and never one per small split.
 TASKS_PER_CORE = 2
+# The collector EMR's runtime gives Spark's JVMs, as the job's local sessions get it
+# (emr_serverless_job.main), so neither side of the comparison runs a JVM the other does not.
+EMR_DEFAULT_JAVA_OPTIONS = "-XX:+UseParallelGC"
 
 
 def build_model(size: int) -> object:
@@ -60,7 +63,13 @@ def main() -> int:
     from pyspark.sql import functions as F
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers: this venv's Python
-    spark = SparkSession.builder.master(args.master).appName("seed-pattern").getOrCreate()
+    spark = (
+        SparkSession.builder.master(args.master)
+        .appName("seed-pattern")
+        .config("spark.driver.defaultJavaOptions", EMR_DEFAULT_JAVA_OPTIONS)
+        .config("spark.executor.defaultJavaOptions", EMR_DEFAULT_JAVA_OPTIONS)
+        .getOrCreate()
+    )
     size = args.image_size
     template = build_model(size)
     template.load_weights(args.weights)

@@ -144,6 +144,13 @@ def _jit_max_tier(spark: SparkSession) -> int | None:
         return None
 
 
+def _collectors(spark: SparkSession) -> list[str]:
+    """The driver JVM's garbage collectors ("PS Scavenge" and "PS MarkSweep" for ParallelGC,
+    "G1 Young Generation"... for G1): shows which one EMR's runtime gave the run."""
+    beans = spark.sparkContext._jvm.java.lang.management.ManagementFactory
+    return sorted(str(bean.getName()) for bean in beans.getGarbageCollectorMXBeans())
+
+
 def label_of(path: F.Column) -> F.Column:
     """The parent folder's name, exactly as written (spaces and non-ASCII kept)."""
     return F.element_at(F.split(path, "/"), -2)
@@ -622,6 +629,7 @@ def spark_record(spark: SparkSession) -> dict[str, object]:
         "driver_python": sys.executable,
         "driver_python_resolved": os.path.realpath(sys.executable),
         "driver_jit_max_tier": _jit_max_tier(spark),
+        "driver_gc": _collectors(spark),
         "whole_stage_codegen": spark.conf.get(WHOLE_STAGE_CODEGEN_KEY),
     }
 

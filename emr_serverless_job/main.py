@@ -30,6 +30,13 @@ EXIT_RUN_FAILED = EXIT_FAILED
 # the deployed archive has no setuptools (fruits_build/slim.py), so local runs and their
 # workers (which inherit this environment) take the standard library's, as EMR does.
 DISTUTILS_ENV = ("SETUPTOOLS_USE_DISTUTILS", "stdlib")
+# The collector EMR's Spark runtime gives its JVMs: its spark-defaults.conf puts
+# -XX:+UseParallelGC in spark.driver.defaultJavaOptions and spark.executor.defaultJavaOptions
+# (EMR on EKS publishes those defaults; EMR Serverless runs the same runtime, and the report's
+# spark.driver_gc says what a real run got). Without it a local JVM gets JDK 17's G1, which
+# cost 0.1-1.0 s of a 5,000-photo run here (BENCHMARKS.md, "Garbage collector and photos per
+# model call"). Set as the defaults, not the extras, as EMR does: extraJavaOptions add to it.
+LOCAL_DEFAULT_JAVA_OPTIONS = "-XX:+UseParallelGC"
 
 
 def local_builder(master: str, driver_memory: str) -> object:
@@ -39,6 +46,8 @@ def local_builder(master: str, driver_memory: str) -> object:
     return (
         SparkSession.builder.master(master)
         .config("spark.driver.memory", driver_memory)
+        .config("spark.driver.defaultJavaOptions", LOCAL_DEFAULT_JAVA_OPTIONS)
+        .config("spark.executor.defaultJavaOptions", LOCAL_DEFAULT_JAVA_OPTIONS)
         .config("spark.driver.extraJavaOptions", JVM_OPTIONS)
         .config("spark.executor.extraJavaOptions", JVM_OPTIONS)
         .config("spark.sql.session.timeZone", "UTC")

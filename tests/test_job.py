@@ -56,6 +56,7 @@ def test_every_input_is_a_feature_or_an_error(spark, backfill):
     report, output, expected = backfill
     assert report.inputs == expected.images
     assert report.spark["driver_jit_max_tier"] == 1  # main.local_builder's JVM options
+    assert report.spark["driver_gc"] == ["PS MarkSweep", "PS Scavenge"]  # EMR's collector
     assert report.spark["whole_stage_codegen"] == "false"  # job.configure_session's
     assert report.errors == expected.broken
     assert report.features == expected.images - expected.broken
