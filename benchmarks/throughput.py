@@ -252,10 +252,11 @@ def _function_worker(
     """(images, seconds) of one worker looping over its share of the photos."""
     import pyarrow as pa
 
-    from emr_serverless_job.featurize import featurize_batch, result_batch
+    from emr_serverless_job.featurize import featurize_batch, images_per_call, result_batch
     from emr_serverless_job.model import onnx_featurizer
 
     featurizer = onnx_featurizer(model, threads=1)
+    per_call = images_per_call("onnx", size, batch_size)  # as the job calls the model
     batches = []
     for chunk in chunks:
         contents = [path.read_bytes() for path in chunk]
@@ -264,7 +265,7 @@ def _function_worker(
     images, start = 0, time.perf_counter()
     while time.perf_counter() - start < RAW_SECONDS:
         for names, sizes, contents in batches:
-            out = featurize_batch(contents, featurizer, size, batch_size)
+            out = featurize_batch(contents, featurizer, size, per_call)
             result_batch(names, sizes, contents, out)
             images += len(contents)
     return images, time.perf_counter() - start

@@ -16,6 +16,7 @@ import pytest
 from emr_serverless_job.featurize import (
     RESULT_ARROW_SCHEMA,
     featurize_batch,
+    images_per_call,
     result_batch,
     settle_zip_imports,
 )
@@ -76,6 +77,14 @@ def test_rows_keep_their_order_across_model_chunks():
     assert rows[3]["sha256"] == hashlib.sha256(b"junk").hexdigest()
     assert [row["size_bytes"] for row in rows] == [len(data) for data in contents]
     assert rows[0]["width"] == 100 and rows[3]["width"] is None
+
+
+def test_onnx_runtime_gets_a_pixel_budget_per_call_and_tensorflow_the_whole_batch():
+    assert images_per_call("onnx", 224, 64) == 10
+    assert images_per_call("onnx", 128, 64) == 32
+    assert images_per_call("onnx", 128, 16) == 16  # never more than an Arrow batch holds
+    assert images_per_call("onnx", 1024, 64) == 1  # never none
+    assert images_per_call("tensorflow", 224, 64) == 64
 
 
 def test_a_batch_of_only_broken_images_still_has_a_row_each():

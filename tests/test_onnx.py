@@ -12,7 +12,9 @@ import pytest
 
 from emr_serverless_job import job
 from emr_serverless_job.config import parse_args
-from emr_serverless_job.model import ModelError, Weights, read_onnx_model
+from emr_serverless_job.featurize import featurize_batch, images_per_call
+from emr_serverless_job.images import decode_batch, preprocess
+from emr_serverless_job.model import ModelError, Weights, onnx_featurizer, read_onnx_model
 from emr_serverless_job.reduce import ReductionMismatch
 from fruits_build import export_onnx
 from tests.conftest import REAL_SAMPLE, REAL_WEIGHTS, needs_real_data
@@ -74,6 +76,21 @@ def test_onnx_job_matches_the_keras_job_and_builds_one_session_per_worker(
         (tmp_path / "onnx" / "reports" / f"run_id={onnx.run_id}" / "report.json").read_text()
     )
     assert report["model"] == str(random_model) and len(report["model_sha256"]) == 64
+
+
+def test_features_do_not_depend_on_how_many_photos_share_a_model_call(image_folder, random_model):
+    """The job calls ONNX Runtime on slices of each Arrow batch (``images_per_call``): every
+    photo must get the vector it gets in a call of its own batch as a whole."""
+    folder, _ = image_folder
+    photos = [path.read_bytes() for path in sorted(folder.rglob("*.jpg"))]
+    contents = (photos * (64 // len(photos) + 1))[:64]
+    featurizer = onnx_featurizer(random_model)
+    per_call = images_per_call("onnx", SMALL, len(contents))
+    assert 1 < per_call < len(contents)  # the batch is split
+    sliced = featurize_batch(contents, featurizer, SMALL, per_call)
+    whole = featurizer(preprocess(decode_batch(contents, SMALL).pixels))
+    assert sliced.features.shape == whole.shape and len(whole) > per_call
+    np.testing.assert_allclose(sliced.features, whole, rtol=0, atol=1e-5)
 
 
 def test_an_image_size_that_contradicts_the_model_stops_before_any_work(
