@@ -27,7 +27,8 @@ import pandas as pd
 # core (one slow task does not leave a core idle at the end) and never one per small split.
 TASKS_PER_CORE = 2
 # The collector EMR's runtime gives Spark's JVMs, as the job's local sessions get it
-# (emr_serverless_job.main), so neither side of the comparison runs a JVM the other does not.
+# (emr_serverless_job.main.LOCAL_DEFAULT_JAVA_OPTIONS, copied: the seed imports nothing of the
+# job), so neither side of the comparison runs a JVM the other does not.
 EMR_DEFAULT_JAVA_OPTIONS = "-XX:+UseParallelGC"
 
 

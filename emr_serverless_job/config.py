@@ -253,7 +253,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         default=DEFAULT_BATCH_SIZE,
-        help="Images per model call and per Arrow batch sent to the Python workers.",
+        help="Images per Arrow batch sent to the Python workers (ONNX Runtime takes each "
+        "batch in calls of at most 2^19 pixels; TensorFlow whole).",
     )
     parser.add_argument(
         "--max-file-bytes",

@@ -51,11 +51,13 @@ RESULT_ARROW_SCHEMA = to_arrow_schema(RESULT_SCHEMA)
 
 Featurizer = Callable[[np.ndarray], np.ndarray]
 # ONNX Runtime is given at most this many pixels per call (10 photos at 224 px, 32 at 128 px)
-# and each call's slice is preprocessed just before it: a call's activations then stay in the
-# CPU's caches. Per photo, on one thread beside another worker, 64 photos a call took 3.85 ms
-# at 224 px and 8 took 3.57; in 5,000-photo backfills the featurize stage went from 280-283 to
-# 293-296 photos/s (BENCHMARKS.md, "Garbage collector and photos per model call"). At 128 px,
-# 32 and 64 a call were alike and 8 slower: hence a budget of pixels, not of photos.
+# and each call's slice is preprocessed just before it, most likely keeping a call's
+# activations in the CPU's caches (not measured). On this session's Intel machine, one thread
+# beside another worker, 64 photos a call took 3.85 ms a photo at 224 px and 8 took 3.57; in
+# 5,000-photo backfills with 8 a call the featurize stage went from 280-283 to 293-296
+# photos/s (BENCHMARKS.md, "Garbage collector and photos per model call"; on an AMD machine an
+# earlier try was inconclusive). At 128 px, 32 and 64 a call were alike and 8 slower: hence a
+# budget of pixels, not of photos.
 MODEL_PIXELS_PER_CALL = 1 << 19
 
 
@@ -179,16 +181,15 @@ def featurize_batch(
     contents: Sequence[bytes | None],
     featurizer: Featurizer,
     image_size: int,
-    batch_size: int,
+    per_call: int,
     projection: Projection | None = None,
 ) -> FeaturizedBatch:
-    """Decode a batch of image bytes and run the model over the decodable ones, at most
-    ``batch_size`` images per call (``images_per_call``), each call's slice preprocessed just
-    before it."""
+    """Decode a batch of image bytes and run the model over the decodable ones, ``per_call``
+    at a time (the job's ``images_per_call``), each slice preprocessed just before its call."""
     decoded = decode_batch(contents, image_size)
     chunks = [
-        featurizer(preprocess(decoded.pixels[start : start + batch_size]))
-        for start in range(0, len(decoded.pixels), batch_size)
+        featurizer(preprocess(decoded.pixels[start : start + per_call]))
+        for start in range(0, len(decoded.pixels), per_call)
     ]
     features = np.concatenate(chunks) if chunks else np.empty((0, 0), dtype=np.float32)
     return FeaturizedBatch(
@@ -203,7 +204,7 @@ def featurize_batch(
 
 def images_per_call(runtime: str, image_size: int, batch_size: int) -> int:
     """How many photos of an Arrow batch go to the model at once: ONNX Runtime's share of
-    ``MODEL_PIXELS_PER_CALL``; TensorFlow, whose every call costs more, the whole batch."""
+    ``MODEL_PIXELS_PER_CALL``; TensorFlow the whole batch, as before (slicing it not measured)."""
     if runtime != "onnx":
         return batch_size
     return max(1, min(batch_size, MODEL_PIXELS_PER_CALL // image_size**2))

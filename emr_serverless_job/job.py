@@ -144,11 +144,14 @@ def _jit_max_tier(spark: SparkSession) -> int | None:
         return None
 
 
-def _collectors(spark: SparkSession) -> list[str]:
+def _collectors(spark: SparkSession) -> list[str] | None:
     """The driver JVM's garbage collectors ("PS Scavenge" and "PS MarkSweep" for ParallelGC,
     "G1 Young Generation"... for G1): shows which one EMR's runtime gave the run."""
-    beans = spark.sparkContext._jvm.java.lang.management.ManagementFactory
-    return sorted(str(bean.getName()) for bean in beans.getGarbageCollectorMXBeans())
+    try:
+        beans = spark.sparkContext._jvm.java.lang.management.ManagementFactory
+        return sorted(str(bean.getName()) for bean in beans.getGarbageCollectorMXBeans())
+    except Py4JError:
+        return None
 
 
 def label_of(path: F.Column) -> F.Column:

@@ -34,8 +34,10 @@ DISTUTILS_ENV = ("SETUPTOOLS_USE_DISTUTILS", "stdlib")
 # -XX:+UseParallelGC in spark.driver.defaultJavaOptions and spark.executor.defaultJavaOptions
 # (EMR on EKS publishes those defaults; EMR Serverless runs the same runtime, and the report's
 # spark.driver_gc says what a real run got). Without it a local JVM gets JDK 17's G1, which
-# cost 0.1-1.0 s of a 5,000-photo run here (BENCHMARKS.md, "Garbage collector and photos per
-# model call"). Set as the defaults, not the extras, as EMR does: extraJavaOptions add to it.
+# cost 0.35-1.0 s of a 5,000-photo run here (three pairs; BENCHMARKS.md, "Garbage collector
+# and photos per model call"). Set as the defaults, not the extras, as EMR does:
+# extraJavaOptions add to it (the executors' setting serves a local-cluster or standalone
+# SPARK_MASTER). A different collector in JAVA_TOOL_OPTIONS would clash and stop the JVM.
 LOCAL_DEFAULT_JAVA_OPTIONS = "-XX:+UseParallelGC"
 
 

@@ -52,7 +52,7 @@ def test_rows_keep_their_order_across_model_chunks():
         return np.repeat(batch.mean(axis=(1, 2)), FEATURE_DIM // 3 + 1, axis=1)[:, :FEATURE_DIM]
 
     contents = [jpeg("Banana", 0), b"", jpeg("Cherry 3", 0), b"junk", jpeg("Kiwi", 0)]
-    result = featurize_batch(contents, mean_colour, SIZE, batch_size=2)
+    result = featurize_batch(contents, mean_colour, SIZE, per_call=2)
     assert calls == [2, 1]
     assert [error is None for error in result.errors] == [True, False, True, False, True]
     assert result.ok_rows == [0, 2, 4] and result.features.shape == (3, FEATURE_DIM)
@@ -92,7 +92,7 @@ def test_a_batch_of_only_broken_images_still_has_a_row_each():
         raise AssertionError("the model must not run on an empty batch")
 
     contents = [b"", b"junk"]
-    result = featurize_batch(contents, never, SIZE, batch_size=2)
+    result = featurize_batch(contents, never, SIZE, per_call=2)
     batch = result_batch(pa.array(["a.jpg", "b.jpg"]), pa.array([0, 4]), contents, result)
     assert batch.num_rows == 2 and batch.column("features").null_count == 2
     assert all(row["error"] for row in batch.to_pylist())
