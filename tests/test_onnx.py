@@ -78,19 +78,22 @@ def test_onnx_job_matches_the_keras_job_and_builds_one_session_per_worker(
     assert report["model"] == str(random_model) and len(report["model_sha256"]) == 64
 
 
-def test_features_do_not_depend_on_how_many_photos_share_a_model_call(image_folder, random_model):
+def assert_slicing_changes_no_feature(folder: Path, model: Path) -> None:
     """The job calls ONNX Runtime on slices of each Arrow batch (``images_per_call``): every
     photo must get the vector it gets in a call of its own batch as a whole."""
-    folder, _ = image_folder
     photos = [path.read_bytes() for path in sorted(folder.rglob("*.jpg"))]
     contents = (photos * (64 // len(photos) + 1))[:64]
-    featurizer = onnx_featurizer(random_model)
+    featurizer = onnx_featurizer(model)
     per_call = images_per_call("onnx", SMALL, len(contents))
     assert 1 < per_call < len(contents)  # the batch is split
     sliced = featurize_batch(contents, featurizer, SMALL, per_call)
     whole = featurizer(preprocess(decode_batch(contents, SMALL).pixels))
     assert sliced.features.shape == whole.shape and len(whole) > per_call
     np.testing.assert_allclose(sliced.features, whole, rtol=0, atol=1e-5)
+
+
+def test_features_do_not_depend_on_how_many_photos_share_a_model_call(image_folder, random_model):
+    assert_slicing_changes_no_feature(image_folder[0], random_model)
 
 
 def test_an_image_size_that_contradicts_the_model_stops_before_any_work(
@@ -163,6 +166,7 @@ def test_int8_export_is_gated_records_its_calibration_and_never_meets_an_fp32_pc
     )
     info = read_onnx_model(int8)
     assert (info.precision, info.image_size, info.weights_source) == ("int8", SMALL, "random:0")
+    assert_slicing_changes_no_feature(folder, int8)  # the deployed precision sliced too
     assert info.calibration_sha256 == exported.calibration_sha256
     assert exported.calibration_sha256 == export_onnx.calibration_set(folder, SMALL)[1]
     assert exported.calibration_images == len(export_onnx.calibration_set(folder, SMALL)[0])
