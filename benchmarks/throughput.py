@@ -252,8 +252,8 @@ def _function_worker(
     """(images, seconds) of one worker looping over its share of the photos."""
     import pyarrow as pa
 
-    from emr_serverless_job.featurize import featurize_batch, images_per_call, result_batch
-    from emr_serverless_job.model import onnx_featurizer
+    from emr_serverless_job.featurize import featurize_batch, result_batch
+    from emr_serverless_job.model import images_per_call, onnx_featurizer
 
     featurizer = onnx_featurizer(model, threads=1)
     per_call = images_per_call("onnx", size, batch_size)  # as the job calls the model

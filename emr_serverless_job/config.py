@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from emr_serverless_job.model import Weights
+from emr_serverless_job.model import MODEL_PIXELS_PER_CALL, Weights
 from emr_serverless_job.projection import DEFAULT_SCALING
 from fruits_contract import (
     ERASE_FLAG,
@@ -254,7 +254,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_BATCH_SIZE,
         help="Images per Arrow batch sent to the Python workers (ONNX Runtime takes each "
-        "batch in calls of at most 2^19 pixels; TensorFlow whole).",
+        f"batch in calls of at most {MODEL_PIXELS_PER_CALL:,} pixels; TensorFlow whole).",
     )
     parser.add_argument(
         "--max-file-bytes",

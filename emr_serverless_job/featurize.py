@@ -28,7 +28,12 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from emr_serverless_job.images import decode_batch, preprocess
 from emr_serverless_job.inputs import content_digest
-from emr_serverless_job.model import Weights, onnx_featurizer, tensorflow_featurizer
+from emr_serverless_job.model import (
+    Weights,
+    images_per_call,
+    onnx_featurizer,
+    tensorflow_featurizer,
+)
 from emr_serverless_job.projection import Projection
 from emr_serverless_job.vectors import VECTOR_TYPE, to_list_array
 from fruits_contract.logs import log
@@ -50,15 +55,6 @@ RESULT_SCHEMA = T.StructType(
 RESULT_ARROW_SCHEMA = to_arrow_schema(RESULT_SCHEMA)
 
 Featurizer = Callable[[np.ndarray], np.ndarray]
-# ONNX Runtime is given at most this many pixels per call (10 photos at 224 px, 32 at 128 px)
-# and each call's slice is preprocessed just before it, most likely keeping a call's
-# activations in the CPU's caches (not measured). On this session's Intel machine, one thread
-# beside another worker, 64 photos a call took 3.85 ms a photo at 224 px and 8 took 3.57; in
-# 5,000-photo backfills with 8 a call the featurize stage went from 280-283 to 293-296
-# photos/s (BENCHMARKS.md, "Garbage collector and photos per model call"; on an AMD machine an
-# earlier try was inconclusive). At 128 px, 32 and 64 a call were alike and 8 slower: hence a
-# budget of pixels, not of photos.
-MODEL_PIXELS_PER_CALL = 1 << 19
 
 
 @dataclass(frozen=True)
@@ -200,14 +196,6 @@ def featurize_batch(
         heights=decoded.heights,
         errors=decoded.errors,
     )
-
-
-def images_per_call(runtime: str, image_size: int, batch_size: int) -> int:
-    """How many photos of an Arrow batch go to the model at once: ONNX Runtime's share of
-    ``MODEL_PIXELS_PER_CALL``; TensorFlow the whole batch, as before (slicing it not measured)."""
-    if runtime != "onnx":
-        return batch_size
-    return max(1, min(batch_size, MODEL_PIXELS_PER_CALL // image_size**2))
 
 
 def result_batch(

@@ -34,6 +34,15 @@ META_WEIGHTS_SOURCE = "weights_source"
 META_WEIGHTS_SHA256 = "weights_sha256"
 META_PRECISION = "precision"
 META_CALIBRATION = "calibration_sha256"  # int8: fingerprint of the calibration photos
+# ONNX Runtime is given at most this many pixels per call (10 photos at 224 px, 32 at 128 px)
+# and each call's slice is preprocessed just before it, most likely keeping a call's
+# activations in the CPU's caches (not measured). On this session's Intel machine, one thread
+# beside another worker, 64 photos a call took 3.85 ms a photo at 224 px and 8 took 3.57; in
+# 5,000-photo backfills with 8 a call the featurize stage went from 280-283 to 293-296
+# photos/s (BENCHMARKS.md, "Garbage collector and photos per model call"; on an AMD machine an
+# earlier try was inconclusive). At 128 px, 32 and 64 a call were alike and 8 slower: hence a
+# budget of pixels, not of photos.
+MODEL_PIXELS_PER_CALL = 1 << 19
 
 WeightsKind = Literal["imagenet", "file", "random"]
 
@@ -229,3 +238,11 @@ def onnx_featurizer(
     # Let ONNX Runtime allocate and plan once now, not on the first real batch.
     featurize(np.zeros((1, size, size, 3), dtype=np.float32))
     return featurize
+
+
+def images_per_call(runtime: str, image_size: int, batch_size: int) -> int:
+    """How many photos of an Arrow batch go to the model at once: ONNX Runtime's share of
+    ``MODEL_PIXELS_PER_CALL``; TensorFlow the whole batch, as before (slicing it not measured)."""
+    if runtime != "onnx":
+        return batch_size
+    return max(1, min(batch_size, MODEL_PIXELS_PER_CALL // image_size**2))

@@ -179,7 +179,8 @@ def test_photos_become_rows_when_run_as_emr_serverless_runs_the_deployed_artifac
         assert resolved.parts[-3:] == ARCHIVE_PYTHON and resolved.parts[-4] == "driver"
         assert report["spark"]["driver_jit_max_tier"] == 1  # the request's JVM options
         # The emulator applies none of EMR's spark-defaults: its driver runs JDK 17's choice.
-        assert all(isinstance(name, str) for name in report["spark"]["driver_gc"])
+        collectors = report["spark"]["driver_gc"]
+        assert collectors and all(isinstance(name, str) for name in collectors)
         assert report["spark"]["whole_stage_codegen"] == "false"  # job.configure_session
         events = worker_events(stack, run)
         assert events

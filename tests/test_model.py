@@ -16,12 +16,11 @@ import pytest
 from emr_serverless_job.featurize import (
     RESULT_ARROW_SCHEMA,
     featurize_batch,
-    images_per_call,
     result_batch,
     settle_zip_imports,
 )
 from emr_serverless_job.fruit_blobs import fruit_image
-from emr_serverless_job.model import FEATURE_DIM, Weights, tensorflow_featurizer
+from emr_serverless_job.model import FEATURE_DIM, Weights, images_per_call, tensorflow_featurizer
 from emr_serverless_job.projection import Projection
 
 SIZE = 96

@@ -12,9 +12,15 @@ import pytest
 
 from emr_serverless_job import job
 from emr_serverless_job.config import parse_args
-from emr_serverless_job.featurize import featurize_batch, images_per_call
+from emr_serverless_job.featurize import featurize_batch
 from emr_serverless_job.images import decode_batch, preprocess
-from emr_serverless_job.model import ModelError, Weights, onnx_featurizer, read_onnx_model
+from emr_serverless_job.model import (
+    ModelError,
+    Weights,
+    images_per_call,
+    onnx_featurizer,
+    read_onnx_model,
+)
 from emr_serverless_job.reduce import ReductionMismatch
 from fruits_build import export_onnx
 from tests.conftest import REAL_SAMPLE, REAL_WEIGHTS, needs_real_data
