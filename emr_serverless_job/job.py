@@ -28,7 +28,7 @@ from pyspark import SparkFiles, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from emr_serverless_job import hadoopfs, inputs, reduce, warm
+from emr_serverless_job import hadoopfs, inputs, reduce
 from emr_serverless_job.config import JobConfig
 from emr_serverless_job.featurize import (
     INPUT_COLUMNS,
@@ -335,12 +335,9 @@ def run(config: JobConfig, spark: SparkSession) -> RunReport:
     chosen = resolve_featurizer(config, spark)
     config = chosen.config
     report = start_report(config, chosen, iso_utc(started_clock))
-    counters = Counters.create(spark)
-    spec = featurizer_spec(config, chosen)
-    warming = warm.start(spark, spec, counters)
     preloaded = None if config.is_backfill else _load_reduction(config, spark, report, chosen)
     found = list_inputs(config, spark, report)
-    with featurize_images(spark, report, spec, counters, warming, found, preloaded) as featurized:
+    with featurize_images(config, spark, report, chosen, found, preloaded) as featurized:
         reduced = reduce_features(config, spark, report, chosen, featurized, preloaded)
         tables = write_tables(config, spark, report, reduced, featurized, started_clock)
         _log_error_sample(featurized.errors, report.run_id)
@@ -403,23 +400,21 @@ class Featurized:
 
 @contextmanager
 def featurize_images(
+    config: JobConfig,
     spark: SparkSession,
     report: RunReport,
-    spec: FeaturizerSpec,
-    counters: Counters,
-    warming: warm.Warming,
+    chosen: Featurizer,
     found: inputs.Inputs,
     preloaded: reduce.Reduction | None,
 ) -> Iterator[Featurized]:
     """Each image through the model exactly once, and every input that became no features row
     gathered in one error table. A context, not a function, because both stay cached while the
-    stages inside it read them and must be released when they end, whether or not they fail.
-    The stage's time includes any wait for the warm-up still running."""
-    decoded = _decoded(spark, spec, found, counters, preloaded)
+    stages inside it read them and must be released when they end, whether or not they fail."""
+    counters = Counters.create(spark)
+    decoded = _decoded(config, spark, chosen, found, counters, preloaded)
     errors: DataFrame | None = None
     try:
         with timed(report, "featurize"):
-            warming.wait()
             outcomes = _count_by(decoded, "error")  # fills the cache: the one pass over images
         rejected, rejections = _rejections(spark, found, decoded, outcomes.total())
         errors = (
@@ -438,9 +433,17 @@ def featurize_images(
             errors.unpersist()
 
 
-def featurizer_spec(config: JobConfig, chosen: Featurizer) -> FeaturizerSpec:
-    """What each Python worker builds its model from, for the warm-up and the pass alike."""
-    return FeaturizerSpec(
+def _decoded(
+    config: JobConfig,
+    spark: SparkSession,
+    chosen: Featurizer,
+    found: inputs.Inputs,
+    counters: Counters,
+    preloaded: reduce.Reduction | None,
+) -> DataFrame:
+    """The images through the featurizing function, to be cached by its first action. A
+    manifest run projects in the same pass, with the version it loaded; a backfill fits first."""
+    spec = FeaturizerSpec(
         image_size=chosen.image_size,
         weights=config.weights,
         batch_size=config.batch_size,
@@ -448,17 +451,6 @@ def featurizer_spec(config: JobConfig, chosen: Featurizer) -> FeaturizerSpec:
         runtime=config.runtime,
         model_file=chosen.shipped_model,
     )
-
-
-def _decoded(
-    spark: SparkSession,
-    spec: FeaturizerSpec,
-    found: inputs.Inputs,
-    counters: Counters,
-    preloaded: reduce.Reduction | None,
-) -> DataFrame:
-    """The images through the featurizing function, to be cached by its first action. A
-    manifest run projects in the same pass, with the version it loaded; a backfill fits first."""
     projection = spark.sparkContext.broadcast(preloaded.projection) if preloaded else None
     return (
         found.images.select(*INPUT_COLUMNS)
