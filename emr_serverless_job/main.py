@@ -92,9 +92,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{USAGE_PREFIX}{error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 
-    # Before the job's modules: pyspark.sql.pandas imports distutils as they load (0.29 s of
-    # setuptools in a development venv when this came after them).
-    os.environ.setdefault(*DISTUTILS_ENV)
     from emr_serverless_job import compact, erase, job
     from emr_serverless_job.inputs import InputError
     from emr_serverless_job.model import ModelError
