@@ -153,11 +153,13 @@ def feature_moments(spark: SparkSession, features: DataFrame) -> Moments:
 
 
 def _collected_moments(pieces: DataFrame) -> Iterator[Moments]:
-    """The pieces, brought to the driver as Arrow batches. ``collect()`` would pickle each
-    (d x d) matrix in the JVM (Pyrolite turns a 13 MB binary into a latin-1 string) and unpickle
-    it here: 0.8-1.2 s against 0.4-0.5 s for two 1280-d pieces on 2 cores (BENCHMARKS.md).
-    ``_collect_as_arrow`` is PySpark's own path for ``toPandas`` (pinned at 3.5 with it),
-    used without pandas, which the driver would otherwise import for this alone."""
+    """The pieces, brought to the driver as Arrow batches. ``collect()`` pickles each (d x d)
+    matrix in the JVM (Pyrolite turns a 13 MB binary into a latin-1 string) and unpickles it
+    here: 0.8-1.2 s against 0.4-0.5 s for two 1280-d pieces on 2 cores (BENCHMARKS.md, "The
+    moments' collect"). ``_collect_as_arrow`` is private: it is PySpark 3.5's own path under
+    ``toPandas`` (it needs neither pandas nor the Arrow setting), so docs/spark-internals.md
+    lists it with the test that fails if an upgrade changes it. Empty partitions send no
+    batch; no pieces at all come back as none."""
     for batch in pieces._collect_as_arrow():
         for data in batch.column(0).to_pylist():
             yield Moments.from_bytes(data)

@@ -99,3 +99,22 @@ def test_worker_side_rounds_read_arrow_batches_as_spark_sends_them():
     ragged = pa.RecordBatch.from_arrays([pa.array([[1.0, 2.0], [1.0]], column.type)], ["features"])
     with pytest.raises(ValueError, match="of one length"):
         list(reduce._partition_moments(iter([ragged])))
+
+
+def test_spark_brings_the_pieces_to_the_driver_whole_empty_partitions_and_all(spark):
+    """The driver's side on a real session, through the Arrow collect (``_collect_as_arrow``,
+    PySpark's private path: docs/spark-internals.md): rows spread over more partitions than
+    there are rows, so some pieces are empty; a frame with no rows at all fits nothing."""
+    from emr_serverless_job import reduce
+    from emr_serverless_job.vectors import VECTOR_TYPE
+
+    x = features(rows=5, dimension=4)
+    schema = f"features {VECTOR_TYPE.simpleString()}"
+    frame = spark.createDataFrame([(row.tolist(),) for row in x], schema).repartition(8)
+    moments = reduce.feature_moments(spark, frame)
+    reference = x.astype(np.float64)
+    assert moments.count == 5
+    np.testing.assert_allclose(moments.mean, reference.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(moments.covariance(), np.cov(reference, rowvar=False), rtol=1e-5)
+    with pytest.raises(ValueError, match="no feature vectors"):
+        reduce.feature_moments(spark, frame.limit(0))
